@@ -1,0 +1,72 @@
+# Clawdbot: every command a developer or CI runs is a target here. `make help` lists them.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt only when the dependency list changes.
+VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+PY_PACKAGES := api/clawdbot_api operator/clawdbot_operator sidecar/clawdbot_sidecar \
+	runtime/clawdbot_runtime cli/clawdbot_cli
+PY_SOURCES := api operator sidecar runtime cli tests e2e bench
+PYTEST_ARGS ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+		/^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
+		/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+$(VENV_STAMP): pyproject.toml
+	@echo "==> creating the virtualenv in $(VENV) (dependencies changed or first run)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create the virtualenv with the project and its dev tools.
+
+.PHONY: fmt
+fmt: venv ## Format and auto-fix the Python code.
+	$(BIN)/ruff format $(PY_SOURCES)
+	$(BIN)/ruff check --fix $(PY_SOURCES)
+
+.PHONY: lint
+lint: venv ## Lint with ruff (style and format).
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+
+.PHONY: typecheck
+typecheck: venv ## Type-check the project's packages with mypy --strict.
+	$(BIN)/mypy $(PY_PACKAGES)
+
+.PHONY: crds
+crds: venv ## Generate crds/ from the API types.
+	$(BIN)/clawdbot crds --output-dir crds
+
+.PHONY: verify-crds
+verify-crds: venv ## Fail if crds/ drifted from the API types or is not structural.
+	$(BIN)/clawdbot crds --output-dir crds --check
+
+.PHONY: verify
+verify: verify-crds ## Every generated-file drift check.
+
+##@ Test
+
+.PHONY: unit
+unit: venv ## Unit tests: no cluster, no network beyond loopback.
+	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint typecheck verify unit e2e ## Everything CI runs: lint, types, drift checks, unit and e2e.
+
+-include e2e/cluster/cluster.mk

@@ -1,0 +1,316 @@
+"""RoutingPolicy: how the sidecar in matching pods splits requests between local and cloud."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from clawdbot_api.v1alpha1.common import (
+    ApiModel,
+    CelRule,
+    CelValidated,
+    ConditionList,
+    LabelSelector,
+    Name,
+    ObjectMeta,
+    SecretKeyRef,
+    cel_rules,
+)
+
+
+class Target(StrEnum):
+    """Where a rule sends a request."""
+
+    LOCAL = "local"
+    CLOUD = "cloud"
+    ADAPTIVE = "adaptive"
+    REJECT = "reject"
+
+
+class Entity(StrEnum):
+    """Kinds of sensitive data the redactor recognises."""
+
+    EMAIL = "EMAIL"
+    PHONE = "PHONE"
+    CREDIT_CARD = "CREDIT_CARD"
+    IBAN = "IBAN"
+    IP_ADDRESS = "IP_ADDRESS"
+    US_SSN = "US_SSN"
+    CN_RESIDENT_ID = "CN_RESIDENT_ID"
+    API_KEY = "API_KEY"
+
+
+class LocalModelRef(ApiModel):
+    """A ModelDeployment in the policy's namespace that serves local requests."""
+
+    name: Name
+    """Name of the ModelDeployment."""
+    weight: int = Field(default=100, ge=0, le=1000)
+    """Relative share of local traffic when several models serve the same model name."""
+
+
+class Pricing(ApiModel):
+    """Price of the cloud model, for budgets and the router's cost term."""
+
+    input_per_million_tokens: float = Field(default=0, ge=0)
+    """USD per million prompt tokens."""
+    output_per_million_tokens: float = Field(default=0, ge=0)
+    """USD per million completion tokens."""
+
+
+class CloudEndpoint(ApiModel):
+    """An OpenAI-compatible endpoint outside the cluster."""
+
+    base_url: str = Field(alias="baseURL", max_length=2048, pattern=r"^https?://[^\s]+$")
+    """Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1."""
+    model: str = Field(min_length=1, max_length=256)
+    """Model name sent to the endpoint."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the API key; sent as a bearer token. Unset for endpoints without auth."""
+    timeout_seconds: float = Field(default=60, gt=0, le=600)
+    """Per-request timeout, first byte to last."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries on connection errors, 429 and 5xx, with backoff, within the timeout."""
+    pricing: Pricing = Field(default_factory=Pricing)
+    """Token prices, for budgets and cost-aware routing."""
+
+
+class HeaderMatch(ApiModel):
+    """A request header that must be present, optionally with a value."""
+
+    name: str = Field(min_length=1, max_length=256)
+    """Header name (case-insensitive)."""
+    value: str | None = Field(default=None, max_length=1024)
+    """Exact value; unset matches any value."""
+
+
+class RuleMatch(ApiModel):
+    """Conditions a request must all meet for a rule to apply. Empty matches everything."""
+
+    max_tokens: int | None = Field(default=None, ge=0)
+    """Estimated prompt tokens at most this (the seed's max_tokens)."""
+    min_tokens: int | None = Field(default=None, ge=0)
+    """Estimated prompt tokens at least this."""
+    contains_pii: bool | None = Field(default=None, alias="containsPII")
+    """True: the prompt holds sensitive data (of piiEntities, or any); false: it holds none."""
+    pii_entities: list[Entity] = Field(default_factory=list, max_length=16)
+    """Entities that count for containsPII; empty means all enabled in redaction."""
+    models: list[str] = Field(default_factory=list, max_length=64)
+    """Requested model names (the OpenAI "model" field)."""
+    headers: list[HeaderMatch] = Field(default_factory=list, max_length=16)
+    """Request headers, e.g. a tenant header."""
+
+
+@cel_rules(
+    CelRule(
+        rule="!has(self.match.minTokens) || !has(self.match.maxTokens)"
+        " || self.match.minTokens <= self.match.maxTokens",
+        message="match.minTokens must not exceed match.maxTokens",
+        field_path=".match.minTokens",
+        check=lambda r: (
+            r.match.min_tokens is None
+            or r.match.max_tokens is None
+            or r.match.min_tokens <= r.match.max_tokens
+        ),
+    )
+)
+class Rule(CelValidated):
+    """One ordered routing rule; the first rule whose match holds decides."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Rule name, recorded as the reason of each decision it makes."""
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    """Conditions; all must hold."""
+    target: Target
+    """local, cloud, adaptive (let the learned router choose) or reject."""
+
+
+class AdaptiveAlgorithm(StrEnum):
+    LINUCB = "linUCB"
+    THOMPSON = "thompsonSampling"
+    EPSILON_GREEDY = "epsilonGreedy"
+
+
+class Adaptive(ApiModel):
+    """The learned router for requests the rules leave to it."""
+
+    algorithm: AdaptiveAlgorithm = AdaptiveAlgorithm.LINUCB
+    """Contextual bandit over prompt size, complexity, local load, cloud latency and price."""
+    latency_target_ms: int = Field(default=2000, ge=1)
+    """Latency target; answers slower than this count as a miss."""
+    cost_weight: float = Field(default=1.0, ge=0)
+    """How much a dollar of cloud spend weighs against a missed latency target."""
+    exploration: float = Field(default=0.1, ge=0, le=1)
+    """Exploration strength (alpha for LinUCB, epsilon for epsilon-greedy)."""
+
+
+class Fallback(ApiModel):
+    """Where a request goes when its first target fails or is overloaded."""
+
+    local_to_cloud: bool = True
+    """Send to the cloud when no local endpoint can answer (redaction still applies)."""
+    cloud_to_local: bool = True
+    """Answer locally when the cloud fails, times out or its budget is spent."""
+    max_local_queue: int = Field(default=32, ge=1)
+    """In-flight requests per local endpoint above which local counts as overloaded."""
+
+
+class RedactionMode(StrEnum):
+    MASK = "mask"
+    PSEUDONYMIZE = "pseudonymize"
+    BLOCK = "block"
+
+
+class CustomEntity(ApiModel):
+    """A user-defined kind of sensitive data, found by a regular expression."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Z][A-Z0-9_]*$")
+    """Entity name in UPPER_SNAKE_CASE, used in placeholders and metrics."""
+    pattern: str = Field(min_length=1, max_length=1024)
+    """Regular expression (Python re syntax) matching the sensitive text."""
+
+
+class Redaction(ApiModel):
+    """What is removed from requests before they leave for the cloud."""
+
+    enabled: bool = True
+    """Redact cloud-bound requests; the local path always sees the original text."""
+    entities: list[Entity] = Field(default_factory=lambda: list(Entity), max_length=16)
+    """Built-in entities to detect."""
+    mode: RedactionMode = RedactionMode.PSEUDONYMIZE
+    """mask (replace, not restorable), pseudonymize (placeholders restored in the answer) or
+    block (the request stays local, or is refused if local can't answer)."""
+    per_entity_mode: dict[str, RedactionMode] = Field(default_factory=dict)
+    """Mode overrides per entity name."""
+    custom: list[CustomEntity] = Field(default_factory=list, max_length=32)
+    """Extra entities defined by regular expressions."""
+    restore_in_responses: bool = True
+    """Put the original values back into pseudonymized answers, streaming included."""
+
+
+class CacheBackend(StrEnum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+@cel_rules(
+    CelRule(
+        rule="self.backend != 'redis' || has(self.redisURL)",
+        message="redisURL is required when backend is redis",
+        field_path=".redisURL",
+        check=lambda c: c.backend != CacheBackend.REDIS or c.redis_url is not None,
+    )
+)
+class Cache(CelValidated):
+    """Exact-match response cache."""
+
+    enabled: bool = False
+    """Answer repeated identical requests from the cache."""
+    backend: CacheBackend = CacheBackend.MEMORY
+    """memory (per pod, LRU) or redis (shared)."""
+    redis_url: str | None = Field(
+        default=None, alias="redisURL", max_length=2048, pattern=r"^rediss?://[^\s]+$"
+    )
+    """redis:// or rediss:// URL of the shared cache."""
+    ttl_seconds: int = Field(default=300, ge=1, le=604800)
+    """How long an answer stays cached."""
+    max_entries: int = Field(default=10000, ge=1)
+    """Entries kept by the memory backend."""
+    cache_restored_pii: bool = False
+    """Cache answers into which redacted values were restored (off: they may hold PII)."""
+
+
+class Budgets(ApiModel):
+    """Limits on cloud use; when one is reached, traffic shifts to local."""
+
+    cloud_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Prompt plus completion tokens sent to the cloud per minute, per pod."""
+    cloud_requests_per_minute: int | None = Field(default=None, ge=1)
+    """Cloud requests per minute, per pod."""
+    cloud_usd_per_day: float | None = Field(default=None, gt=0, alias="cloudUSDPerDay")
+    """Cloud spend per day, per pod, from the endpoint's pricing."""
+
+
+class Audit(ApiModel):
+    """The tamper-evident log of routing decisions (never the sensitive values)."""
+
+    enabled: bool = True
+    """Write an audit record for every request."""
+    sink: Literal["stdout", "file"] = "stdout"
+    """stdout (collected with the pod's logs) or file."""
+    path: str | None = Field(default=None, max_length=1024)
+    """File path when sink is file."""
+    hmac_key_secret_ref: SecretKeyRef | None = None
+    """Secret with a key that makes the hash chain unforgeable without it."""
+
+
+@cel_rules(
+    CelRule(
+        rule="has(self.cloud) || self.rules.all(r, r.target != 'cloud')",
+        message="a rule targets cloud but no cloud endpoint is configured",
+        field_path=".rules",
+        check=lambda s: s.cloud is not None or all(r.target != Target.CLOUD for r in s.rules),
+    ),
+    CelRule(
+        rule="size(self.localModels) > 0 || self.rules.all(r, r.target != 'local')",
+        message="a rule targets local but localModels is empty",
+        field_path=".localModels",
+        check=lambda s: bool(s.local_models) or all(r.target != Target.LOCAL for r in s.rules),
+    ),
+    CelRule(
+        rule="self.rules.all(r, self.rules.exists_one(o, o.name == r.name))",
+        message="rule names must be unique",
+        field_path=".rules",
+        check=lambda s: len({r.name for r in s.rules}) == len(s.rules),
+    ),
+)
+class RoutingPolicySpec(CelValidated):
+    """The desired routing of requests from the selected pods."""
+
+    pod_selector: LabelSelector = Field(default_factory=LabelSelector)
+    """Pods in this namespace the policy applies to (a pod may also name it by annotation)."""
+    local_models: list[LocalModelRef] = Field(default_factory=list, max_length=16)
+    """ModelDeployments that answer local requests."""
+    cloud: CloudEndpoint | None = None
+    """The cloud endpoint; unset keeps every request local."""
+    rules: list[Rule] = Field(default_factory=list, max_length=64)
+    """Ordered rules; the first that matches decides."""
+    default_target: Target = Target.ADAPTIVE
+    """Target for requests no rule matches."""
+    adaptive: Adaptive = Field(default_factory=Adaptive)
+    """The learned router."""
+    fallback: Fallback = Field(default_factory=Fallback)
+    """Failover between local and cloud."""
+    redaction: Redaction = Field(default_factory=Redaction)
+    """Sensitive-data removal before the cloud."""
+    cache: Cache = Field(default_factory=Cache)
+    """Response cache."""
+    budgets: Budgets = Field(default_factory=Budgets)
+    """Cloud budgets."""
+    audit: Audit = Field(default_factory=Audit)
+    """Audit log."""
+
+
+class RoutingPolicyStatus(ApiModel):
+    """The observed state of a RoutingPolicy, written by the operator."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation the status reflects."""
+    conditions: ConditionList
+    """Ready (secret and models resolved) and Degraded."""
+    matched_pods: int = 0
+    """Pods whose sidecar uses this policy."""
+    ready_endpoints: int = 0
+    """Ready local model endpoints behind the policy."""
+
+
+class RoutingPolicy(ApiModel):
+    """How requests from selected pods are split between local models and a cloud endpoint."""
+
+    api_version: Literal["clawdbot.io/v1alpha1"] = "clawdbot.io/v1alpha1"
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None

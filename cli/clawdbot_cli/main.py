@@ -1,0 +1,109 @@
+"""The ``clawdbot`` command: CRDs, the seed importer and offline validation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from clawdbot_api import crdgen, seed, structural
+from clawdbot_api.manifests import ManifestError, parse_manifests
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _crds(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir)
+    if args.check:
+        problems = crdgen.drift(out)
+        for problem in problems:
+            print(f"{problem}; run 'make crds' and commit the result", file=sys.stderr)
+        for info in crdgen.KINDS:
+            for problem in structural.check_crd(crdgen.build_crd(info)):
+                problems.append(problem)
+                print(f"{info.name}: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+    for path in crdgen.generate(out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _import_config(args: argparse.Namespace) -> int:
+    opts = seed.ImportOptions(
+        namespace=args.namespace,
+        policy_name=args.policy_name,
+        models_pvc=args.models_pvc,
+        cloud_base_url=args.cloud_base_url,
+        cloud_model=args.cloud_model,
+        cloud_secret=args.cloud_secret,
+    )
+    try:
+        config = seed.load(Path(args.file))
+        sys.stdout.write(seed.to_yaml(seed.translate(config, opts)))
+    except seed.SeedConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = False
+    for name in args.files:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+            objects = parse_manifests(text, "<stdin>" if name == "-" else name)
+        except OSError as exc:
+            print(f"error: {name}: cannot read: {exc.strerror}", file=sys.stderr)
+            failed = True
+            continue
+        except ManifestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        for obj in objects:
+            meta = getattr(obj, "metadata", None)
+            print(f"{name}: {type(obj).__name__} {getattr(meta, 'name', '')}: valid")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="clawdbot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("crds", help="generate the CRDs from the API types")
+    p.add_argument("--output-dir", default="crds", help="where to write (default: crds)")
+    p.add_argument("--check", action="store_true", help="fail if the files drift from the types")
+    p.set_defaults(func=_crds)
+
+    p = sub.add_parser(
+        "import-config",
+        help="print the ModelDeployments and RoutingPolicy equivalent to a clawdbot-config.yaml",
+    )
+    p.add_argument("file", help="the seed clawdbot-config.yaml")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--policy-name", default="default", help="RoutingPolicy name")
+    p.add_argument("--models-pvc", help="serve the seed's model paths from this PVC")
+    p.add_argument("--cloud-base-url", default=seed.ImportOptions.cloud_base_url)
+    p.add_argument("--cloud-model", default=seed.ImportOptions.cloud_model)
+    p.add_argument(
+        "--cloud-secret", default=seed.ImportOptions.cloud_secret, help="Secret with the API key"
+    )
+    p.set_defaults(func=_import_config)
+
+    p = sub.add_parser("validate", help="validate clawdbot.io manifests offline")
+    p.add_argument("files", nargs="+", help="YAML files ('-' for stdin)")
+    p.set_defaults(func=_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clawdbot`` console script."""
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
