@@ -46,8 +46,9 @@ lint: venv ## Lint with ruff (style and format).
 	$(BIN)/ruff format --check $(PY_SOURCES)
 
 .PHONY: typecheck
-typecheck: venv ## Type-check the project's packages with mypy --strict.
+typecheck: venv ## Type-check the project's packages and the e2e harness with mypy --strict.
 	$(BIN)/mypy $(PY_PACKAGES)
+	$(BIN)/mypy e2e
 
 .PHONY: crds
 crds: venv ## Generate crds/ from the API types.

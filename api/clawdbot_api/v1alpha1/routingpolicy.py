@@ -197,7 +197,8 @@ class CacheBackend(StrEnum):
 
 @cel_rules(
     CelRule(
-        rule="self.backend != 'redis' || has(self.redisURL)",
+        # has() guards: the API server checks this rule against the bare default {} too.
+        rule="!has(self.backend) || self.backend != 'redis' || has(self.redisURL)",
         message="redisURL is required when backend is redis",
         field_path=".redisURL",
         check=lambda c: c.backend != CacheBackend.REDIS or c.redis_url is not None,

@@ -1,0 +1,50 @@
+# The local control plane and the e2e suite; included by the main Makefile.
+
+K8S_VERSION ?= v1.36.3
+ETCD_VERSION ?= v3.6.16
+KWOK_VERSION ?= v0.8.0
+HELM_VERSION ?= v3.22.0
+KIND_CLUSTER ?= clawdbot-e2e
+# Binaries built from the Go module proxy, cached per Kubernetes version; `make clean-cache`
+# drops them. Cluster state (certificates, etcd data, logs) lives in .run/cluster.
+CLUSTER_BIN_DIR ?= $(CURDIR)/.cache/bin/$(K8S_VERSION)
+export K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION KIND_CLUSTER
+export CLAWDBOT_BIN_DIR := $(CLUSTER_BIN_DIR)
+export CLAWDBOT_BUILD_DIR := $(CURDIR)/.cache/build
+E2E_ARGS ?=
+
+##@ Local cluster
+
+.PHONY: cluster-build
+cluster-build: ## Build (once, cached) etcd, the Kubernetes control plane, kubectl, kwok and helm.
+	@e2e/cluster/build.sh
+
+.PHONY: cluster-up
+cluster-up: cluster-build ## Start the local control plane with fake GPU/CPU nodes (kwok).
+	@e2e/cluster/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop every process of the local control plane.
+	@e2e/cluster/cluster.sh down
+
+.PHONY: cluster-status
+cluster-status: ## Show the local control plane's processes and nodes.
+	@e2e/cluster/cluster.sh status
+
+.PHONY: clean-cache
+clean-cache: ## Delete the cached binaries (the next cluster-build rebuilds them).
+	rm -rf .cache/bin .cache/build
+
+##@ End-to-end tests
+
+.PHONY: e2e
+e2e: venv cluster-build ## E2E suite on the local control plane (starts and stops it).
+	$(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
+
+.PHONY: e2e-kind
+e2e-kind: venv ## E2E suite on a kind cluster (needs Docker and kind).
+	@command -v docker >/dev/null || { echo "make e2e-kind needs Docker; use 'make e2e'"; exit 1; }
+	@command -v kind >/dev/null || { echo "make e2e-kind needs kind (https://kind.sigs.k8s.io)"; exit 1; }
+	kind get clusters | grep -qx '$(KIND_CLUSTER)' || \
+		kind create cluster --name $(KIND_CLUSTER) --config e2e/cluster/kind-config.yaml --wait 180s
+	$(BIN)/pytest e2e -m e2e -q --cluster=kind $(E2E_ARGS)
