@@ -1,0 +1,1 @@
+"""The operator <-> sidecar discovery protocol (generated from discovery.proto)."""

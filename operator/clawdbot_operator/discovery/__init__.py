@@ -1,0 +1,1 @@
+"""The discovery stream: each sidecar's policy and endpoints down, load reports up."""

@@ -1,0 +1,143 @@
+"""Pure functions behind the discovery stream: which policy a pod gets, which endpoints.
+
+Kept free of I/O so the resolution rules are tested on plain dicts:
+
+* a pod's policy is the one its ``clawdbot.io/routing-policy`` annotation names (in its
+  namespace), else the policy whose ``podSelector`` matches its labels; when several match,
+  the alphabetically first wins (and the operator reports the overlap on the policies);
+* a policy's endpoints are the ready pods of the ModelDeployments in ``localModels``, each
+  at ``http://<pod IP>:<http port>/v1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.builders.meta import HTTP_PORT, LABEL_MODEL_DEPLOYMENT, LABEL_REVISION
+from clawdbot_operator.webhook.inject import POLICY_ANNOTATION
+
+Manifest = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    url: str
+    model: str
+    model_deployment: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What one pod's sidecar should hold."""
+
+    policy_name: str
+    policy: RoutingPolicySpec | None
+    endpoints: tuple[EndpointInfo, ...]
+
+    @property
+    def version(self) -> str:
+        """A digest of the content: equal versions mean nothing to resend."""
+        data = {
+            "name": self.policy_name,
+            "policy": self.policy.model_dump(mode="json", by_alias=True) if self.policy else None,
+            "endpoints": [e.__dict__ for e in self.endpoints],
+        }
+        raw = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics (matchLabels and matchExpressions)."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        present = key in labels
+        if op == "In" and (not present or labels[key] not in values):
+            return False
+        if op == "NotIn" and present and labels[key] in values:
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def policy_for_pod(
+    pod: Manifest, policies: Mapping[str, RoutingPolicySpec]
+) -> tuple[str, RoutingPolicySpec] | None:
+    """The (name, spec) of the pod's policy among its namespace's ``policies``, or None."""
+    meta = pod.get("metadata") or {}
+    named = (meta.get("annotations") or {}).get(POLICY_ANNOTATION)
+    if named:
+        spec = policies.get(named)
+        return (named, spec) if spec is not None else None
+    labels = meta.get("labels") or {}
+    for name in sorted(policies):
+        selector = policies[name].pod_selector.model_dump(by_alias=True, exclude_none=True)
+        if selector and selector_matches(selector, labels):
+            return name, policies[name]
+    return None
+
+
+def _ready(pod: Manifest) -> bool:
+    status = pod.get("status") or {}
+    if not status.get("podIP") or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = status.get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _http_port(pod: Manifest) -> int:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "http":
+                return int(port["containerPort"])
+    return HTTP_PORT
+
+
+def endpoints_for(
+    policy: RoutingPolicySpec,
+    model_pods: Iterable[Manifest],
+    served_names: Mapping[str, str],
+) -> tuple[EndpointInfo, ...]:
+    """Ready endpoints of the policy's local models; ``served_names``: MD name -> model name."""
+    wanted = {m.name for m in policy.local_models}
+    found: list[EndpointInfo] = []
+    for pod in model_pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        md = labels.get(LABEL_MODEL_DEPLOYMENT)
+        if md not in wanted or not _ready(pod):
+            continue
+        revision = labels.get(LABEL_REVISION, "0")
+        found.append(
+            EndpointInfo(
+                url=f"http://{pod['status']['podIP']}:{_http_port(pod)}/v1",
+                model=served_names.get(md, md),
+                model_deployment=md,
+                revision=int(revision) if revision.isdigit() else 0,
+            )
+        )
+    return tuple(sorted(found, key=lambda e: e.url))
+
+
+def resolve(
+    pod: Manifest,
+    policies: Mapping[str, RoutingPolicySpec],
+    model_pods: Iterable[Manifest],
+    served_names: Mapping[str, str],
+) -> Resolved:
+    """Everything the pod's sidecar should hold now."""
+    found = policy_for_pod(pod, policies)
+    if found is None:
+        return Resolved("", None, ())
+    name, spec = found
+    return Resolved(name, spec, endpoints_for(spec, model_pods, served_names))

@@ -1,0 +1,235 @@
+"""The discovery gRPC service: policies and endpoints down to sidecars, load reports up.
+
+The operator's watchers feed a :class:`DiscoveryState`; every change bumps its generation
+and wakes the subscribers, each of which recomputes its pod's snapshot and sends it only if
+it changed. Any operator replica can serve the stream: the state is rebuilt from the API
+server's watches in each replica, not shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import grpc
+
+from clawdbot_api.discovery import discovery_pb2 as pb
+from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
+from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.discovery.resolve import Resolved, resolve
+from clawdbot_operator.loadreports import LoadReport, LoadReportStore
+
+log = logging.getLogger("clawdbot.operator.discovery")
+
+# How often sidecars are asked to report load.
+REPORT_INTERVAL_S = 10.0
+# A subscriber re-checks its pod at least this often even without a change notification
+# (covers a missed wake-up; cheap, the snapshot is recomputed in memory).
+RESYNC_S = 30.0
+
+Manifest = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a token belongs to, as the TokenReview says."""
+
+    namespace: str
+    service_account: str
+    pod_name: str | None
+    """From a pod-bound token (projected volume); None for other tokens."""
+
+
+class TokenReviewer(Protocol):
+    async def review(self, token: str) -> Identity | None:
+        """The identity of a valid token for the "clawdbot" audience, None otherwise."""
+        ...
+
+
+PodGetter = Callable[[str, str], Awaitable[Manifest | None]]
+
+
+class DiscoveryState:
+    """What the operator knows that sidecars need, per namespace; changes wake subscribers."""
+
+    def __init__(self) -> None:
+        self.policies: dict[str, dict[str, RoutingPolicySpec]] = {}
+        self.model_pods: dict[str, dict[str, Manifest]] = {}
+        self.served_names: dict[str, dict[str, str]] = {}
+        self._changed = asyncio.Condition()
+        self.generation = 0
+
+    async def _bump(self) -> None:
+        async with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
+
+    async def set_policy(self, namespace: str, name: str, spec: RoutingPolicySpec | None) -> None:
+        policies = self.policies.setdefault(namespace, {})
+        if spec is None:
+            policies.pop(name, None)
+        else:
+            policies[name] = spec
+        await self._bump()
+
+    async def set_model_pod(self, namespace: str, name: str, pod: Manifest | None) -> None:
+        pods = self.model_pods.setdefault(namespace, {})
+        if pod is None:
+            pods.pop(name, None)
+        else:
+            pods[name] = pod
+        await self._bump()
+
+    async def set_served_name(self, namespace: str, deployment: str, model: str | None) -> None:
+        names = self.served_names.setdefault(namespace, {})
+        if model is None:
+            names.pop(deployment, None)
+        else:
+            names[deployment] = model
+        await self._bump()
+
+    def resolve(self, pod: Manifest) -> Resolved:
+        ns = (pod.get("metadata") or {}).get("namespace", "")
+        return resolve(
+            pod,
+            self.policies.get(ns, {}),
+            self.model_pods.get(ns, {}).values(),
+            self.served_names.get(ns, {}),
+        )
+
+    async def wait_change(self, generation: int, within_s: float) -> int:
+        """Wait until the generation moves past ``generation`` (or ``within_s``); the new one."""
+        async with self._changed:
+            if self.generation == generation:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), within_s)
+            return self.generation
+
+
+def to_snapshot(resolved: Resolved) -> pb.Snapshot:
+    return pb.Snapshot(
+        version=resolved.version,
+        policy_name=resolved.policy_name,
+        policy_spec_json=(
+            resolved.policy.model_dump_json(by_alias=True, exclude_none=True)
+            if resolved.policy
+            else ""
+        ),
+        endpoints=[
+            pb.Endpoint(url=e.url, model=e.model, model_deployment=e.model_deployment,
+                        revision=e.revision)
+            for e in resolved.endpoints
+        ],
+    )  # fmt: skip
+
+
+def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return None
+
+
+class DiscoveryServicer(pb_grpc.DiscoveryServicer):
+    def __init__(
+        self,
+        state: DiscoveryState,
+        reviewer: TokenReviewer,
+        get_pod: PodGetter,
+        load_reports: LoadReportStore,
+    ) -> None:
+        self.state = state
+        self.reviewer = reviewer
+        self.get_pod = get_pod
+        self.load_reports = load_reports
+        # (namespace, pod, url) -> (requests, errors) at the previous report.
+        self._counters: dict[tuple[str, str, str], tuple[int, int]] = {}
+
+    async def _authorize(
+        self, context: grpc.aio.ServicerContext[Any, Any], namespace: str, pod_name: str
+    ) -> None:
+        token = _bearer(context)
+        if token is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>'"
+            )
+        identity = await self.reviewer.review(token or "")
+        if identity is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected by TokenReview")
+        assert identity is not None
+        if identity.namespace != namespace or (
+            identity.pod_name is not None and identity.pod_name != pod_name
+        ):
+            # A pod-bound token must name this very pod: a pod only receives its own policy.
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the token is not for pod {namespace}/{pod_name}",
+            )
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.Snapshot]:
+        await self._authorize(context, request.pod_namespace, request.pod_name)
+        pod = await self.get_pod(request.pod_namespace, request.pod_name)
+        if pod is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"pod {request.pod_namespace}/{request.pod_name} does not exist",
+            )
+        assert pod is not None
+        sent = request.known_version
+        generation = -1
+        while True:
+            current = self.state.generation
+            if current != generation:
+                generation = current
+                snapshot = to_snapshot(self.state.resolve(pod))
+                if snapshot.version != sent:
+                    sent = snapshot.version
+                    yield snapshot
+            await self.state.wait_change(generation, RESYNC_S)
+
+    async def ReportLoad(
+        self,
+        request_iterator: AsyncIterator[pb.LoadReport],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.ReportAck:
+        authorized: tuple[str, str] | None = None
+        async for report in request_iterator:
+            who = (report.pod_namespace, report.pod_name)
+            if authorized != who:
+                await self._authorize(context, *who)
+                authorized = who
+            self._record(report)
+        return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
+
+    def _record(self, report: pb.LoadReport) -> None:
+        when = datetime.fromtimestamp(report.unix_ms / 1000, UTC)
+        for e in report.endpoints:
+            key = (report.pod_namespace, report.pod_name, e.url)
+            prev_requests, prev_errors = self._counters.get(key, (0, 0))
+            if e.requests < prev_requests:  # the sidecar restarted: counters began again
+                prev_requests, prev_errors = 0, 0
+            self._counters[key] = (e.requests, e.errors)
+            self.load_reports.add(
+                LoadReport(
+                    namespace=report.pod_namespace,
+                    model_deployment=e.model_deployment,
+                    source=f"{report.pod_name}/{e.url}",
+                    timestamp=when,
+                    revision=e.revision or None,
+                    inflight_requests=float(e.in_flight),
+                    requests=e.requests - prev_requests,
+                    errors=e.errors - prev_errors,
+                    p95_latency_ms=e.latency_p95_ms or None,
+                )
+            )
+
+
+def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:
+    pb_grpc.add_DiscoveryServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -1,0 +1,1 @@
+"""The sidecar injection webhook: the decision, the mutation, the admission server, its TLS."""

@@ -1,0 +1,90 @@
+"""The admission endpoint: AdmissionReview in, a JSONPatch that injects the sidecar out.
+
+The handler never fails a pod because of itself: any error in the decision is answered with
+``allowed: true`` and no patch (logged and counted), so a webhook bug degrades to "no
+sidecar", never to "no pods". Whether the API server admits pods when the webhook is
+unreachable is the configuration's ``failurePolicy`` (a chart value).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from clawdbot_operator.webhook.inject import Outcome, SidecarSettings, decide, inject, json_patch
+
+log = logging.getLogger("clawdbot.operator.webhook")
+
+MUTATE_PATH = "/mutate-pods"
+NamespaceLabels = Callable[[str], Awaitable[Mapping[str, str]]]
+
+
+class WebhookMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.outcomes = Counter(
+            "clawdbot_operator_injection_requests",
+            "Pod admission requests by outcome (injected, not-opted-in, opted-out, "
+            "already-injected, host-network, protected-namespace, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+def review_response(
+    uid: str, patch: list[dict[str, Any]] | None, warning: str | None = None
+) -> Any:
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    if warning:
+        response["warnings"] = [warning]
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+def build_app(
+    settings: SidecarSettings,
+    namespace_labels: NamespaceLabels,
+    operator_namespace: str,
+    metrics: WebhookMetrics | None = None,
+) -> web.Application:
+    """The webhook app; serve it over TLS (the API server only calls HTTPS webhooks)."""
+    counters = metrics or WebhookMetrics()
+
+    async def mutate(request: web.Request) -> web.Response:
+        try:
+            review = await request.json()
+            req = review["request"]
+            uid = str(req["uid"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": "expected an admission.k8s.io/v1 AdmissionReview"}, status=400
+            )
+        try:
+            if req.get("operation") != "CREATE" or (req.get("kind") or {}).get("kind") != "Pod":
+                return web.json_response(review_response(uid, None))
+            pod = req["object"]
+            namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace", "")
+            outcome = decide(pod, namespace, await namespace_labels(namespace), operator_namespace)
+            counters.outcomes.labels(outcome.value).inc()
+            if outcome != Outcome.INJECTED:
+                return web.json_response(review_response(uid, None))
+            patch = json_patch(pod, inject(pod, settings))
+            return web.json_response(review_response(uid, patch))
+        except Exception:
+            log.exception("injection failed; admitting the pod without the sidecar")
+            counters.outcomes.labels("error").inc()
+            return web.json_response(
+                review_response(uid, None, "clawdbot: sidecar injection failed; see operator logs")
+            )
+
+    app = web.Application()
+    app.router.add_post(MUTATE_PATH, mutate)
+    return app

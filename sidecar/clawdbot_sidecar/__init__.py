@@ -1,0 +1,1 @@
+"""clawdbot_sidecar."""

@@ -1,0 +1,148 @@
+"""The sidecar's configuration: a RoutingPolicy spec, local endpoints and its own limits.
+
+In a pod, the operator's discovery stream supplies the policy and endpoints; standalone and
+in tests, a YAML file does. Either way the result is one :class:`SidecarConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from clawdbot_api import seed
+from clawdbot_api.errors import format_validation_error
+from clawdbot_api.v1alpha1 import RoutingPolicy, RoutingPolicySpec
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class LocalEndpoint(_Model):
+    """One model server replica that answers OpenAI-compatible requests."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    """Base URL of its OpenAI API, e.g. http://10.1.2.3:8080/v1."""
+    model: str
+    """The model name it serves (what is sent as "model")."""
+    revision: str = ""
+    """The ModelDeployment revision of the replica, for per-revision load reports."""
+    deployment: str = ""
+    """The ModelDeployment it belongs to."""
+
+
+class Limits(_Model):
+    """Protection of the sidecar and the app: bounded bodies, bounded concurrency."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted (413 above it); 4 MiB fits ~1M tokens of text."""
+    max_concurrency: int = 256
+    """Requests in progress at once; above it the sidecar answers 429 (backpressure)."""
+    local_connect_timeout_s: float = 1.0
+    """A local endpoint that does not accept a connection within this is tried no more."""
+    local_timeout_s: float = 300.0
+    """Whole-request limit for a local model (long generations)."""
+    drain_timeout_s: float = 20.0
+    """On SIGTERM, how long requests in progress may take to finish."""
+
+
+class SidecarConfig(_Model):
+    """Everything the routing core needs."""
+
+    policy: RoutingPolicySpec = Field(default_factory=RoutingPolicySpec)
+    """The routing policy in force."""
+    endpoints: tuple[LocalEndpoint, ...] = ()
+    """Ready local model endpoints."""
+    cloud_api_key: str | None = Field(default=None, repr=False, exclude=True)
+    """API key of the cloud endpoint; never logged or dumped."""
+    limits: Limits = Field(default_factory=Limits)
+    """Body and concurrency limits."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, line and field."""
+
+
+def parse_config(text: str, source: str = "<config>") -> SidecarConfig:
+    """Parse a sidecar config file: {policy: RoutingPolicy or its spec, endpoints: [...]}."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with policy and endpoints")
+    policy = data.get("policy")
+    prefix: tuple[Any, ...] = ()
+    if isinstance(policy, dict) and policy.get("kind") == "RoutingPolicy":
+        # A whole RoutingPolicy manifest is accepted as well as its spec.
+        data = {**data, "policy": policy.get("spec", {})}
+        prefix = ("policy", "spec")
+    try:
+        return SidecarConfig.model_validate(data)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, source, root)
+        if prefix:
+            msg = msg.replace(": policy.", ": policy.spec.")
+        raise ConfigError(msg) from exc
+
+
+def load_config(path: Path, api_key_env: str = "CLAWDBOT_CLOUD_API_KEY") -> SidecarConfig:
+    """Load a config file and the cloud API key (from env, or the file the policy names)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    config = parse_config(text, str(path))
+    return config.model_copy(update={"cloud_api_key": _api_key(api_key_env)})
+
+
+def _api_key(env: str) -> str | None:
+    """The cloud API key from ``env``, or from the file ``<env>_FILE`` names (a Secret)."""
+    key = os.environ.get(env)
+    key_file = os.environ.get(f"{env}_FILE")
+    if key is None and key_file:
+        try:
+            key = Path(key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{env}_FILE={key_file}: cannot read: {exc.strerror}") from exc
+    return key
+
+
+def config_from_seed(
+    path: Path,
+    local_urls: list[str],
+    *,
+    cloud_url: str | None = None,
+    cloud_model: str | None = None,
+    api_key_env: str = "CLAWDBOT_CLOUD_API_KEY",
+) -> SidecarConfig:
+    """A config from the seed's ``clawdbot-config.yaml``, for running outside Kubernetes.
+
+    The seed's routing rules become the policy (as ``clawdbot import-config`` translates
+    them); ``local_urls`` are the model servers of its first model.
+    """
+    opts = seed.ImportOptions()
+    opts = dataclasses.replace(
+        opts,
+        cloud_base_url=cloud_url or opts.cloud_base_url,
+        cloud_model=cloud_model or opts.cloud_model,
+    )
+    try:
+        objects = seed.translate(seed.load(path), opts)
+    except seed.SeedConfigError as exc:
+        raise ConfigError(str(exc)) from exc
+    policies = [o for o in objects if isinstance(o, RoutingPolicy)]
+    models = [o for o in objects if not isinstance(o, RoutingPolicy)]
+    model_name = models[0].spec.model.name if models else "default"
+    endpoints = tuple(LocalEndpoint(url=u, model=model_name) for u in local_urls)
+    config = SidecarConfig(policy=policies[0].spec, endpoints=endpoints)
+    return config.model_copy(update={"cloud_api_key": _api_key(api_key_env)})

@@ -1,0 +1,639 @@
+"""The routing core: one request in, one answer out, whatever protocol carried it.
+
+    validate -> features -> cache -> decide -> (redact) -> call, with fallback
+             -> (restore) -> account (bandit, budgets, breaker, metrics, audit) -> answer
+
+The HTTP and gRPC fronts are thin adapters around :meth:`RoutingCore.handle`. The core never
+logs prompt text, answers or redacted values; the audit record holds counts and reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, cast
+
+from clawdbot_api.v1alpha1.routingpolicy import Pricing
+from clawdbot_api.v1alpha1.routingpolicy import RedactionMode as ApiRedactionMode
+from clawdbot_sidecar.cloud import BreakerState, BudgetTracker, CircuitBreaker
+from clawdbot_sidecar.config import SidecarConfig
+from clawdbot_sidecar.decision import Arm, Bandit, Decision, Signals, decide, reward
+from clawdbot_sidecar.features import Features, complexity, estimate_tokens, prompt_text
+from clawdbot_sidecar.metrics import SidecarMetrics
+from clawdbot_sidecar.pool import EndpointState, LocalPool, NoEndpoint
+from clawdbot_sidecar.redaction import RedactionConfig, Redactor, Restorer
+from clawdbot_sidecar.upstream import StreamHandle, Upstream, UpstreamError, backoff_delay
+
+log = logging.getLogger("clawdbot.sidecar")
+
+# Local attempts on connection failure: the first endpoint and up to this many others.
+LOCAL_CONNECT_RETRIES = 2
+# Completion tokens assumed for price estimates when the request sets no max_tokens.
+DEFAULT_COMPLETION_TOKENS = 256
+# Weight of the newest sample in the cloud latency / error-rate moving averages.
+CLOUD_EWMA_ALPHA = 0.1
+# Headers through which the app can see the decision.
+TARGET_HEADER = "x-clawdbot-target"
+REASON_HEADER = "x-clawdbot-reason"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ApiKind(StrEnum):
+    """The OpenAI endpoints the core routes; the value is the path below /v1."""
+
+    CHAT = "chat/completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+class RequestError(Exception):
+    """A request the core refuses or can't answer, in OpenAI's error vocabulary."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.reason = reason
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ResponseCache(Protocol):
+    """What the core needs of a cache backend (see clawdbot_sidecar.cache)."""
+
+    async def get(self, key: str) -> dict[str, Any] | None: ...
+
+    async def set(self, key: str, value: dict[str, Any]) -> None: ...
+
+
+class AuditSink(Protocol):
+    """Where audit records go (see clawdbot_sidecar.audit); must not block."""
+
+    def record(self, entry: dict[str, Any]) -> None: ...
+
+
+CacheKeyFn = Callable[[Mapping[str, Any]], str]
+
+
+@dataclass
+class Answer:
+    """What the front sends back: a JSON body or an SSE byte stream, plus decision headers."""
+
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass
+class _Outcome:
+    """Accounting for one request, filled in as it goes and written once at the end."""
+
+    request_id: str
+    kind: ApiKind
+    model: str
+    started: float
+    stream: bool
+    decision: Decision | None = None
+    target: str = ""
+    fallback_from: str | None = None
+    status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    redacted: dict[str, int] = field(default_factory=dict)
+    cache: str = "off"
+    restored_pii: bool = False
+    endpoint: EndpointState | None = None
+    error: str | None = None
+
+
+def _validate(kind: ApiKind, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError(400, "you must provide a model parameter", param="model")
+    if kind == ApiKind.CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError(
+                400, "messages must be a non-empty array of messages", param="messages"
+            )
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                raise RequestError(
+                    400, f"messages[{i}] must be an object with a role", param=f"messages[{i}]"
+                )
+    elif kind == ApiKind.COMPLETIONS:
+        if not isinstance(body.get("prompt"), str | list):
+            raise RequestError(400, "prompt must be a string or an array", param="prompt")
+    elif not isinstance(body.get("input"), str | list):
+        raise RequestError(400, "input must be a string or an array", param="input")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "stream must be a boolean", param="stream")
+    if stream and kind == ApiKind.EMBEDDINGS:
+        raise RequestError(400, "embeddings can't be streamed", param="stream")
+    return body
+
+
+def _usage(body: Mapping[str, Any]) -> tuple[int, int]:
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+    )
+
+
+def _sse(event: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
+
+
+class RoutingCore:
+    """Routes OpenAI requests between the local pool and the cloud per a RoutingPolicy."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        upstream: Upstream,
+        *,
+        metrics: SidecarMetrics | None = None,
+        cache: ResponseCache | None = None,
+        cache_key: CacheKeyFn | None = None,
+        audit: AuditSink | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.metrics = metrics or SidecarMetrics()
+        self.cache = cache
+        self._cache_key = cache_key
+        self.audit = audit
+        self.pool = LocalPool(config.endpoints, seed=seed)
+        self.breaker = CircuitBreaker()
+        self._seed = seed
+        self.in_flight = 0
+        # Set while no request is in progress; graceful shutdown waits on it.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.cloud_latency_s = 0.0
+        self.cloud_error_rate = 0.0
+        self.apply(config)
+
+    # -- configuration ------------------------------------------------------------------
+
+    def apply(self, config: SidecarConfig) -> None:
+        """Take a new policy and endpoint set (from a file reload or the operator)."""
+        old = getattr(self, "config", None)
+        self.config = config
+        policy = config.policy
+        self.pool.update(config.endpoints)
+        self.redactor = Redactor(RedactionConfig.from_api(policy.redaction))
+        if old is None or old.policy.adaptive != policy.adaptive:
+            self.bandit = Bandit(policy.adaptive, seed=self._seed)
+        cloud = policy.cloud
+        if old is None or old.policy.budgets != policy.budgets or old.policy.cloud != cloud:
+            self.budgets = BudgetTracker(policy.budgets, cloud.pricing if cloud else Pricing())
+        self._update_endpoint_gauges()
+
+    def _update_endpoint_gauges(self) -> None:
+        healthy = self.pool.healthy_count()
+        self.metrics.local_endpoints.labels("healthy").set(healthy)
+        self.metrics.local_endpoints.labels("ejected").set(len(self.pool.states) - healthy)
+        self.metrics.cloud_circuit_open.set(int(self.breaker.state == BreakerState.OPEN))
+
+    # -- the request path ---------------------------------------------------------------
+
+    async def handle(self, kind: ApiKind, raw: Any, headers: Mapping[str, str]) -> Answer:
+        """Answer one request. Raises RequestError for refusals the front turns into errors."""
+        limit = self.config.limits.max_concurrency
+        if self.in_flight >= limit:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise RequestError(
+                429,
+                f"the sidecar is at its limit of {limit} requests in progress; retry shortly",
+                type_="rate_limit_error",
+                code="overloaded",
+            )
+        self.in_flight += 1
+        self.idle.clear()
+        self.metrics.in_flight.inc()
+        lowered = {k.lower(): v for k, v in headers.items()}
+        out = _Outcome(
+            request_id=lowered.get(REQUEST_ID_HEADER) or uuid.uuid4().hex,
+            kind=kind,
+            model="",
+            started=time.monotonic(),
+            stream=False,
+        )
+        streaming = False
+        try:
+            body = _validate(kind, raw)
+            out.model, out.stream = body["model"], bool(body.get("stream"))
+            answer = await self._route(body, lowered, out)
+            streaming = answer.stream is not None
+            if answer.stream is not None:
+                answer.stream = self._finish_stream(answer.stream, out)
+            return answer
+        except RequestError as exc:
+            out.status, out.error = exc.status, exc.reason or exc.type
+            if exc.status == 400:
+                self.metrics.rejected.labels("invalid").inc()
+            raise
+        finally:
+            if not streaming:
+                self._done(out)
+
+    async def _route(self, body: dict[str, Any], headers: dict[str, str], out: _Outcome) -> Answer:
+        policy = self.config.policy
+        text, turns = prompt_text(body)
+        pii = self.redactor.scan(text) if text else {}
+        features = Features(
+            model=out.model,
+            tokens=estimate_tokens(text),
+            complexity=complexity(text, turns),
+            pii=pii,
+            headers=headers,
+            stream=out.stream,
+        )
+
+        cache_key = None
+        if self.cache is not None and self._cache_key is not None and not out.stream:
+            cache_key = self._cache_key(body)
+            hit = await self._cache_get(cache_key)
+            if hit is not None:
+                out.cache, out.target = "hit", "cache"
+                out.decision = Decision("local", "cache-hit")
+                self.metrics.decisions.labels("cache", "cache-hit").inc()
+                return Answer(200, self._headers(out), body=hit)
+            out.cache = "miss"
+
+        signals = self._signals(features, body)
+        blocked = {e: n for e, n in pii.items() if self._mode(e) == ApiRedactionMode.BLOCK}
+        decision = decide(policy, features, signals, self.bandit, blocked)
+        out.decision = decision
+        self.metrics.decisions.labels(decision.target, decision.reason).inc()
+        if decision.target == "reject":
+            status = 403 if decision.reason.startswith(("rule:", "default")) else 503
+            raise RequestError(
+                status,
+                f"the routing policy refused this request ({decision.reason})"
+                if status == 403
+                else f"no target can answer this request now ({decision.reason}); retry later",
+                type_="policy_error" if status == 403 else "service_unavailable",
+                code="rejected" if status == 403 else "unavailable",
+                reason=decision.reason,
+            )
+
+        order = [decision.target]
+        if decision.target == "local" and policy.fallback.local_to_cloud and not blocked:
+            order.append("cloud")
+        elif decision.target == "cloud" and policy.fallback.cloud_to_local:
+            order.append("local")
+
+        last: UpstreamError | NoEndpoint | RequestError | None = None
+        for i, target in enumerate(order):
+            if i > 0:
+                if target == "cloud" and not (policy.cloud and self.breaker.allow()):
+                    break
+                out.fallback_from = order[0]
+            try:
+                answer = await self._call(target, body, out)
+            except (UpstreamError, NoEndpoint) as exc:
+                last = exc
+                continue
+            except RequestError as exc:  # e.g. the cloud copy would carry a blocked entity
+                last = exc
+                continue
+            if out.fallback_from:
+                self.metrics.fallbacks.labels(out.fallback_from, target).inc()
+            if cache_key is not None and answer.body is not None:
+                await self._cache_put(cache_key, answer.body, out)
+            return answer
+        raise self._failure(last, out)
+
+    def _failure(
+        self, exc: UpstreamError | NoEndpoint | RequestError | None, out: _Outcome
+    ) -> RequestError:
+        if isinstance(exc, RequestError):
+            return exc
+        status = exc.status if isinstance(exc, UpstreamError) else None
+        if status is not None and 400 <= status < 500 and status != 429:
+            # The upstream refused the request itself: pass its verdict through.
+            return RequestError(
+                status, str(exc), type_="invalid_request_error", reason="upstream-4xx"
+            )
+        what = str(exc) if exc else "no target available"
+        return RequestError(
+            502 if isinstance(exc, UpstreamError) else 503,
+            f"no upstream could answer ({out.target or 'none'}: {what}); retry later",
+            type_="upstream_error",
+            code="upstream_unavailable",
+            reason="upstream-failed",
+        )
+
+    def _mode(self, entity: str) -> ApiRedactionMode:
+        redaction = self.config.policy.redaction
+        return redaction.per_entity_mode.get(entity, redaction.mode)
+
+    def _signals(self, f: Features, body: Mapping[str, Any]) -> Signals:
+        cloud = self.config.policy.cloud
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        completion = max_tokens if isinstance(max_tokens, int) else DEFAULT_COMPLETION_TOKENS
+        exhausted = self.budgets.exhausted(f.tokens + completion) if cloud else None
+        states = [s for s in self.pool.states if s.healthy(time.monotonic())]
+        least = min(states, key=lambda s: s.in_flight) if states else None
+        return Signals(
+            local_healthy=len(states),
+            local_queue=least.in_flight if least else 0,
+            local_latency_s=least.latency_ewma_s if least else 0.0,
+            cloud_configured=cloud is not None,
+            cloud_allowed=cloud is not None and self.breaker.state != BreakerState.OPEN,
+            cloud_latency_s=self.cloud_latency_s,
+            cloud_error_rate=self.cloud_error_rate,
+            cloud_price_usd=self.budgets.cost_usd(f.tokens, completion) if cloud else 0.0,
+            budget_exhausted=exhausted,
+        )
+
+    # -- calling the targets ------------------------------------------------------------
+
+    async def _call(self, target: str, body: dict[str, Any], out: _Outcome) -> Answer:
+        out.target = target
+        if target == "local":
+            return await self._call_local(body, out)
+        return await self._call_cloud(body, out)
+
+    def _stream_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Ask for usage in the final chunk, so streamed answers are accounted too."""
+        if not body.get("stream") or "stream_options" in body:
+            return body
+        return {**body, "stream_options": {"include_usage": True}}
+
+    async def _call_local(self, body: dict[str, Any], out: _Outcome) -> Answer:
+        limits = self.config.limits
+        tried: set[str] = set()
+        for _ in range(1 + LOCAL_CONNECT_RETRIES):
+            state = self.pool.pick(exclude=tried, model=out.model)
+            tried.add(state.endpoint.url)
+            url = f"{state.endpoint.url.rstrip('/')}/{out.kind.value}"
+            request = self._stream_body({**body, "model": state.endpoint.model})
+            started = self.pool.begin(state)
+            try:
+                if out.stream:
+                    handle = await self.upstream.open_stream(
+                        url, request, {}, limits.local_timeout_s
+                    )
+                    out.endpoint = state
+                    relay = self._relay(
+                        handle, None, out, body, functools.partial(self.pool.end, state, started)
+                    )
+                    return Answer(200, self._headers(out), stream=relay)
+                result = await self.upstream.post_json(url, request, {}, limits.local_timeout_s)
+            except UpstreamError as exc:
+                self.pool.end(state, started, ok=exc.kind == "status" and exc.status == 400)
+                self._update_endpoint_gauges()
+                if exc.kind != "connect":
+                    raise
+                log.warning("local endpoint %s unreachable, trying another", state.endpoint.url)
+                continue
+            self.pool.end(state, started, ok=True)
+            out.endpoint = state
+            out.prompt_tokens, out.completion_tokens = _usage(result)
+            return Answer(200, self._headers(out), body=result)
+        raise NoEndpoint(f"no local endpoint accepted a connection (tried {len(tried)})")
+
+    async def _call_cloud(self, body: dict[str, Any], out: _Outcome) -> Answer:
+        cloud = self.config.policy.cloud
+        if cloud is None:
+            raise NoEndpoint("no cloud endpoint is configured")
+        redaction = self.config.policy.redaction
+        result = self.redactor.redact_request(body)
+        if result.is_blocked:
+            raise RequestError(
+                400,
+                "the request holds sensitive data the policy blocks from the cloud "
+                f"({', '.join(sorted(result.blocked))}), and no local model can answer it",
+                code="sensitive_data_blocked",
+                reason="redaction-block",
+            )
+        out.redacted = dict(result.counts)
+        for entity, n in result.counts.items():
+            self.metrics.redactions.labels(entity).inc(n)
+        restorer = None
+        if result.counts and redaction.restore_in_responses and len(result.mapping):
+            restorer = Restorer(result.mapping)
+        request = dict(result.request)
+        if out.kind != ApiKind.EMBEDDINGS:
+            request["model"] = cloud.model
+        request = self._stream_body(request)
+        url = f"{cloud.base_url.rstrip('/')}/{out.kind.value}"
+        headers = {}
+        if self.config.cloud_api_key:
+            headers["Authorization"] = f"Bearer {self.config.cloud_api_key}"
+
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                self._update_endpoint_gauges()
+                raise UpstreamError("connect", "the cloud circuit breaker is open")
+            started = time.monotonic()
+            try:
+                if out.stream:
+                    handle = await self.upstream.open_stream(
+                        url, request, headers, cloud.timeout_seconds
+                    )
+                    return Answer(
+                        200, self._headers(out), stream=self._relay(handle, restorer, out, body)
+                    )
+                answer = await self.upstream.post_json(url, request, headers, cloud.timeout_seconds)
+            except UpstreamError as exc:
+                # The cloud's fault (unreachable, slow, 5xx, 429) counts against its health;
+                # a 4xx refusal of this request does not.
+                self._cloud_observe(time.monotonic() - started, ok=not exc.server_side)
+                if not exc.retryable or attempt >= cloud.max_retries:
+                    raise
+                attempt += 1
+                await asyncio.sleep(backoff_delay(attempt))
+                continue
+            self._cloud_observe(time.monotonic() - started, ok=True)
+            out.prompt_tokens, out.completion_tokens = _usage(answer)
+            if restorer is not None:
+                answer = restorer.restore_response(answer)
+                out.restored_pii = True
+            return Answer(200, self._headers(out), body=answer)
+
+    def _cloud_observe(self, elapsed: float, ok: bool) -> None:
+        self.breaker.record(ok)
+        a = CLOUD_EWMA_ALPHA
+        self.cloud_latency_s = (
+            (1 - a) * self.cloud_latency_s + a * elapsed if ok else (self.cloud_latency_s)
+        )
+        self.cloud_error_rate = (1 - a) * self.cloud_error_rate + a * (0.0 if ok else 1.0)
+        self.metrics.cloud_circuit_open.set(int(self.breaker.state == BreakerState.OPEN))
+
+    async def _relay(
+        self,
+        handle: StreamHandle,
+        restorer: Restorer | None,
+        out: _Outcome,
+        body: Mapping[str, Any],
+        finish: Callable[[bool], None] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Re-emit the upstream's SSE events, restored, hiding usage chunks not asked for.
+
+        ``finish(ok)`` runs once when the stream ends (local endpoints count it as done).
+        """
+        wants_usage = "stream_options" in body
+        chunks = restorer.chunks() if restorer is not None else None
+        last: dict[str, Any] | None = None
+        ok = False
+        try:
+            async for received in handle.events():
+                prompt, completion = _usage(received)
+                if prompt or completion:
+                    out.prompt_tokens, out.completion_tokens = prompt, completion
+                event = chunks.feed(received) if chunks is not None else received
+                last = event
+                if not event.get("choices") and "usage" in event and not wants_usage:
+                    continue
+                yield _sse(event)
+            if chunks is not None:
+                tail = chunks.flush(last)
+                if tail is not None:
+                    yield _sse(tail)
+            ok = True
+        except UpstreamError as exc:
+            out.status, out.error = 502, exc.kind
+            yield _sse(
+                {"error": {"message": f"upstream stream broke: {exc}", "type": "upstream_error",
+                           "param": None, "code": "stream_broken"}}
+            )  # fmt: skip
+        finally:
+            if finish is not None:
+                finish(ok)
+        yield b"data: [DONE]\n\n"
+
+    async def _finish_stream(
+        self, stream: AsyncIterator[bytes], out: _Outcome
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield chunk
+        except BaseException:
+            out.status, out.error = 499, "client-closed"
+            raise
+        finally:
+            self._done(out)
+
+    # -- caching ------------------------------------------------------------------------
+
+    async def _cache_get(self, key: str) -> dict[str, Any] | None:
+        assert self.cache is not None
+        try:
+            hit = await self.cache.get(key)
+        except Exception:  # a cache outage is a miss, never a failed request
+            log.warning("cache lookup failed; answering without the cache", exc_info=True)
+            self.metrics.cache.labels("error").inc()
+            return None
+        self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+        return hit
+
+    async def _cache_put(self, key: str, value: dict[str, Any], out: _Outcome) -> None:
+        assert self.cache is not None
+        if out.restored_pii and not self.config.policy.cache.cache_restored_pii:
+            return
+        try:
+            await self.cache.set(key, value)
+        except Exception:
+            log.warning("cache store failed; the answer is not cached", exc_info=True)
+            self.metrics.cache.labels("error").inc()
+
+    # -- accounting ---------------------------------------------------------------------
+
+    def _headers(self, out: _Outcome) -> dict[str, str]:
+        headers = {REQUEST_ID_HEADER: out.request_id, TARGET_HEADER: out.target}
+        if out.decision is not None:
+            reason = out.decision.reason
+            if out.fallback_from:
+                reason = f"fallback:{out.fallback_from}-failed ({reason})"
+            headers[REASON_HEADER] = reason
+        return headers
+
+    def _done(self, out: _Outcome) -> None:
+        """Account a finished request: once, whether it succeeded, failed or was cut off."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+        elapsed = time.monotonic() - out.started
+        m = self.metrics
+        m.in_flight.dec()
+        target = out.target or ("reject" if out.status >= 400 else "none")
+        m.requests.labels(out.kind.value, target, str(out.status)).inc()
+        m.latency.labels(target).observe(elapsed)
+        if out.prompt_tokens or out.completion_tokens:
+            m.tokens.labels(target, "prompt").inc(out.prompt_tokens)
+            m.tokens.labels(target, "completion").inc(out.completion_tokens)
+        if target == "cloud" and out.status < 400:
+            out.cost_usd = self.budgets.record(out.prompt_tokens, out.completion_tokens)
+            m.cloud_spend.inc(out.cost_usd)
+        decision = out.decision
+        if (
+            decision is not None
+            and decision.context is not None
+            and out.fallback_from is None
+            and target in ("local", "cloud")
+        ):
+            r = reward(out.status < 400, elapsed, out.cost_usd, self.config.policy.adaptive)
+            self.bandit.update(cast(Arm, decision.target), decision.context, r)
+        self._update_endpoint_gauges()
+        if self.audit is not None and self.config.policy.audit.enabled:
+            self.audit.record(
+                {
+                    "requestId": out.request_id,
+                    "endpoint": out.kind.value,
+                    "model": out.model,
+                    "stream": out.stream,
+                    "target": target,
+                    "reason": decision.reason if decision else out.error,
+                    "fallbackFrom": out.fallback_from,
+                    "status": out.status,
+                    "latencyMs": round(elapsed * 1000, 1),
+                    "promptTokens": out.prompt_tokens,
+                    "completionTokens": out.completion_tokens,
+                    "costUSD": round(out.cost_usd, 8),
+                    "redacted": out.redacted,
+                    "cache": out.cache,
+                    "localEndpoint": out.endpoint.endpoint.url if out.endpoint else None,
+                }
+            )

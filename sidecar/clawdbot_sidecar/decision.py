@@ -1,0 +1,271 @@
+"""Where a request goes: the policy's ordered rules, then a contextual bandit, then guards.
+
+The decision is a pure function of the request's features, the current signals (local load,
+cloud health, budgets) and the bandit's learned state, so it is unit-testable without any
+server. Every decision carries a reason that ends up in the ``x-clawdbot-reason`` header, the
+``clawdbot_sidecar_decisions_total`` metric and the audit log:
+
+==========================  ===========================================================
+``rule:<name>``             the first matching rule chose the target
+``default``                 no rule matched; ``defaultTarget`` chose it
+``adaptive:<algorithm>``    the bandit chose between local and cloud
+``adaptive:only-<target>``  adaptive, but only one target can answer now
+``redaction-block:<ENT>``   cloud was chosen, but the prompt holds an entity in block mode
+``budget:<name>``           cloud was chosen, but a budget is spent
+``cloud-unavailable``       cloud was chosen, but it is not configured or its circuit is open
+``local-unavailable``       local was chosen, but no local endpoint is healthy
+``local-overloaded``        local was chosen, but every endpoint's queue is over the limit
+==========================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from clawdbot_api.v1alpha1.routingpolicy import (
+    Adaptive,
+    AdaptiveAlgorithm,
+    RoutingPolicySpec,
+    RuleMatch,
+    Target,
+)
+from clawdbot_sidecar.features import Features
+
+Route = Literal["local", "cloud", "reject"]
+Arm = Literal["local", "cloud"]
+ARMS: tuple[Arm, Arm] = ("local", "cloud")
+Vector = npt.NDArray[np.float64]
+
+# Feature scales: each context value is squashed to about [0, 1] so that one exploration
+# strength suits all of them.
+TOKENS_SCALE = 2000.0
+QUEUE_SCALE = 16.0
+LATENCY_SCALE_S = 5.0
+PRICE_SCALE_USD = 0.01
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The state of the targets at decision time."""
+
+    local_healthy: int
+    """Local endpoints not ejected."""
+    local_queue: int
+    """In-flight requests on the least loaded healthy local endpoint."""
+    local_latency_s: float
+    """Recent local latency (moving average; 0 when unknown)."""
+    cloud_configured: bool
+    cloud_allowed: bool
+    """Configured and the circuit breaker lets a call through."""
+    cloud_latency_s: float
+    cloud_error_rate: float
+    cloud_price_usd: float
+    """Estimated price of this request at the cloud's rates."""
+    budget_exhausted: str | None
+    """Name of the spent cloud budget, if any."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A routing decision and why it was made."""
+
+    target: Route
+    reason: str
+    context: tuple[float, ...] | None = None
+    """The bandit's context when it chose, so the outcome can be fed back; else None."""
+
+    @property
+    def adaptive(self) -> bool:
+        return self.context is not None
+
+
+def rule_matches(match: RuleMatch, f: Features) -> bool:
+    """Whether every condition of ``match`` holds for the request."""
+    if match.max_tokens is not None and f.tokens > match.max_tokens:
+        return False
+    if match.min_tokens is not None and f.tokens < match.min_tokens:
+        return False
+    if match.contains_pii is not None:
+        wanted = {e.value for e in match.pii_entities} or set(f.pii)
+        present = any(f.pii.get(e, 0) > 0 for e in wanted)
+        if present != match.contains_pii:
+            return False
+    if match.models and f.model not in match.models:
+        return False
+    for header in match.headers:
+        value = f.headers.get(header.name.lower())
+        if value is None or (header.value is not None and value != header.value):
+            return False
+    return True
+
+
+def context_vector(f: Features, s: Signals) -> Vector:
+    """The bandit's context: a bias term plus request and target state, each about [0, 1]."""
+    return np.array(
+        [
+            1.0,
+            min(f.tokens / TOKENS_SCALE, 4.0),
+            f.complexity,
+            min(s.local_queue / QUEUE_SCALE, 2.0),
+            min(s.local_latency_s / LATENCY_SCALE_S, 2.0),
+            min(s.cloud_latency_s / LATENCY_SCALE_S, 2.0),
+            s.cloud_error_rate,
+            min(s.cloud_price_usd / PRICE_SCALE_USD, 4.0),
+        ]
+    )
+
+
+CONTEXT_DIM = 8
+MAX_REWARD = 1.0
+
+
+def reward(ok: bool, latency_s: float, cost_usd: float, adaptive: Adaptive) -> float:
+    """Outcome of one answered request, for the bandit: higher is better.
+
+    A failure scores -1. A success scores 1, less a latency penalty that reaches 0.5 at the
+    latency target and 1 at twice the target, less ``costWeight`` per dollar spent (the
+    policy's exchange rate between a missed latency target and money).
+    """
+    if not ok:
+        return -1.0
+    target_s = adaptive.latency_target_ms / 1000.0
+    latency_penalty = min(latency_s / target_s, 2.0) / 2.0
+    return 1.0 - latency_penalty - adaptive.cost_weight * cost_usd
+
+
+@dataclass
+class _ArmModel:
+    """Ridge regression of reward on context, kept as A^-1 (Sherman-Morrison updates)."""
+
+    a_inv: Vector = field(default_factory=lambda: np.eye(CONTEXT_DIM))
+    # Optimistic prior: the bias weight starts at the best possible reward, so an arm that
+    # had one bad draw early is still tried until the data say otherwise (a small
+    # exploration setting alone would let the first lucky arm take all traffic).
+    b: Vector = field(default_factory=lambda: np.eye(CONTEXT_DIM)[0] * MAX_REWARD)
+    pulls: int = 0
+
+    @property
+    def theta(self) -> Vector:
+        return self.a_inv @ self.b
+
+    def update(self, x: Vector, r: float) -> None:
+        ax = self.a_inv @ x
+        self.a_inv -= np.outer(ax, ax) / (1.0 + float(x @ ax))
+        self.b += r * x
+        self.pulls += 1
+
+
+class Bandit:
+    """A contextual bandit over the two targets; learns online from observed rewards.
+
+    linUCB (Li et al., 2010) picks the arm with the highest upper confidence bound on the
+    predicted reward; thompsonSampling samples the weights from their posterior;
+    epsilonGreedy exploits the mean and explores uniformly with probability ``exploration``.
+    Arms start from the same optimistic prior, so early traffic explores both.
+    """
+
+    def __init__(self, adaptive: Adaptive, *, seed: int | None = None) -> None:
+        self.adaptive = adaptive
+        self.arms: dict[Arm, _ArmModel] = {arm: _ArmModel() for arm in ARMS}
+        self._rng = np.random.default_rng(seed)
+
+    def scores(self, x: Vector) -> dict[Arm, float]:
+        """The score each arm gets for context ``x`` under the configured algorithm."""
+        alpha = self.adaptive.exploration
+        algorithm = self.adaptive.algorithm
+        out: dict[Arm, float] = {}
+        for arm, m in self.arms.items():
+            mean = float(m.theta @ x)
+            if algorithm == AdaptiveAlgorithm.LINUCB:
+                out[arm] = mean + alpha * math.sqrt(max(float(x @ m.a_inv @ x), 0.0))
+            elif algorithm == AdaptiveAlgorithm.THOMPSON:
+                cov = (alpha**2) * m.a_inv
+                sample = self._rng.multivariate_normal(m.theta, cov, method="cholesky")
+                out[arm] = float(sample @ x)
+            else:
+                out[arm] = mean
+        return out
+
+    def choose(self, x: Vector) -> Arm:
+        if (
+            self.adaptive.algorithm == AdaptiveAlgorithm.EPSILON_GREEDY
+            and self._rng.random() < self.adaptive.exploration
+        ):
+            return ARMS[int(self._rng.integers(2))]
+        scores = self.scores(x)
+        return max(ARMS, key=lambda arm: scores[arm])
+
+    def update(self, arm: Arm, context: tuple[float, ...], r: float) -> None:
+        self.arms[arm].update(np.asarray(context, dtype=np.float64), r)
+
+
+def _rule_target(policy: RoutingPolicySpec, f: Features) -> tuple[Target, str]:
+    for rule in policy.rules:
+        if rule_matches(rule.match, f):
+            return rule.target, f"rule:{rule.name}"
+    return policy.default_target, "default"
+
+
+def decide(
+    policy: RoutingPolicySpec,
+    f: Features,
+    s: Signals,
+    bandit: Bandit,
+    blocked_entities: Mapping[str, int] | None = None,
+) -> Decision:
+    """Route one request (see the module docstring for the reasons).
+
+    ``blocked_entities``: entities found in the prompt whose redaction mode is block; such a
+    prompt never goes to the cloud.
+    """
+    target, reason = _rule_target(policy, f)
+    if target == Target.REJECT:
+        return Decision("reject", reason)
+
+    local_ok = s.local_healthy > 0
+    local_free = local_ok and s.local_queue < policy.fallback.max_local_queue
+    blocked = sorted(e for e, n in (blocked_entities or {}).items() if n > 0)
+    cloud_blocker = (
+        f"redaction-block:{blocked[0]}"
+        if blocked
+        else f"budget:{s.budget_exhausted}"
+        if s.budget_exhausted
+        else None
+        if s.cloud_allowed
+        else "cloud-unavailable"
+    )  # fmt: skip
+
+    context: tuple[float, ...] | None = None
+    if target == Target.ADAPTIVE:
+        if cloud_blocker is not None:
+            return Decision("local", cloud_blocker if s.cloud_configured else "adaptive:only-local")
+        if not local_free:
+            return Decision("cloud", "adaptive:only-cloud")
+        x = context_vector(f, s)
+        arm = bandit.choose(x)
+        return Decision(arm, f"adaptive:{policy.adaptive.algorithm.value}", tuple(x.tolist()))
+
+    if target == Target.CLOUD:
+        if cloud_blocker is None:
+            return Decision("cloud", reason, context)
+        if blocked or policy.fallback.cloud_to_local:
+            # A blocked entity forces local whatever the fallback setting: it must not leave.
+            return Decision("local", cloud_blocker)
+        return Decision("reject", cloud_blocker)
+
+    # target == local
+    if local_free:
+        return Decision("local", reason, context)
+    why = "local-overloaded" if local_ok else "local-unavailable"
+    if policy.fallback.local_to_cloud and cloud_blocker is None:
+        return Decision("cloud", why)
+    if local_ok:
+        # Overloaded but up: queue locally rather than refuse.
+        return Decision("local", why)
+    return Decision("reject", why)

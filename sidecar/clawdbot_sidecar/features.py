@@ -1,0 +1,75 @@
+"""Cheap request features the router decides on: size, complexity, the text to inspect.
+
+Token counts are estimated at four characters a token (OpenAI's rule of thumb for English;
+CJK text runs closer to one character a token, so those characters count as one each). An
+exact tokenizer would cost more than the whole routing decision and differs per model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+# Words that tend to mark requests needing reasoning rather than recall.
+_HARD_WORDS = re.compile(
+    r"\b(prove|derive|analy[sz]e|step by step|explain why|compare|optimi[sz]e|refactor|"
+    r"debug|architecture|trade-?offs?|theorem|algorithm|complexity)\b",
+    re.IGNORECASE,
+)
+_CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|=>|\{\s*\n")
+_MATH = re.compile(r"[∑∫√≤≥≠]|\\frac|\\sum|\b\d+\s*[\^*/]\s*\d+")
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated tokens of ``text`` (see the module docstring)."""
+    cjk = len(_CJK.findall(text)) if not text.isascii() else 0
+    return max(1, (len(text) - cjk + 3) // 4 + cjk) if text else 0
+
+
+def complexity(text: str, turns: int) -> float:
+    """A score in [0, 1]: reasoning words, code, math, long multi-turn context."""
+    sample = text[-8000:]  # the latest part carries the question; bound the regex work
+    score = 0.0
+    score += min(len(_HARD_WORDS.findall(sample)), 3) * 0.15
+    score += 0.25 if _CODE.search(sample) else 0.0
+    score += 0.15 if _MATH.search(sample) else 0.0
+    score += min(turns, 10) * 0.015
+    return min(score, 1.0)
+
+
+def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
+    """The text of a chat/completions/embeddings body, and its number of turns."""
+    if "messages" in body:
+        parts: list[str] = []
+        for msg in body["messages"]:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+        return "\n".join(parts), len(body["messages"])
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value, 1
+        if isinstance(value, list):
+            return "\n".join(v for v in value if isinstance(v, str)), 1
+    return "", 0
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the decision looks at."""
+
+    model: str
+    tokens: int
+    complexity: float
+    pii: dict[str, int]
+    headers: dict[str, str]
+    stream: bool

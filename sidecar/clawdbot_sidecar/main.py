@@ -1,0 +1,204 @@
+"""``clawdbot-sidecar``: the routing sidecar, standalone or in a pod.
+
+    clawdbot-sidecar serve --config sidecar.yaml [--host 127.0.0.1] [--port 8088]
+                           [--grpc-port 8089]
+    clawdbot-sidecar serve --seed clawdbot-config.yaml --local-url http://127.0.0.1:8000/v1
+    clawdbot-sidecar cloud-stub --port 9099 [--api-key KEY]
+
+The config file holds the RoutingPolicy (or its spec) and the local endpoints; it is
+re-read when it changes (a mounted ConfigMap is updated in place). The cloud API key comes
+from CLAWDBOT_CLOUD_API_KEY or the file named by CLAWDBOT_CLOUD_API_KEY_FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from clawdbot_sidecar import cloudstub
+from clawdbot_sidecar.config import ConfigError, SidecarConfig, config_from_seed, load_config
+from clawdbot_sidecar.core import RoutingCore
+from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity
+from clawdbot_sidecar.grpc_front import GrpcFront
+from clawdbot_sidecar.rest import DRAINING, SYNCED, build_app
+from clawdbot_sidecar.upstream import Upstream
+
+log = logging.getLogger("clawdbot.sidecar")
+
+# How often the config file is checked for changes.
+RELOAD_INTERVAL_S = 2.0
+# gRPC calls still running after the drain wait get this long before they are cancelled.
+GRPC_STOP_GRACE_S = 1.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clawdbot-sidecar", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="route OpenAI requests between local and cloud")
+    serve.add_argument("--config", type=Path, help="sidecar config (policy and endpoints)")
+    serve.add_argument("--seed", type=Path, help="the seed's clawdbot-config.yaml instead")
+    serve.add_argument(
+        "--local-url", action="append", default=[], help="with --seed: a local model's /v1 URL"
+    )
+    serve.add_argument("--cloud-url", help="with --seed: the cloud's OpenAI base URL")
+    serve.add_argument("--cloud-model", help="with --seed: the cloud model name")
+    serve.add_argument("--host", default=os.environ.get("CLAWDBOT_SIDECAR_HOST", "127.0.0.1"))
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("CLAWDBOT_SIDECAR_PORT", "8088"))
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=int(os.environ.get("CLAWDBOT_SIDECAR_GRPC_PORT", "8089")),
+        help="gRPC port (Open Inference Protocol v2 and Generate); 0 disables it",
+    )
+    serve.add_argument(
+        "--discovery",
+        default=os.environ.get("CLAWDBOT_DISCOVERY_ADDRESS"),
+        help="host:port of the operator's discovery stream (policy and endpoints from it)",
+    )
+    serve.add_argument(
+        "--discovery-token-file",
+        type=Path,
+        default=os.environ.get("CLAWDBOT_DISCOVERY_TOKEN_FILE"),
+        help="projected service-account token (audience clawdbot) sent to the operator",
+    )
+    serve.add_argument(
+        "--discovery-ca",
+        type=Path,
+        default=os.environ.get("CLAWDBOT_DISCOVERY_CA_FILE"),
+        help="CA certificate of the operator's stream; without it the stream is plaintext",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    stub = sub.add_parser("cloud-stub", help="a loopback stand-in for a cloud OpenAI API")
+    stub.add_argument("--host", default="127.0.0.1")
+    stub.add_argument("--port", type=int, default=9099)
+    stub.add_argument("--api-key", default=os.environ.get("CLAWDBOT_STUB_API_KEY"))
+    return p
+
+
+def _load(args: argparse.Namespace) -> SidecarConfig:
+    if args.discovery:
+        if args.config is not None or args.seed is not None:
+            raise ConfigError("--discovery replaces --config/--seed; pass only one of them")
+        # Serve nothing until the first snapshot (readiness waits for it).
+        return SidecarConfig()
+    if args.seed is not None:
+        if args.config is not None:
+            raise ConfigError("pass either --config or --seed, not both")
+        return config_from_seed(
+            args.seed, args.local_url, cloud_url=args.cloud_url, cloud_model=args.cloud_model
+        )
+    if args.config is None:
+        raise ConfigError("no configuration: pass --config FILE (policy and local endpoints)")
+    return load_config(args.config)
+
+
+async def _watch(core: RoutingCore, path: Path) -> None:
+    """Apply the config file again whenever it changes; keep the last good one on errors."""
+    last = (await asyncio.to_thread(path.stat)).st_mtime_ns
+    while True:
+        await asyncio.sleep(RELOAD_INTERVAL_S)
+        try:
+            mtime = (await asyncio.to_thread(path.stat)).st_mtime_ns
+            if mtime == last:
+                continue
+            last = mtime
+            core.apply(await asyncio.to_thread(load_config, path))
+            log.info("configuration reloaded from %s", path)
+        except (OSError, ConfigError) as exc:
+            log.error("keeping the previous configuration: %s", exc)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    pod = PodIdentity(os.environ.get("POD_NAMESPACE", ""), os.environ.get("POD_NAME", ""))
+    if args.discovery and not (pod.namespace and pod.name):
+        raise ConfigError("--discovery needs POD_NAMESPACE and POD_NAME in the environment")
+    upstream = Upstream.create(connect_timeout_s=config.limits.local_connect_timeout_s)
+    core = RoutingCore(config, upstream)
+    app = build_app(core)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    log.info(
+        "routing on http://%s:%d/v1 (%d local endpoints, cloud %s)",
+        args.host,
+        args.port,
+        len(config.endpoints),
+        "configured" if config.policy.cloud else "off",
+    )
+    grpc_front = GrpcFront(core, args.host, args.grpc_port) if args.grpc_port else None
+    if grpc_front is not None:
+        await grpc_front.start()
+        log.info("gRPC on %s:%d", args.host, grpc_front.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch(core, args.config)) if args.config else None
+    if args.discovery:
+        client = DiscoveryClient(
+            args.discovery,
+            pod,
+            args.discovery_token_file,
+            base=config,
+            apply=core.apply,
+            pool=core.pool,
+            ca_file=args.discovery_ca,
+        )
+        app[SYNCED] = client.synced
+        watcher = asyncio.create_task(client.run())
+    await stop.wait()
+
+    # Drain: fail readiness so no new traffic is sent, let requests in progress finish.
+    app[DRAINING][0] = True
+    if grpc_front is not None:
+        await grpc_front.drain()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(core.idle.wait(), config.limits.drain_timeout_s)
+    if core.in_flight:
+        log.warning("stopping with %d requests still in progress", core.in_flight)
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if grpc_front is not None:
+        await grpc_front.stop(GRPC_STOP_GRACE_S)
+    await runner.cleanup()
+    await upstream.close()
+    return 0
+
+
+def cloud_stub(args: argparse.Namespace) -> int:
+    print(f"cloud stub on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(cloudstub.build_app(args.api_key), host=args.host, port=args.port, print=None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "cloud-stub":
+        return cloud_stub(args)
+    try:
+        return asyncio.run(serve(args))
+    except ConfigError as exc:
+        print(f"clawdbot-sidecar: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

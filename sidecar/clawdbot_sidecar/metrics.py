@@ -1,0 +1,91 @@
+"""Prometheus metrics of the sidecar, all prefixed ``clawdbot_sidecar_``.
+
+Labels are bounded: ``target`` is local/cloud/cache/reject, ``reason`` comes from the
+policy's rule names and a fixed set of guard reasons, ``entity`` from the redaction config.
+Prompt text, model answers and redacted values never become label values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets from a cached answer (ms) to a long generation (minutes).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class SidecarMetrics:
+    """The sidecar's metrics in their own registry (one per process, several in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "clawdbot_sidecar_requests",
+            "Requests answered, by API endpoint, final target and HTTP status code.",
+            ["endpoint", "target", "code"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "clawdbot_sidecar_decisions",
+            "Routing decisions by target and reason (rule:<name>, adaptive:<algo>, guards).",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "clawdbot_sidecar_fallbacks",
+            "Requests answered by the other target after the first one failed.",
+            ["source", "destination"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "clawdbot_sidecar_request_duration_seconds",
+            "Time from request to the last byte of the answer, by target.",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "clawdbot_sidecar_tokens",
+            "Tokens by target and kind (prompt, completion), as the upstream reported them.",
+            ["target", "kind"],
+            registry=r,
+        )
+        self.cache = Counter(
+            "clawdbot_sidecar_cache_requests",
+            "Cache lookups by result (hit, miss, error).",
+            ["result"],
+            registry=r,
+        )
+        self.redactions = Counter(
+            "clawdbot_sidecar_redactions",
+            "Sensitive values removed from cloud-bound requests, by entity.",
+            ["entity"],
+            registry=r,
+        )
+        self.cloud_spend = Counter(
+            "clawdbot_sidecar_cloud_spend_usd",
+            "Estimated cloud spend in USD from the endpoint's pricing.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "clawdbot_sidecar_in_flight_requests",
+            "Requests in progress in this sidecar.",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "clawdbot_sidecar_rejected_requests",
+            "Requests refused before routing (overload, body too large, invalid).",
+            ["reason"],
+            registry=r,
+        )
+        self.local_endpoints = Gauge(
+            "clawdbot_sidecar_local_endpoints",
+            "Local endpoints known to the sidecar, by state (healthy, ejected).",
+            ["state"],
+            registry=r,
+        )
+        self.cloud_circuit_open = Gauge(
+            "clawdbot_sidecar_cloud_circuit_open",
+            "1 while the circuit breaker keeps requests away from the cloud.",
+            registry=r,
+        )

@@ -1,0 +1,253 @@
+"""The discovery stream over a real gRPC connection on loopback: operator side and sidecar side.
+
+The TokenReview itself is the API server's job and runs in the e2e suite; here a reviewer
+maps fixed tokens to identities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from clawdbot_api.discovery import discovery_pb2 as pb
+from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
+from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.discovery.resolve import policy_for_pod, resolve
+from clawdbot_operator.discovery.server import (
+    DiscoveryServicer,
+    DiscoveryState,
+    Identity,
+    add_to_server,
+)
+from clawdbot_operator.discovery.tokenreview import identity_from_status
+from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_sidecar.config import SidecarConfig
+from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity, load_report
+from clawdbot_sidecar.pool import LocalPool
+from tests.support.servers import free_port
+
+NS = "shop"
+CHAT_POD = {
+    "metadata": {"name": "chat-1", "namespace": NS, "labels": {"app": "chat"}},
+    "spec": {"containers": [{"name": "app"}]},
+}
+POLICY = RoutingPolicySpec.model_validate(
+    {"podSelector": {"matchLabels": {"app": "chat"}}, "localModels": [{"name": "llama"}]}
+)
+
+
+def model_pod(name: str, ip: str, ready: bool = True, revision: str = "2") -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"clawdbot.io/model-deployment": "llama", "clawdbot.io/revision": revision},
+        },
+        "spec": {"containers": [{"name": "server", "ports": [{"name": "http",
+                                                              "containerPort": 8000}]}]},
+        "status": {"podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }  # fmt: skip
+
+
+def test_policy_resolution_annotation_then_selector() -> None:
+    other = RoutingPolicySpec.model_validate({"podSelector": {"matchLabels": {"app": "x"}}})
+    policies = {"b-chat": POLICY, "a-other": other}
+    assert policy_for_pod(CHAT_POD, policies) == ("b-chat", POLICY)
+    annotations = {"clawdbot.io/routing-policy": "a-other"}
+    named = {**CHAT_POD, "metadata": {**CHAT_POD["metadata"], "annotations": annotations}}
+    assert policy_for_pod(named, policies) == ("a-other", other)
+    unmatched = {**CHAT_POD, "metadata": {"name": "y", "namespace": NS, "labels": {}}}
+    assert policy_for_pod(unmatched, policies) is None
+
+
+def test_only_ready_pods_of_the_policys_models_are_endpoints() -> None:
+    pods = [
+        model_pod("llama-a", "127.1.0.5"),
+        model_pod("llama-b", "127.1.0.6", ready=False),
+        {**model_pod("other", "127.1.0.7"),
+         "metadata": {"name": "other", "labels": {"clawdbot.io/model-deployment": "mistral"}}},
+    ]  # fmt: skip
+    resolved = resolve(CHAT_POD, {"chat": POLICY}, pods, {"llama": "llama-3-8b"})
+    assert [(e.url, e.model, e.revision) for e in resolved.endpoints] == [
+        ("http://127.1.0.5:8000/v1", "llama-3-8b", 2)
+    ]
+
+
+def test_identity_from_token_review_status() -> None:
+    class User:
+        username = "system:serviceaccount:shop:chat"
+        extra = {"authentication.kubernetes.io/pod-name": ["chat-1"]}
+
+    class Status:
+        authenticated = True
+        audiences = ["clawdbot"]
+        user = User()
+
+    assert identity_from_status(Status()) == Identity("shop", "chat", "chat-1")
+    Status.audiences = ["https://kubernetes.default.svc"]
+    assert identity_from_status(Status()) is None
+
+
+class Reviewer:
+    tokens: Mapping[str, Identity] = {
+        "good": Identity(NS, "chat", "chat-1"),
+        "other-pod": Identity(NS, "chat", "chat-2"),
+    }
+
+    async def review(self, token: str) -> Identity | None:
+        return self.tokens.get(token)
+
+
+class Operator:
+    def __init__(self) -> None:
+        self.state = DiscoveryState()
+        self.store = LoadReportStore(window=timedelta(hours=1))
+        self.port = free_port()
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
+            return CHAT_POD if (ns, name) == (NS, "chat-1") else None
+
+        self.server = grpc.aio.server()
+        add_to_server(self.server, DiscoveryServicer(self.state, Reviewer(), get_pod, self.store))
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=None)
+
+
+@pytest.fixture
+async def operator() -> AsyncIterator[Operator]:
+    op = Operator()
+    await op.state.set_policy(NS, "chat", POLICY)
+    await op.state.set_served_name(NS, "llama", "llama-3-8b")
+    await op.state.set_model_pod(NS, "llama-a", model_pod("llama-a", "127.1.0.5"))
+    await op.start()
+    yield op
+    await op.stop()
+
+
+async def next_snapshot(stream: Any) -> pb.Snapshot:
+    return await asyncio.wait_for(stream.read(), 5)  # type: ignore[no-any-return]
+
+
+async def test_subscribe_pushes_changes_and_only_changes(operator: Operator) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        stub = pb_grpc.DiscoveryStub(channel)
+        stream = stub.Subscribe(
+            pb.SubscribeRequest(pod_namespace=NS, pod_name="chat-1"),
+            metadata=(("authorization", "Bearer good"),),
+        )
+        first = await next_snapshot(stream)
+        assert first.policy_name == "chat"
+        assert [e.url for e in first.endpoints] == ["http://127.1.0.5:8000/v1"]
+        assert RoutingPolicySpec.model_validate_json(first.policy_spec_json) == POLICY
+
+        # A change that doesn't affect this pod's view sends nothing...
+        await operator.state.set_model_pod(NS, "not-ready", model_pod("n", "127.1.0.9", False))
+        # ...a new ready replica does.
+        await operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
+        second = await next_snapshot(stream)
+        assert len(second.endpoints) == 2
+        assert second.version != first.version
+        stream.cancel()
+
+
+@pytest.mark.parametrize(
+    ("token", "pod", "code"),
+    [
+        (None, "chat-1", grpc.StatusCode.UNAUTHENTICATED),
+        ("forged", "chat-1", grpc.StatusCode.UNAUTHENTICATED),
+        ("other-pod", "chat-1", grpc.StatusCode.PERMISSION_DENIED),
+        ("good", "missing", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+async def test_a_pod_only_gets_its_own_policy(
+    operator: Operator, token: str | None, pod: str, code: grpc.StatusCode
+) -> None:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        stream = pb_grpc.DiscoveryStub(channel).Subscribe(
+            pb.SubscribeRequest(pod_namespace=NS, pod_name=pod), metadata=metadata
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await next_snapshot(stream)
+    assert err.value.code() == code
+
+
+async def test_sidecar_client_applies_keeps_last_good_and_reconnects(
+    operator: Operator, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("good\n")
+    applied: list[SidecarConfig] = []
+    pool = LocalPool()
+    client = DiscoveryClient(
+        f"127.0.0.1:{operator.port}",
+        PodIdentity(NS, "chat-1"),
+        token,
+        base=SidecarConfig(),
+        apply=applied.append,
+        pool=pool,
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(client.synced.wait(), 5)
+        assert [e.url for e in applied[-1].endpoints] == ["http://127.1.0.5:8000/v1"]
+        assert applied[-1].endpoints[0].model == "llama-3-8b"
+
+        # The operator goes away: the sidecar keeps what it has.
+        await operator.stop()
+        await asyncio.sleep(0.3)
+        assert len(applied) == 1
+
+        # It comes back with a change: the client reconnects and takes it.
+        await operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
+        await operator.start()
+        for _ in range(100):  # bounded wait for the backoff + resubscribe
+            if len(applied) > 1:
+                break
+            await asyncio.sleep(0.1)
+        assert len(applied[-1].endpoints) == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_load_reports_feed_the_store_as_deltas(operator: Operator) -> None:
+    pool = LocalPool(SidecarConfig.model_validate({"endpoints": [
+        {"url": "http://127.1.0.5:8000/v1", "model": "llama-3-8b", "revision": "2",
+         "deployment": "llama"}]}).endpoints)  # fmt: skip
+    state = pool.states[0]
+    state.requests, state.errors, state.in_flight = 10, 1, 3
+    state.latencies_s.extend([0.1] * 19 + [0.9])
+    pod = PodIdentity(NS, "chat-1")
+
+    async def reports() -> AsyncIterator[pb.LoadReport]:
+        yield load_report(pod, pool)
+        state.requests, state.errors = 15, 1
+        yield load_report(pod, pool)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        ack = await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            reports(), metadata=(("authorization", "Bearer good"),)
+        )
+    assert ack.interval_seconds > 0
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None
+    assert (health.requests, health.errors) == (15, 1)  # 10 + 5: deltas, not totals
+    assert health.p95_latency_ms == pytest.approx(900.0)
+    (inflight,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
+    assert inflight.value == 3
