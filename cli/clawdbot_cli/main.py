@@ -1,4 +1,4 @@
-"""The ``clawdbot`` command: CRDs, the seed importer and offline validation."""
+"""The ``clawdbot`` command: CRDs, the seed importer, offline validation, model compression."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from clawdbot_api import crdgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
+from clawdbot_runtime import compress
+from clawdbot_sidecar import audit
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -67,6 +69,32 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    try:
+        report = compress.compress(
+            Path(args.source), Path(args.target), args.precision, eval_inputs=args.eval_inputs
+        )
+    except compress.CompressionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    try:
+        key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
+        result = audit.verify(args.files, hmac_key=key, expected_last_hash=args.expect_last_hash)
+    except OSError as exc:
+        print(f"error: {exc.filename}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not result.ok:
+        print(f"error: {result}", file=sys.stderr)
+        return 1
+    print(f"{' '.join(args.files)}: {result}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="clawdbot", description=__doc__)
@@ -95,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate clawdbot.io manifests offline")
     p.add_argument("files", nargs="+", help="YAML files ('-' for stdin)")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("compress", help="quantize an ONNX model and report size and output change")
+    p.add_argument("source", help="the ONNX model to compress")
+    p.add_argument("target", help="where to write the compressed model")
+    p.add_argument("--precision", choices=compress.PRECISIONS, required=True)
+    p.add_argument(
+        "--eval-inputs", type=int, default=64, help="held-out inputs to compare outputs on"
+    )
+    p.set_defaults(func=_compress)
+
+    p = sub.add_parser("audit", help="work with the sidecar's audit log")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    p = audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the broken line")
+    p.add_argument("files", nargs="+", help="log files, rotated ones first, oldest first")
+    p.add_argument("--hmac-key-file", help="file holding the policy's audit HMAC key")
+    p.add_argument("--expect-last-hash", help="last hash recorded elsewhere (catches a cut tail)")
+    p.set_defaults(func=_audit_verify)
     return parser
 
 

@@ -10,6 +10,7 @@ logs prompt text, answers or redacted values; the audit record holds counts and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -18,10 +19,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from clawdbot_api.v1alpha1.routingpolicy import Pricing
 from clawdbot_api.v1alpha1.routingpolicy import RedactionMode as ApiRedactionMode
+from clawdbot_sidecar.audit import AuditLog, AuditRecord
+from clawdbot_sidecar.cache import CachedResponse, ResponseCache, build_cache, cache_key, cacheable
 from clawdbot_sidecar.cloud import BreakerState, BudgetTracker, CircuitBreaker
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.decision import Arm, Bandit, Decision, Signals, decide, reward
@@ -85,23 +88,6 @@ class RequestError(Exception):
         }
 
 
-class ResponseCache(Protocol):
-    """What the core needs of a cache backend (see clawdbot_sidecar.cache)."""
-
-    async def get(self, key: str) -> dict[str, Any] | None: ...
-
-    async def set(self, key: str, value: dict[str, Any]) -> None: ...
-
-
-class AuditSink(Protocol):
-    """Where audit records go (see clawdbot_sidecar.audit); must not block."""
-
-    def record(self, entry: dict[str, Any]) -> None: ...
-
-
-CacheKeyFn = Callable[[Mapping[str, Any]], str]
-
-
 @dataclass
 class Answer:
     """What the front sends back: a JSON body or an SSE byte stream, plus decision headers."""
@@ -131,6 +117,7 @@ class _Outcome:
     redacted: dict[str, int] = field(default_factory=dict)
     cache: str = "off"
     restored_pii: bool = False
+    pii: dict[str, int] = field(default_factory=dict)
     endpoint: EndpointState | None = None
     error: str | None = None
 
@@ -190,16 +177,19 @@ class RoutingCore:
         upstream: Upstream,
         *,
         metrics: SidecarMetrics | None = None,
-        cache: ResponseCache | None = None,
-        cache_key: CacheKeyFn | None = None,
-        audit: AuditSink | None = None,
+        audit_hmac_key: bytes | None = None,
+        cache_scope: str = "standalone",
         seed: int | None = None,
     ) -> None:
+        """``audit_hmac_key`` keys the audit hash chain (the policy's hmacKeySecretRef);
+        ``cache_scope`` names the policy in shared cache keys, so pods of different policies
+        never share answers."""
         self.upstream = upstream
         self.metrics = metrics or SidecarMetrics()
-        self.cache = cache
-        self._cache_key = cache_key
-        self.audit = audit
+        self.audit: AuditLog | None = None
+        self._audit_key = audit_hmac_key
+        self.cache: ResponseCache | None = None
+        self._cache_scope = cache_scope
         self.pool = LocalPool(config.endpoints, seed=seed)
         self.breaker = CircuitBreaker()
         self._seed = seed
@@ -220,12 +210,48 @@ class RoutingCore:
         policy = config.policy
         self.pool.update(config.endpoints)
         self.redactor = Redactor(RedactionConfig.from_api(policy.redaction))
+        self._rules_check_pii = any(r.match.contains_pii is not None for r in policy.rules)
         if old is None or old.policy.adaptive != policy.adaptive:
             self.bandit = Bandit(policy.adaptive, seed=self._seed)
         cloud = policy.cloud
+        if old is None or old.policy.audit != policy.audit:
+            previous = self.audit
+            self.audit = (
+                AuditLog.from_api(policy.audit, hmac_key=self._audit_key)
+                if policy.audit.enabled
+                else None
+            )
+            if previous is not None:
+                previous.close()
+        if old is None or old.policy.cache != policy.cache:
+            self._replace_cache(build_cache(policy.cache, key_prefix=self._cache_prefix()))
         if old is None or old.policy.budgets != policy.budgets or old.policy.cloud != cloud:
             self.budgets = BudgetTracker(policy.budgets, cloud.pricing if cloud else Pricing())
         self._update_endpoint_gauges()
+
+    def _cache_prefix(self) -> str:
+        return f"clawdbot:cache:{self._cache_scope}:"
+
+    def _replace_cache(self, cache: ResponseCache | None) -> None:
+        old, self.cache = self.cache, cache
+        if old is not None:
+            with contextlib.suppress(RuntimeError):  # no loop yet: nothing was opened
+                asyncio.get_running_loop().create_task(old.close())
+
+    async def close(self) -> None:
+        """Release the cache's connections and flush the audit log."""
+        old, self.cache = self.cache, None
+        if old is not None:
+            await old.close()
+        if self.audit is not None:
+            await self.audit.aclose()
+
+    def models(self) -> dict[str, str]:
+        """Model name -> "local" or "cloud": what the sidecar can route to (/v1/models)."""
+        names = {s.endpoint.model: "local" for s in self.pool.states}
+        if self.config.policy.cloud is not None:
+            names.setdefault(self.config.policy.cloud.model, "cloud")
+        return dict(sorted(names.items()))
 
     def _update_endpoint_gauges(self) -> None:
         healthy = self.pool.healthy_count()
@@ -279,6 +305,10 @@ class RoutingCore:
         policy = self.config.policy
         text, turns = prompt_text(body)
         pii = self.redactor.scan(text) if text else {}
+        if text and not pii and self._rules_check_pii:
+            # Redaction off (or narrower than the rules): rules still see every entity.
+            pii = dict.fromkeys(self.redactor.contains_pii(text), 1)
+        out.pii = pii
         features = Features(
             model=out.model,
             tokens=estimate_tokens(text),
@@ -288,15 +318,15 @@ class RoutingCore:
             stream=out.stream,
         )
 
-        cache_key = None
-        if self.cache is not None and self._cache_key is not None and not out.stream:
-            cache_key = self._cache_key(body)
-            hit = await self._cache_get(cache_key)
+        key = None
+        if self.cache is not None and not out.stream:
+            key = cache_key(body)  # of the original request: answers are stored restored
+            hit = await self._cache_get(key)
             if hit is not None:
                 out.cache, out.target = "hit", "cache"
-                out.decision = Decision("local", "cache-hit")
+                out.decision = Decision("local", f"cache-hit:{hit.source}")
                 self.metrics.decisions.labels("cache", "cache-hit").inc()
-                return Answer(200, self._headers(out), body=hit)
+                return Answer(200, self._headers(out), body=hit.body)
             out.cache = "miss"
 
         signals = self._signals(features, body)
@@ -338,8 +368,8 @@ class RoutingCore:
                 continue
             if out.fallback_from:
                 self.metrics.fallbacks.labels(out.fallback_from, target).inc()
-            if cache_key is not None and answer.body is not None:
-                await self._cache_put(cache_key, answer.body, out)
+            if key is not None and answer.body is not None:
+                await self._cache_put(key, answer.body, out)
             return answer
         raise self._failure(last, out)
 
@@ -558,7 +588,7 @@ class RoutingCore:
 
     # -- caching ------------------------------------------------------------------------
 
-    async def _cache_get(self, key: str) -> dict[str, Any] | None:
+    async def _cache_get(self, key: str) -> CachedResponse | None:
         assert self.cache is not None
         try:
             hit = await self.cache.get(key)
@@ -571,10 +601,12 @@ class RoutingCore:
 
     async def _cache_put(self, key: str, value: dict[str, Any], out: _Outcome) -> None:
         assert self.cache is not None
-        if out.restored_pii and not self.config.policy.cache.cache_restored_pii:
+        # A local answer to a prompt holding PII may repeat it, like a restored cloud answer.
+        may_hold_pii = out.restored_pii or any(out.pii.values())
+        if not cacheable(self.config.policy.cache, value, may_hold_pii=may_hold_pii):
             return
         try:
-            await self.cache.set(key, value)
+            await self.cache.set(key, CachedResponse(value, out.target, time.time()))
         except Exception:
             log.warning("cache store failed; the answer is not cached", exc_info=True)
             self.metrics.cache.labels("error").inc()
@@ -617,23 +649,20 @@ class RoutingCore:
             r = reward(out.status < 400, elapsed, out.cost_usd, self.config.policy.adaptive)
             self.bandit.update(cast(Arm, decision.target), decision.context, r)
         self._update_endpoint_gauges()
-        if self.audit is not None and self.config.policy.audit.enabled:
-            self.audit.record(
-                {
-                    "requestId": out.request_id,
-                    "endpoint": out.kind.value,
-                    "model": out.model,
-                    "stream": out.stream,
-                    "target": target,
-                    "reason": decision.reason if decision else out.error,
-                    "fallbackFrom": out.fallback_from,
-                    "status": out.status,
-                    "latencyMs": round(elapsed * 1000, 1),
-                    "promptTokens": out.prompt_tokens,
-                    "completionTokens": out.completion_tokens,
-                    "costUSD": round(out.cost_usd, 8),
-                    "redacted": out.redacted,
-                    "cache": out.cache,
-                    "localEndpoint": out.endpoint.endpoint.url if out.endpoint else None,
-                }
+        if self.audit is not None:
+            reason = decision.reason if decision else (out.error or "invalid")
+            if out.fallback_from:
+                reason = f"fallback:{out.fallback_from}-failed ({reason})"
+            self.audit.append(
+                AuditRecord(
+                    request_id=out.request_id,
+                    target=target,
+                    reason=reason,
+                    model=out.model,
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                    latency_ms=elapsed * 1000,
+                    redacted=out.redacted,
+                    cache_hit=out.cache == "hit",
+                )
             )

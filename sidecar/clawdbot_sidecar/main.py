@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CLAWDBOT_DISCOVERY_CA_FILE"),
         help="CA certificate of the operator's stream; without it the stream is plaintext",
     )
+    serve.add_argument(
+        "--audit-hmac-key-file",
+        type=Path,
+        default=os.environ.get("CLAWDBOT_AUDIT_HMAC_KEY_FILE"),
+        help="key of the audit log's hash chain (the policy's audit.hmacKeySecretRef)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     stub = sub.add_parser("cloud-stub", help="a loopback stand-in for a cloud OpenAI API")
     stub.add_argument("--host", default="127.0.0.1")
@@ -124,8 +130,22 @@ async def serve(args: argparse.Namespace) -> int:
     if args.discovery and not (pod.namespace and pod.name):
         raise ConfigError("--discovery needs POD_NAMESPACE and POD_NAME in the environment")
     upstream = Upstream.create(connect_timeout_s=config.limits.local_connect_timeout_s)
-    core = RoutingCore(config, upstream)
+    hmac_key = args.audit_hmac_key_file.read_bytes().strip() if args.audit_hmac_key_file else None
+    scope = f"{pod.namespace}/{pod.name}" if pod.namespace else "standalone"
+    core = RoutingCore(config, upstream, audit_hmac_key=hmac_key, cache_scope=scope)
     app = build_app(core)
+    client = None
+    if args.discovery:
+        client = DiscoveryClient(
+            args.discovery,
+            pod,
+            args.discovery_token_file,
+            base=config,
+            apply=core.apply,
+            pool=core.pool,
+            ca_file=args.discovery_ca,
+        )
+        app[SYNCED] = client.synced
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
@@ -139,24 +159,14 @@ async def serve(args: argparse.Namespace) -> int:
     )
     grpc_front = GrpcFront(core, args.host, args.grpc_port) if args.grpc_port else None
     if grpc_front is not None:
-        await grpc_front.start()
+        await grpc_front.start(app[SYNCED])
         log.info("gRPC on %s:%d", args.host, grpc_front.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = asyncio.create_task(_watch(core, args.config)) if args.config else None
-    if args.discovery:
-        client = DiscoveryClient(
-            args.discovery,
-            pod,
-            args.discovery_token_file,
-            base=config,
-            apply=core.apply,
-            pool=core.pool,
-            ca_file=args.discovery_ca,
-        )
-        app[SYNCED] = client.synced
+    if client is not None:
         watcher = asyncio.create_task(client.run())
     await stop.wait()
 
@@ -175,6 +185,7 @@ async def serve(args: argparse.Namespace) -> int:
     if grpc_front is not None:
         await grpc_front.stop(GRPC_STOP_GRACE_S)
     await runner.cleanup()
+    await core.close()
     await upstream.close()
     return 0
 

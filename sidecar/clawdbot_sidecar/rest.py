@@ -79,13 +79,9 @@ def _handler(kind: ApiKind) -> Any:
 
 
 async def _models(request: web.Request) -> web.Response:
-    core = request.app[CORE]
-    names = {s.endpoint.model: "local" for s in core.pool.states}
-    if core.config.policy.cloud is not None:
-        names.setdefault(core.config.policy.cloud.model, "cloud")
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": f"clawdbot-{where}"}
-        for name, where in sorted(names.items())
+        for name, where in request.app[CORE].models().items()
     ]
     return web.json_response({"object": "list", "data": data})
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,7 @@ import openai
 import pytest
 
 from clawdbot_runtime.tinylm import build_tiny_lm
-from clawdbot_sidecar import cloudstub
+from clawdbot_sidecar import audit, cloudstub
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.core import RoutingCore
 from clawdbot_sidecar.rest import build_app
@@ -53,6 +54,7 @@ def policy(cloud_url: str, **overrides: Any) -> dict[str, Any]:
             {"name": "medium", "match": {"maxTokens": 2048}, "target": "cloud"},
         ],
         "defaultTarget": "reject",
+        "audit": {"enabled": False},
     }  # fmt: skip
     spec.update(overrides)
     return spec
@@ -95,6 +97,7 @@ async def make_sidecar() -> AsyncIterator[StartSidecar]:
             upstream = Upstream.create(connect_timeout_s=1.0)
             stack.push_async_callback(upstream.close)
             core = RoutingCore(config, upstream, seed=1)
+            stack.push_async_callback(core.close)
             url = await stack.enter_async_context(serve_app(build_app(core)))
             return Sidecar(url, core)
 
@@ -304,3 +307,44 @@ async def test_completions_endpoint(local_url: str, cloud: str, make_sidecar: St
     )
     assert raw.headers["x-clawdbot-target"] == "local"
     assert raw.parse().choices[0].text
+
+
+async def test_cache_answers_repeats_but_not_answers_with_restored_pii(
+    local_url: str, cloud: str, make_sidecar: StartSidecar
+) -> None:
+    sc = await make_sidecar(policy(cloud, cache={"enabled": True}), [local_url])
+    first = await sc.chat("what is the capital of France")
+    again = await sc.chat("what is the capital of France")
+    assert first.headers["x-clawdbot-target"] == "local"
+    assert again.headers["x-clawdbot-target"] == "cache"
+    assert again.headers["x-clawdbot-reason"] == "cache-hit:local"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+    with_pii = f"{LONG_FILLER} Write to {EMAIL}."
+    for _ in range(2):
+        raw = await sc.chat(with_pii)
+        assert raw.headers["x-clawdbot-target"] == "cloud"
+    assert len(await received(cloud)) == 2  # the restored answer was not cached
+    metrics = await sc.metrics()
+    assert 'clawdbot_sidecar_cache_requests_total{result="hit"} 1.0' in metrics
+
+
+async def test_audit_log_records_decisions_without_sensitive_values(
+    local_url: str, cloud: str, make_sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    spec = policy(cloud, audit={"enabled": True, "sink": "file", "path": str(path)})
+    sc = await make_sidecar(spec, [local_url])
+    await sc.chat(f"short one, mail {EMAIL}")
+    await sc.chat(f"{LONG_FILLER} card {CARD}")
+    assert sc.core.audit is not None
+    await sc.core.audit.flush()
+    text = path.read_text()
+    assert EMAIL not in text and "4111" not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    assert [(r["target"], r["reason"]) for r in records] == [
+        ("local", "rule:short"),
+        ("cloud", "rule:medium"),
+    ]
+    assert records[1]["redacted"] == {"CREDIT_CARD": 1}
+    assert audit.verify(path).ok

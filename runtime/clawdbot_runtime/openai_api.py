@@ -1,0 +1,401 @@
+"""OpenAI-compatible ``/v1`` routes for the text generation models of the repository.
+
+``/v1/completions`` and ``/v1/chat/completions`` (with ``stream: true`` as server-sent
+events in OpenAI's chunk format, ending ``data: [DONE]``, and ``usage``) and ``/v1/models``,
+so the routing sidecar sends the same requests to an ONNX pod as to a vLLM pod. Prompt and
+completion text are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clawdbot_runtime.dataplane import DataPlane
+from clawdbot_runtime.errors import InferenceError, InvalidInput
+from clawdbot_runtime.generation import (
+    GenerationStats,
+    SamplingParams,
+    TextGenerator,
+    language_model,
+)
+from clawdbot_runtime.repository import ServedModel
+from clawdbot_runtime.rest import DATAPLANE_KEY, error_body, read_json
+
+GENERATOR_KEY = web.AppKey("generator", TextGenerator)
+
+# Upper bound on max_tokens: without a KV cache every token is a model run, and an
+# unbounded request would hold a queue slot for minutes.
+MAX_TOKENS_LIMIT = 4096
+# Chat requests without max_tokens mean "until the model stops"; cap them at this.
+DEFAULT_CHAT_MAX_TOKENS = 256
+# OpenAI's limits on stop sequences and choices per request.
+MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+class StreamOptions(BaseModel):
+    """OpenAI ``stream_options``."""
+
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    # Unknown OpenAI fields (user, penalties, logit_bias...) are accepted and ignored, as
+    # vLLM does, so SDK defaults never turn into errors.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+    def sampling(self, max_tokens: int, index: int) -> SamplingParams:
+        """Sampling parameters for choice ``index`` (seeded choices differ, yet repeat)."""
+        if max_tokens > MAX_TOKENS_LIMIT:
+            raise InvalidInput(
+                f"max_tokens is {max_tokens}; this server allows at most {MAX_TOKENS_LIMIT}",
+                param="max_tokens",
+            )
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise InvalidInput(
+                f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop"
+            )
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=None if self.seed is None else self.seed + index,
+            stop=tuple(s for s in stops if s),
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk (OpenAI sends it only on request)."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(_Sampling):
+    """Body of ``POST /v1/completions``."""
+
+    prompt: str | list[str]
+    max_tokens: int = Field(default=16, ge=0)
+    echo: bool = False
+    logprobs: int | None = None
+
+
+class ChatMessage(BaseModel):
+    """One chat message; content may be a string or a list of text parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        """The message's text (text parts joined)."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidInput("only text content parts are supported", param="messages")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_Sampling):
+    """Body of ``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+    logprobs: bool | None = None
+
+    def token_budget(self) -> int:
+        """max_completion_tokens (the newer name) wins over max_tokens; else the default."""
+        for value in (self.max_completion_tokens, self.max_tokens):
+            if value is not None:
+                return value
+        return DEFAULT_CHAT_MAX_TOKENS
+
+
+def _parse(model: type[_Body], body: dict[str, Any]) -> _Body:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"]) or None
+        raise InvalidInput(f"{name}: {error['msg']}", param=name) from None
+
+
+def _served(request: web.Request, name: str) -> ServedModel:
+    served = request.app[DATAPLANE_KEY].manager.get(name)
+    language_model(served)
+    return served
+
+
+@dataclass
+class _Choice:
+    """One choice to generate, and what came of it."""
+
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    echo: str = ""  # prompt text echoed in front of a completion
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    text: str = ""
+    finish_reason: str = "length"
+
+
+def _usage(choices: list[_Choice]) -> dict[str, int]:
+    # With n > 1 the prompt is counted once per distinct prompt, as OpenAI does.
+    prompts = {id(c.prompt_ids): c.stats.prompt_tokens for c in choices}
+    prompt = sum(prompts.values())
+    completion = sum(c.stats.completion_tokens for c in choices)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+class _Format(ABC):
+    """How one endpoint spells its responses and stream chunks."""
+
+    object_name = ""
+    chunk_object_name = ""
+
+    def __init__(self, model: str, prefix: str) -> None:
+        self.model = model
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def envelope(self, object_name: str) -> dict[str, Any]:
+        """The fields every response and chunk starts with."""
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
+
+    @abstractmethod
+    def opening(self, choice: _Choice) -> dict[str, Any] | None:
+        """The chunk that opens a choice's stream, if the format has one."""
+
+    @abstractmethod
+    def delta(self, choice: _Choice, text: str | None, finish: str | None) -> dict[str, Any]:
+        """One choice's entry in a stream chunk."""
+
+    @abstractmethod
+    def final(self, choice: _Choice) -> dict[str, Any]:
+        """One choice's entry in a complete response."""
+
+    def chunk(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A stream chunk carrying one choice entry."""
+        return {**self.envelope(self.chunk_object_name), "choices": [entry]}
+
+    def usage_chunk(self, choices: list[_Choice]) -> dict[str, Any]:
+        """The closing chunk with token counts (``stream_options.include_usage``)."""
+        return {
+            **self.envelope(self.chunk_object_name),
+            "choices": [],
+            "usage": _usage(choices),
+        }
+
+    def response(self, choices: list[_Choice]) -> dict[str, Any]:
+        """The complete (non-streamed) response."""
+        return {
+            **self.envelope(self.object_name),
+            "choices": [self.final(c) for c in choices],
+            "usage": _usage(choices),
+        }
+
+
+class _CompletionFormat(_Format):
+    object_name = chunk_object_name = "text_completion"
+
+    def opening(self, choice: _Choice) -> dict[str, Any] | None:
+        return self.delta(choice, choice.echo, None) if choice.echo else None
+
+    def delta(self, choice: _Choice, text: str | None, finish: str | None) -> dict[str, Any]:
+        return {
+            "index": choice.index,
+            "text": text or "",
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+
+    def final(self, choice: _Choice) -> dict[str, Any]:
+        return self.delta(choice, choice.echo + choice.text, choice.finish_reason)
+
+
+class _ChatFormat(_Format):
+    object_name = "chat.completion"
+    chunk_object_name = "chat.completion.chunk"
+
+    def opening(self, choice: _Choice) -> dict[str, Any] | None:
+        return self._entry(choice, {"role": "assistant", "content": ""}, None)
+
+    def delta(self, choice: _Choice, text: str | None, finish: str | None) -> dict[str, Any]:
+        return self._entry(choice, {} if text is None else {"content": text}, finish)
+
+    def final(self, choice: _Choice) -> dict[str, Any]:
+        return {
+            "index": choice.index,
+            "message": {"role": "assistant", "content": choice.text},
+            "logprobs": None,
+            "finish_reason": choice.finish_reason,
+        }
+
+    @staticmethod
+    def _entry(choice: _Choice, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+async def _respond(
+    request: web.Request,
+    served: ServedModel,
+    choices: list[_Choice],
+    body: _Sampling,
+    fmt: _Format,
+) -> web.StreamResponse:
+    """Generate every choice, as one JSON response or as a server-sent event stream."""
+    dataplane = request.app[DATAPLANE_KEY]
+    generator = request.app[GENERATOR_KEY]
+    name = served.model.name
+
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
+        # Choices run one after the other; concurrent requests still share batches.
+        async with dataplane.request_scope(name, "openai"):
+            for choice in choices:
+                opening = fmt.opening(choice)
+                if opening is not None:
+                    yield fmt.chunk(opening)
+                generation = generator.generate(
+                    served, choice.prompt_ids, choice.params, choice.stats
+                )
+                async with contextlib.aclosing(generation) as pieces:
+                    async for piece in pieces:
+                        choice.text += piece.text
+                        if piece.finish_reason is not None:
+                            choice.finish_reason = piece.finish_reason
+                        if piece.text or piece.finish_reason:
+                            delta = fmt.delta(choice, piece.text or None, piece.finish_reason)
+                            yield fmt.chunk(delta)
+
+    if not body.stream:
+        async with contextlib.aclosing(events()) as pieces:
+            async for _ in pieces:
+                pass
+        return web.json_response(fmt.response(choices), dumps=_dumps)
+
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    # aclosing: a client that hangs up mid-stream makes write() raise; the generator must
+    # still close now, or its request would count as in flight until garbage collection.
+    async with contextlib.aclosing(events()) as chunks:
+        try:
+            async for chunk in chunks:
+                await response.write(_event(chunk))
+            if body.include_usage:
+                await response.write(_event(fmt.usage_chunk(choices)))
+        except InferenceError as exc:
+            # The status line is sent already: report the error in-band, as OpenAI's API does.
+            await response.write(_event(error_body(request, exc)))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _event(document: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(document) + b"\n\n"
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/completions."""
+    body = _parse(CompletionRequest, await read_json(request))
+    if body.logprobs is not None:
+        raise InvalidInput("logprobs are not supported", param="logprobs")
+    served = _served(request, body.model)
+    generator = request.app[GENERATOR_KEY]
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise InvalidInput("prompt must not be empty", param="prompt")
+    choices: list[_Choice] = []
+    for p_index, prompt in enumerate(prompts):
+        ids = generator.encode(served, prompt)
+        for c_index in range(body.n):
+            index = p_index * body.n + c_index
+            params = body.sampling(body.max_tokens, index)
+            choices.append(_Choice(index, ids, params, echo=prompt if body.echo else ""))
+    return await _respond(request, served, choices, body, _CompletionFormat(body.model, "cmpl"))
+
+
+def chat_prompt(template: str, assistant_prefix: str, messages: list[ChatMessage]) -> str:
+    """Render chat messages with the model's template, ending with the assistant's turn."""
+    rendered = "".join(template.format(role=m.role, content=m.text()) for m in messages)
+    return rendered + assistant_prefix
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions."""
+    body = _parse(ChatCompletionRequest, await read_json(request))
+    if body.logprobs:
+        raise InvalidInput("logprobs are not supported", param="logprobs")
+    served = _served(request, body.model)
+    spec = language_model(served)
+    prompt = chat_prompt(spec.chat_template, spec.assistant_prefix, body.messages)
+    ids = request.app[GENERATOR_KEY].encode(served, prompt)
+    budget = body.token_budget()
+    choices = [_Choice(i, ids, body.sampling(budget, i)) for i in range(body.n)]
+    return await _respond(request, served, choices, body, _ChatFormat(body.model, "chatcmpl"))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the text generation models being served."""
+    manager = request.app[DATAPLANE_KEY].manager
+    served = sorted(manager.served(), key=lambda s: s.model.name)
+    data = [_model_card(s) for s in served if s.model.lm is not None]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}."""
+    return web.json_response(_model_card(_served(request, request.match_info["model"])))
+
+
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    return {
+        "id": served.model.name,
+        "object": "model",
+        "created": int(served.loaded_at),
+        "owned_by": "clawdbot",
+    }
+
+
+def add_routes(app: web.Application, dataplane: DataPlane) -> None:
+    """Register the /v1 routes on the REST application."""
+    app[GENERATOR_KEY] = TextGenerator(dataplane)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)

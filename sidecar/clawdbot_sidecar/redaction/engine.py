@@ -1,0 +1,337 @@
+"""The redaction engine: detection, masking/pseudonymization/blocking of requests."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .config import BUILTIN_ENTITIES, RedactionConfig, RedactionMode
+from .detectors import Detector, Span, builtin_detectors, custom_detector, resolve_overlaps
+
+__all__ = [
+    "PLACEHOLDER_RE",
+    "PseudonymMap",
+    "RedactionResult",
+    "Redactor",
+    "TextRedaction",
+    "contains_pii",
+    "iter_request_texts",
+    "map_request_texts",
+]
+
+# Placeholders look like <EMAIL_1>: unlikely in prose, kept intact by LLMs, and free of
+# quotes and backslashes so they survive inside JSON strings (tool call arguments).
+PLACEHOLDER_RE: Final = re.compile(r"<[A-Z][A-Z0-9_]*_[1-9][0-9]*>")
+
+
+class PseudonymMap:
+    """Placeholder <-> original value for one request or conversation; held in memory only."""
+
+    __slots__ = ("_by_placeholder", "_by_value", "_counters", "_reserved", "_sorted")
+
+    def __init__(self) -> None:
+        self._by_value: dict[tuple[str, str], str] = {}
+        self._by_placeholder: dict[str, str] = {}
+        self._counters: dict[str, int] = {}
+        self._reserved: set[str] = set()
+        self._sorted: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self._by_placeholder)
+
+    def __repr__(self) -> str:
+        # Never show values: this object may end up in a log line or a traceback.
+        return f"PseudonymMap({len(self)} placeholders)"
+
+    def reserve_literals(self, text: str) -> None:
+        """Keep placeholder-shaped text already in the input from being reused as one."""
+        if "<" in text:
+            self._reserved.update(PLACEHOLDER_RE.findall(text))
+
+    def placeholder_for(self, entity: str, value: str) -> str:
+        """The placeholder of `value`, allocating the entity's next number the first time."""
+        key = (entity, value)
+        found = self._by_value.get(key)
+        if found is not None:
+            return found
+        n = self._counters.get(entity, 0)
+        while True:
+            n += 1
+            placeholder = f"<{entity}_{n}>"
+            if placeholder not in self._reserved:
+                break
+        self._counters[entity] = n
+        self._by_value[key] = placeholder
+        self._by_placeholder[placeholder] = value
+        self._sorted = None
+        return placeholder
+
+    def value_for(self, placeholder: str) -> str | None:
+        """The original value behind a placeholder, or None for one this map never issued."""
+        return self._by_placeholder.get(placeholder)
+
+    def sorted_placeholders(self) -> list[str]:
+        """All issued placeholders in sorted order (for prefix checks while streaming)."""
+        if self._sorted is None:
+            self._sorted = sorted(self._by_placeholder)
+        return self._sorted
+
+
+@dataclass(frozen=True, slots=True)
+class TextRedaction:
+    """One redacted string with the counts per entity and the entities that block it."""
+
+    text: str
+    counts: dict[str, int]
+    blocked: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RedactionResult:
+    """A redacted request copy, its placeholder map, counts per entity (never values)."""
+
+    request: dict[str, Any]
+    mapping: PseudonymMap
+    counts: dict[str, int] = field(default_factory=dict)
+    # Entities in block mode that were found; when non-empty the request must not leave.
+    # They are masked in `request` as well, so a careless caller still leaks nothing.
+    blocked: frozenset[str] = frozenset()
+
+    @property
+    def is_blocked(self) -> bool:
+        """True when the request must stay local (or be refused)."""
+        return bool(self.blocked)
+
+
+class Redactor:
+    """Finds sensitive values and rewrites text and OpenAI requests per a RedactionConfig."""
+
+    def __init__(self, config: RedactionConfig) -> None:
+        self._config = config
+        active = config.active_entities()
+        # Every built-in gets a detector, active or not: a routing rule may ask about an
+        # entity the policy does not redact. Only active ones are rewritten.
+        detectors = builtin_detectors(BUILTIN_ENTITIES)
+        detectors += [custom_detector(c.name, c.pattern) for c in config.custom]
+        self._all_detectors = tuple(detectors)
+        self._detectors = tuple(d for d in detectors if d.entity in active)
+        self._needs_lower = any(d.needles_casefold for d in detectors)
+        self._modes = {name: config.mode_for(name) for name in active}
+        self._order = BUILTIN_ENTITIES + tuple(c.name for c in config.custom)
+
+    @property
+    def config(self) -> RedactionConfig:
+        """The configuration this redactor was built from."""
+        return self._config
+
+    def detect(self, text: str) -> list[Span]:
+        """Non-overlapping findings in `text`, sorted by position.
+
+        Detection works whether or not redaction is enabled: routing rules on PII presence
+        still need it when nothing is rewritten.
+        """
+        if not text:
+            return []
+        found: list[tuple[int, int, int, str]] = []
+        for det in self._candidates(text, self._detectors):
+            for span in _findings(det, text):
+                found.append((span[0], span[1], det.priority, det.entity))
+        return resolve_overlaps(found)
+
+    def contains_pii(self, text: str, entities: Iterable[str] = ()) -> list[str]:
+        """Names of the entities (of `entities`, or else all active ones) present in `text`.
+
+        Cheaper than `detect`: each entity stops at its first confirmed match. A match
+        nested inside a longer finding of another entity still counts, which errs on the
+        side of privacy for routing.
+        """
+        wanted = set(entities) or set(self._modes)
+        chosen = [d for d in self._all_detectors if d.entity in wanted]
+        present: set[str] = set()
+        for det in self._candidates(text, chosen):
+            if det.entity not in present and next(_findings(det, text), None) is not None:
+                present.add(det.entity)
+        return [name for name in self._order if name in present]
+
+    def _candidates(self, text: str, detectors: Iterable[Detector]) -> Iterator[Detector]:
+        """Those of `detectors` whose needles occur in `text` (needle-less ones always)."""
+        lowered = text.lower() if self._needs_lower else text
+        for det in detectors:
+            if det.needles:
+                haystack = lowered if det.needles_casefold else text
+                if not any(n in haystack for n in det.needles):
+                    continue
+            yield det
+
+    def scan(self, text: str) -> dict[str, int]:
+        """Counts per entity found in `text`, without rewriting it."""
+        return dict(Counter(s.entity for s in self.detect(text)))
+
+    def scan_request(self, request: Mapping[str, Any]) -> dict[str, int]:
+        """Counts per entity over every user-supplied text of an OpenAI request."""
+        counts: Counter[str] = Counter()
+        for text in iter_request_texts(request):
+            counts.update(s.entity for s in self.detect(text))
+        return dict(counts)
+
+    def redact_text(self, text: str, mapping: PseudonymMap | None = None) -> TextRedaction:
+        """Rewrite one string; pseudonyms go into `mapping` (a fresh one if omitted)."""
+        mapping = PseudonymMap() if mapping is None else mapping
+        if not self._config.enabled:
+            return TextRedaction(text, {}, frozenset())
+        mapping.reserve_literals(text)
+        counts: Counter[str] = Counter()
+        blocked: set[str] = set()
+        out = self._apply(text, mapping, counts, blocked)
+        return TextRedaction(out, dict(counts), frozenset(blocked))
+
+    def redact_request(
+        self, request: Mapping[str, Any], mapping: PseudonymMap | None = None
+    ) -> RedactionResult:
+        """Redact the texts of a chat, completions or embeddings request, returning a copy.
+
+        Pass the conversation's `mapping` to keep placeholders stable across its requests.
+        """
+        mapping = PseudonymMap() if mapping is None else mapping
+        if not self._config.enabled:
+            return RedactionResult(dict(request), mapping)
+        # Reserve first: a literal "<EMAIL_1>" in a later message must not collide with a
+        # placeholder issued for an earlier one.
+        for text in iter_request_texts(request):
+            mapping.reserve_literals(text)
+        counts: Counter[str] = Counter()
+        blocked: set[str] = set()
+        copy = map_request_texts(request, lambda t: self._apply(t, mapping, counts, blocked))
+        return RedactionResult(copy, mapping, dict(counts), frozenset(blocked))
+
+    def _apply(
+        self, text: str, mapping: PseudonymMap, counts: Counter[str], blocked: set[str]
+    ) -> str:
+        spans = self.detect(text)
+        if not spans:
+            return text
+        parts: list[str] = []
+        pos = 0
+        for span in spans:
+            entity = span.entity
+            counts[entity] += 1
+            mode = self._modes[entity]
+            parts.append(text[pos : span.start])
+            if mode is RedactionMode.PSEUDONYMIZE:
+                parts.append(mapping.placeholder_for(entity, text[span.start : span.end]))
+            else:
+                if mode is RedactionMode.BLOCK:
+                    blocked.add(entity)
+                parts.append(f"[{entity}]")
+            pos = span.end
+        parts.append(text[pos:])
+        return "".join(parts)
+
+
+def _findings(det: Detector, text: str) -> Iterator[tuple[int, int]]:
+    """The confirmed (start, end) spans of one detector in `text`, lazily.
+
+    The search resumes where a confirmed span ends, not where the regex match ended: a
+    check that trims a match (a phone number running into the next one) or rejects it
+    must not hide a value inside the rest of that match.
+    """
+    check = det.check
+    pos = 0
+    while pos <= len(text):
+        m = det.regex.search(text, pos)
+        if m is None:
+            return
+        span = check(text, m) if check is not None else m.span()
+        if span is not None and span[1] > span[0]:
+            yield span
+            pos = max(span[1], m.start() + 1)
+        else:
+            pos = m.start() + 1
+
+
+_BUILTIN_ONLY: Final = Redactor(RedactionConfig())
+
+
+def contains_pii(text: str, entities: Iterable[str] = BUILTIN_ENTITIES) -> list[str]:
+    """Built-in entity names (of `entities`) present in `text`, for callers without a policy.
+
+    Custom entities need the policy's patterns: `Redactor.contains_pii` knows those.
+    """
+    names = tuple(entities)
+    unknown = set(names) - set(BUILTIN_ENTITIES)
+    if unknown:
+        raise ValueError(f"not built-in entities: {sorted(unknown)}")
+    return _BUILTIN_ONLY.contains_pii(text, names) if names else []
+
+
+# --- walking OpenAI request bodies ----------------------------------------------------
+
+
+def iter_request_texts(request: Mapping[str, Any]) -> Iterator[str]:
+    """Every user-supplied string of an OpenAI chat, completions or embeddings request."""
+    found: list[str] = []
+
+    def collect(text: str) -> str:
+        found.append(text)
+        return text
+
+    map_request_texts(request, collect)
+    yield from found
+
+
+def map_request_texts(request: Mapping[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """A copy of `request` with `fn` applied to each text; other fields are shared."""
+    out = dict(request)
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = [_map_message(m, fn) if isinstance(m, Mapping) else m for m in messages]
+    for key in ("prompt", "input"):
+        value = request.get(key)
+        if isinstance(value, str):
+            out[key] = fn(value)
+        elif isinstance(value, list):
+            # Lists of token ids are left alone: they are not text we can inspect.
+            out[key] = [fn(v) if isinstance(v, str) else v for v in value]
+    return out
+
+
+def _map_message(message: Mapping[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    out = dict(message)
+    content = message.get("content")
+    if isinstance(content, str):
+        out["content"] = fn(content)
+    elif isinstance(content, list):
+        out["content"] = [_map_part(p, fn) for p in content]
+    tool_calls = message.get("tool_calls")
+    if isinstance(tool_calls, list):
+        out["tool_calls"] = [_map_call(c, fn) for c in tool_calls]
+    function_call = message.get("function_call")
+    if isinstance(function_call, Mapping):
+        out["function_call"] = _map_function(function_call, fn)
+    return out
+
+
+def _map_part(part: Any, fn: Callable[[str], str]) -> Any:
+    if (
+        isinstance(part, Mapping)
+        and part.get("type") == "text"
+        and isinstance(part.get("text"), str)
+    ):
+        return {**part, "text": fn(part["text"])}
+    return part
+
+
+def _map_call(call: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
+        return {**call, "function": _map_function(call["function"], fn)}
+    return call
+
+
+def _map_function(function: Mapping[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    out = dict(function)
+    if isinstance(function.get("arguments"), str):
+        out["arguments"] = fn(function["arguments"])
+    return out

@@ -1,0 +1,206 @@
+"""Putting original values back into answers, whole or streamed chunk by chunk."""
+
+from __future__ import annotations
+
+import copy
+import re
+from bisect import bisect_left
+from collections.abc import Mapping
+from typing import Any
+
+from .engine import PLACEHOLDER_RE, PseudonymMap
+
+__all__ = ["ChunkRestorer", "Restorer", "StreamRestorer"]
+
+
+class Restorer:
+    """Replaces the placeholders a PseudonymMap issued; unknown ones stay as they are."""
+
+    def __init__(self, mapping: PseudonymMap) -> None:
+        self._mapping = mapping
+        self._restored = 0
+
+    @property
+    def mapping(self) -> PseudonymMap:
+        """The map placeholders are looked up in."""
+        return self._mapping
+
+    def restore(self, text: str) -> str:
+        """`text` with every known placeholder replaced by its original value."""
+        if "<" not in text or not len(self._mapping):
+            return text
+        return PLACEHOLDER_RE.sub(self._replace, text)
+
+    @property
+    def restored(self) -> int:
+        """Placeholders replaced so far; non-zero means the answer holds original values."""
+        return self._restored
+
+    def _replace(self, m: re.Match[str]) -> str:
+        value = self._mapping.value_for(m.group())
+        if value is None:
+            return m.group()
+        self._restored += 1
+        return value
+
+    def is_partial(self, tail: str) -> bool:
+        """True when `tail` is a proper prefix of a placeholder this map issued."""
+        issued = self._mapping.sorted_placeholders()
+        i = bisect_left(issued, tail)
+        return i < len(issued) and issued[i] != tail and issued[i].startswith(tail)
+
+    def stream(self) -> StreamRestorer:
+        """A restorer for one stream of text chunks."""
+        return StreamRestorer(self)
+
+    def chunks(self) -> ChunkRestorer:
+        """A restorer for a stream of OpenAI `chat.completion.chunk`/completion chunks."""
+        return ChunkRestorer(self)
+
+    def restore_response(self, response: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of a chat/completions response with its choices' texts restored."""
+        out: dict[str, Any] = copy.deepcopy(dict(response))
+        for choice in _choices(out):
+            message = choice.get("message")
+            if isinstance(message, dict):
+                if isinstance(message.get("content"), str):
+                    message["content"] = self.restore(message["content"])
+                for call in _tool_calls(message):
+                    function = call["function"]
+                    function["arguments"] = self.restore(function["arguments"])
+            if isinstance(choice.get("text"), str):
+                choice["text"] = self.restore(choice["text"])
+        return out
+
+
+class StreamRestorer:
+    """Restores a text stream, holding back only what could be the start of a placeholder."""
+
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
+        self._pending = ""
+
+    def feed(self, chunk: str) -> str:
+        """Restored text that is safe to emit now."""
+        text = self._pending + chunk
+        # A placeholder has exactly one "<", at its start, so only the text from the last
+        # "<" on can be an unfinished placeholder; everything before it is final.
+        cut = text.rfind("<")
+        if cut != -1 and self._restorer.is_partial(text[cut:]):
+            self._pending = text[cut:]
+            text = text[:cut]
+        else:
+            self._pending = ""
+        return self._restorer.restore(text)
+
+    def flush(self) -> str:
+        """Whatever is still held back, at the end of the stream."""
+        rest, self._pending = self._pending, ""
+        return rest
+
+    @property
+    def pending(self) -> str:
+        """Text held back until the next chunk shows whether it is a placeholder."""
+        return self._pending
+
+
+class ChunkRestorer:
+    """Restores parsed SSE chunks; one text stream per choice, field and tool call."""
+
+    def __init__(self, restorer: Restorer) -> None:
+        self._restorer = restorer
+        self._streams: dict[tuple[int, str, int], StreamRestorer] = {}
+
+    def _stream(self, key: tuple[int, str, int]) -> StreamRestorer:
+        found = self._streams.get(key)
+        if found is None:
+            found = self._streams[key] = self._restorer.stream()
+        return found
+
+    def feed(self, chunk: Mapping[str, Any]) -> dict[str, Any]:
+        """A restored copy of one chunk; a choice's held-back text is released on finish."""
+        out: dict[str, Any] = copy.deepcopy(dict(chunk))
+        for choice in _choices(out):
+            index = choice.get("index", 0)
+            if not isinstance(index, int):
+                continue
+            finished = choice.get("finish_reason") is not None
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._feed_delta(index, delta, finished)
+            if isinstance(choice.get("text"), str) or (
+                finished and (index, "text", 0) in self._streams
+            ):
+                stream = self._stream((index, "text", 0))
+                text = stream.feed(choice.get("text") or "")
+                choice["text"] = text + stream.flush() if finished else text
+        return out
+
+    def _feed_delta(self, index: int, delta: dict[str, Any], finished: bool) -> None:
+        key = (index, "content", 0)
+        if isinstance(delta.get("content"), str) or (finished and key in self._streams):
+            stream = self._stream(key)
+            text = stream.feed(delta.get("content") or "")
+            delta["content"] = text + stream.flush() if finished else text
+        calls = _tool_calls(delta)
+        seen: set[int] = set()
+        for call in calls:
+            tool_index = call.get("index", 0)
+            if not isinstance(tool_index, int):
+                continue
+            seen.add(tool_index)
+            stream = self._stream((index, "tool", tool_index))
+            function = call["function"]
+            text = stream.feed(function["arguments"])
+            function["arguments"] = text + stream.flush() if finished else text
+        if finished:
+            for (i, kind, tool_index), stream in self._streams.items():
+                if i == index and kind == "tool" and tool_index not in seen and stream.pending:
+                    delta.setdefault("tool_calls", []).append(
+                        {"index": tool_index, "function": {"arguments": stream.flush()}}
+                    )
+
+    def flush(self, template: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """A final chunk with all held-back text (for streams that end without finish_reason).
+
+        `template` supplies the envelope (id, model, created...); None when nothing is held.
+        """
+        choices: dict[int, dict[str, Any]] = {}
+        for (index, kind, tool_index), stream in self._streams.items():
+            rest = stream.flush()
+            if not rest:
+                continue
+            choice = choices.setdefault(index, {"index": index})
+            if kind == "text":
+                choice["text"] = rest
+            elif kind == "content":
+                choice.setdefault("delta", {})["content"] = rest
+            else:
+                choice.setdefault("delta", {}).setdefault("tool_calls", []).append(
+                    {"index": tool_index, "function": {"arguments": rest}}
+                )
+        if not choices:
+            return None
+        out = {k: v for k, v in (template or {}).items() if k != "choices"}
+        out["choices"] = [choices[i] for i in sorted(choices)]
+        return out
+
+
+def _choices(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    choices = obj.get("choices")
+    if not isinstance(choices, list):
+        return []
+    return [c for c in choices if isinstance(c, dict)]
+
+
+def _tool_calls(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return []
+    return [
+        c
+        for c in calls
+        if isinstance(c, dict)
+        and isinstance(c.get("function"), dict)
+        and isinstance(c["function"].get("arguments"), str)
+    ]

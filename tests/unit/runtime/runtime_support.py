@@ -1,0 +1,113 @@
+"""Helpers of the runtime tests: small ONNX models built on the fly, a gate that holds a
+model run, and a bounded wait."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from clawdbot_runtime.model import MODEL_FILE, OnnxModel
+from clawdbot_runtime.server import RuntimeServer
+from clawdbot_runtime.tensors import Array
+
+StartServer = Callable[..., Awaitable[RuntimeServer]]
+
+
+def linear_weights(scale: float, k: int = 4, n: int = 3) -> tuple[Array, Array]:
+    """Deterministic weight and bias of the linear test model."""
+    w = (np.arange(k * n, dtype=np.float32).reshape(k, n) - k * n / 2) * scale
+    b = np.arange(n, dtype=np.float32) * scale
+    return w, b
+
+
+def write_linear(repo: Path, name: str, version: int, *, scale: float = 0.1) -> Path:
+    """``y = x @ W + b`` with x FP32 [batch, 4] and y FP32 [batch, 3]; returns the folder."""
+    w, b = linear_weights(scale)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    return _save(repo, name, version, graph)
+
+
+def write_mlp(path: Path, *, width: int = 64, seed: int = 0) -> Path:
+    """A two-layer float MLP [batch, width] -> [batch, 10] with random weights, at ``path``."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    w2 = (rng.standard_normal((width, 10)) / np.sqrt(width)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "W2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def _save(repo: Path, name: str, version: int, graph: onnx.GraphProto) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder = repo / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / MODEL_FILE))
+    return folder
+
+
+class Gate:
+    """Holds the first run of a model inside the executor until released.
+
+    Lets a test put requests into a known state (one running, others queued) without
+    relying on timing: the run announces itself on ``entered`` and waits for ``release``.
+    """
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._run = model.run
+
+    def run(self, feeds: Any, outputs: Any) -> dict[str, Array]:
+        """Stand-in for OnnxModel.run."""
+        self.entered.set()
+        # Bounded, so a failing test cannot hang the suite.
+        self.release.wait(timeout=30)
+        return self._run(feeds, outputs)
+
+
+def gate_model(server: RuntimeServer, name: str, monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """Hold the next run of ``name`` on ``server`` until the gate is released."""
+    model = server.manager.get(name).model
+    gate = Gate(model)
+    monkeypatch.setattr(model, "run", gate.run)
+    return gate
+
+
+async def wait_for(condition: Callable[[], bool], *, attempts: int = 500) -> None:
+    """Poll ``condition`` every 10 ms, a bounded number of times; fail if it never holds."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never became true")
