@@ -58,8 +58,19 @@ crds: venv ## Generate crds/ from the API types.
 verify-crds: venv ## Fail if crds/ drifted from the API types or is not structural.
 	$(BIN)/clawdbot crds --output-dir crds --check
 
+PROTO_GENERATORS := api/clawdbot_api/discovery/generate.sh \
+	runtime/clawdbot_runtime/protocol/generate.sh sidecar/clawdbot_sidecar/protocol/generate.sh
+
+.PHONY: protos
+protos: venv ## Regenerate the gRPC stubs from the .proto files.
+	for gen in $(PROTO_GENERATORS); do PYTHON=$(BIN)/python $$gen; done
+
+.PHONY: verify-protos
+verify-protos: venv ## Fail if a generated gRPC stub drifted from its .proto.
+	for gen in $(PROTO_GENERATORS); do PYTHON=$(BIN)/python $$gen --check; done
+
 .PHONY: verify
-verify: verify-crds ## Every generated-file drift check.
+verify: verify-crds verify-protos ## Every generated-file drift check.
 
 ##@ Test
 

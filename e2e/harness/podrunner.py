@@ -18,8 +18,10 @@ the API and starts its container's command locally, the way a kubelet would have
   `--config=/etc/x/cfg.yaml`) is rewritten to the local directory; the full mapping is in
   `RunningPod.mounts` and in the env var CLAWDBOT_E2E_MOUNTS (JSON, mountPath -> local dir).
 
-The process must bind to the pod IP itself (e.g. `--host $(POD_IP)` with a fieldRef env),
-the usual way a server in a pod learns its address; nothing forces it. Limits are listed in
+The process must bind to the pod IP: a wildcard bind address in argv (`0.0.0.0`) is
+replaced by the pod IP (pods share the host's network here), or it binds `$(POD_IP)` from a
+fieldRef env. `image_files` maps paths the image would hold (a baked-in model) to local
+ones, rewritten like mounts. Limits are listed in
 e2e/README.md.
 """
 
@@ -322,6 +324,23 @@ def _materialize_volume(vol: dict[str, Any], refs: _Refs, target: Path) -> None:
     )
 
 
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "[::]")
+
+
+def bind_pod_ip(arg: str, pod_ip: str) -> str:
+    """A wildcard bind address in argv (``0.0.0.0``, ``--host=0.0.0.0``) becomes the pod IP.
+
+    In a cluster each pod has its own network namespace, so every replica can bind
+    0.0.0.0:8000; here all pods share the host's, so each must bind its own (loopback) IP.
+    """
+    for wildcard in WILDCARD_ADDRESSES:
+        if arg == wildcard:
+            return pod_ip
+        if arg.endswith(f"={wildcard}"):
+            return arg[: -len(wildcard)] + pod_ip
+    return arg
+
+
 def plan_pod_process(
     pod: dict[str, Any],
     get: ObjectGetter,
@@ -331,6 +350,7 @@ def plan_pod_process(
     argv0_map: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
     token: TokenRequester | None = None,
+    image_files: Mapping[str, Path] | None = None,
 ) -> PodProcessPlan:
     """Derive argv/env/mounts of `container` (default: the first) and write its volumes."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
@@ -368,6 +388,9 @@ def plan_pod_process(
         if vm.get("subPath"):
             local = local / vm["subPath"]
         mounts[vm["mountPath"]] = local
+    # Paths the image would hold (a baked-in model, say): rewritten like mounts.
+    for image_path, local in (image_files or {}).items():
+        mounts.setdefault(image_path, Path(local))
 
     env: dict[str, str] = {k: os.environ[k] for k in HOST_ENV_KEEP if k in os.environ}
     env["HOSTNAME"] = name
@@ -401,7 +424,7 @@ def plan_pod_process(
     env.update(extra_env or {})
     env[MOUNTS_ENV] = json.dumps({k: str(v) for k, v in mounts.items()})
 
-    argv = [rewrite_paths(expand_vars(a, env), mounts) for a in argv]
+    argv = [bind_pod_ip(rewrite_paths(expand_vars(a, env), mounts), pod_ip) for a in argv]
     if argv0_map and argv[0] in argv0_map:
         argv[0] = argv0_map[argv[0]]
     if shutil.which(argv[0], path=env.get("PATH")) is None and not Path(argv[0]).is_file():
@@ -448,6 +471,7 @@ def run_pod(
     timeout: float = PORT_TIMEOUT_S,
     keep_dir: bool = False,
     token: TokenRequester | None = None,
+    image_files: Mapping[str, Path] | None = None,
 ) -> Iterator[RunningPod]:
     """Run the pod's container locally for the duration of the block.
 
@@ -465,6 +489,7 @@ def run_pod(
             argv0_map=argv0_map,
             extra_env=extra_env,
             token=token,
+            image_files=image_files,
         )
         running = start_pod_process(plan, workdir)
         if wait_port is True:

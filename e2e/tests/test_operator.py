@@ -1,0 +1,389 @@
+"""The operator against a real API server: children, status, drift, revisions, rollback.
+
+The operator runs as a real subprocess (``clawdbot-operator --namespace NS``), one per test,
+watching only the test's namespace; kwok plays the kubelet, so pods become Running/Ready
+without images (and never Ready with the ``clawdbot.io/e2e-never-ready`` annotation, which
+the operator copies onto the pods from ``clawdbot.io/pod-annotations``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.harness.kube import Kubectl, condition, is_true
+
+pytestmark = pytest.mark.e2e
+
+OPERATOR = Path(sys.executable).parent / "clawdbot-operator"
+# The operator's periodic resync: short, so drift and deadlines show up within seconds.
+RESYNC_S = "2"
+# Rollouts here take a second or two; a status condition follows within a resync or two.
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: E2ECluster) -> None:
+    """The CRDs, installed as a user would and served."""
+    cluster.kubectl.apply(REPO_ROOT / "crds")
+    cluster.kubectl.wait_for(
+        "crd",
+        "modeldeployments.clawdbot.io",
+        lambda crd: is_true(crd, "Established"),
+        what="Established",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Operator:
+    """A running operator subprocess and its log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, metrics_port: int) -> None:
+        self.proc = proc
+        self.log = log
+        self.metrics_port = metrics_port
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """``clawdbot-operator --namespace NS`` for this test's namespace, stopped by its pid."""
+    assert cluster.kubeconfig, "the operator needs a kubeconfig"
+    metrics_port = _free_port()
+    log = tmp_path / "operator.log"
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env["CLAWDBOT_RESYNC_SECONDS"] = RESYNC_S
+    with log.open("wb") as out:
+        args = [
+            "--namespace", namespace,
+            "--kubeconfig", cluster.kubeconfig,
+            "--bind-address", "127.0.0.1",
+            "--metrics-port", str(metrics_port),
+            "--health-port", str(_free_port()),
+            "--accept-load-reports",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            [str(OPERATOR), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    op = Operator(proc, log, metrics_port)
+    yield op
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    print(f"--- operator log (tail) ---\n{op.tail()}")
+
+
+@pytest.fixture
+def restricted(cluster: E2ECluster, namespace: str) -> None:
+    """Enforce the ``restricted`` Pod Security Standard on the test namespace."""
+    cluster.kubectl.run(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+        "--overwrite",
+    )
+
+
+def metrics_api(operator: Operator, path: str, report: dict[str, Any] | None = None) -> Any:
+    """GET (or POST a load report to) the operator's HTTPS metrics server."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the operator's self-signed certificate
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{operator.metrics_port}{path}",
+        data=json.dumps(report).encode() if report is not None else None,
+        headers={"Content-Type": "application/json"},
+        method="POST" if report is not None else "GET",
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def model_deployment(
+    name: str, annotations: dict[str, str] | None = None, **spec: Any
+) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {"name": "llama-7b", "uri": "file:///models/llama-7b", "version": "1"},
+        "runtime": "vllm",
+        "precision": "bf16",
+        "accelerator": {"type": "nvidia", "count": 1, "memoryFraction": 0.8},
+        "replicas": 2,
+        "rollout": {"progressDeadlineSeconds": 30},
+    }
+    base.update(spec)
+    meta: dict[str, Any] = {"name": name}
+    if annotations:
+        meta["annotations"] = annotations
+    return {
+        "apiVersion": "clawdbot.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": meta,
+        "spec": base,
+    }
+
+
+def _status(obj: dict[str, Any]) -> dict[str, Any]:
+    status: dict[str, Any] = obj.get("status") or {}
+    return status
+
+
+def ready_at(revision: int, replicas: int) -> Callable[[dict[str, Any]], bool]:
+    def check(md: dict[str, Any]) -> bool:
+        st = _status(md)
+        return (
+            is_true(md, "Ready")
+            and st.get("currentRevision") == revision
+            and st.get("readyReplicas") == replicas
+            and st.get("phase") == "Available"
+            and st.get("observedGeneration") == md["metadata"]["generation"]
+        )
+
+    return check
+
+
+def owned_by(obj: dict[str, Any], md: dict[str, Any]) -> bool:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return any(
+        r["kind"] == "ModelDeployment"
+        and r["uid"] == md["metadata"]["uid"]
+        and r.get("controller") is True
+        for r in refs
+    )
+
+
+def events(kube: Kubectl, reason: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = kube.get("events")["items"]
+    return [e for e in found if e.get("reason") == reason]
+
+
+def test_model_deployment_lifecycle(kube: Kubectl, operator: Operator, restricted: None) -> None:
+    kube.apply(model_deployment("llama"))
+    md = kube.wait_for("md", "llama", ready_at(1, 2), timeout=WAIT_S, what="Ready at revision 1")
+
+    # Children, each controlled by the ModelDeployment.
+    for kind in ("deployment", "service", "poddisruptionbudget", "networkpolicy"):
+        child = kube.get(kind, "llama")
+        assert owned_by(child, md), f"{kind} is not owned by the ModelDeployment"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "clawdbot-operator"
+    assert kube.get_or_none("hpa", "llama") is None  # no autoscaling asked for
+
+    # Pods: admitted under the restricted profile, on NVIDIA nodes, Running and Ready.
+    pods = kube.get("pods", None, "-l", "clawdbot.io/model-deployment=llama")["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["nodeName"].startswith("gpu-nvidia-"), pod["spec"]["nodeName"]
+        assert pod["status"]["phase"] == "Running"
+        assert pod["metadata"]["labels"]["clawdbot.io/revision"] == "1"
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"
+
+    st = _status(md)
+    assert st["selector"] and st["endpoint"].startswith("http://llama.")
+    for type_ in ("Available", "Progressing", "Degraded", "RolledBack"):
+        cond = condition(md, type_)
+        assert cond is not None and cond["observedGeneration"] == md["metadata"]["generation"]
+    assert [r["phase"] for r in st["revisions"]] == ["Healthy"]
+
+    # Drift: a Service deleted by hand comes back.
+    uid = kube.get("service", "llama")["metadata"]["uid"]
+    kube.delete("service", "llama")
+    kube.wait_for(
+        "service",
+        "llama",
+        lambda s: s["metadata"]["uid"] != uid,
+        timeout=WAIT_S,
+        what="Service recreated",
+    )
+
+    # Scale through the scale subresource; replicas are not a new revision.
+    kube.run("scale", "md/llama", "--replicas=3")
+    kube.wait_for("md", "llama", ready_at(1, 3), timeout=WAIT_S, what="3 replicas ready")
+    assert kube.get("deployment", "llama")["spec"]["replicas"] == 3
+
+    # A new model version is revision 2, rolled out and healthy.
+    kube.run("patch", "md", "llama", "--type=merge", "-p", '{"spec":{"model":{"version":"2"}}}')
+    md = kube.wait_for("md", "llama", ready_at(2, 3), timeout=WAIT_S, what="Ready at revision 2")
+    assert [r["revision"] for r in _status(md)["revisions"]] == [1, 2]
+    assert _status(md)["stableRevision"] == 2
+    assert events(kube, "NewRevision")
+
+    # Roll back on request: revision 1 serves again, and the request is cleared.
+    kube.run("patch", "md", "llama", "--type=merge", "-p", '{"spec":{"rollbackTo":1}}')
+    md = kube.wait_for(
+        "md",
+        "llama",
+        lambda md: ready_at(1, 3)(md) and "rollbackTo" not in md["spec"],
+        timeout=WAIT_S,
+        what="rolled back to revision 1 on request",
+    )
+    phases = {r["revision"]: r["phase"] for r in _status(md)["revisions"]}
+    assert phases == {1: "Healthy", 2: "RolledBack"}
+    assert events(kube, "RollbackRequested")
+
+
+def test_revision_that_never_becomes_ready_is_rolled_back(
+    kube: Kubectl, operator: Operator, restricted: None
+) -> None:
+    kube.apply(model_deployment("phi", replicas=1))
+    kube.wait_for("md", "phi", ready_at(1, 1), timeout=WAIT_S, what="Ready at revision 1")
+
+    # Revision 2: pods that run but never pass readiness (see e2e/cluster/kwok-stages.yaml).
+    never_ready = json.dumps({"clawdbot.io/e2e-never-ready": "true"})
+    kube.apply(
+        model_deployment(
+            "phi",
+            annotations={"clawdbot.io/pod-annotations": never_ready},
+            replicas=1,
+            model={"name": "llama-7b", "uri": "file:///models/llama-7b", "version": "2"},
+        )
+    )
+    kube.wait_for(
+        "md",
+        "phi",
+        lambda md: _status(md).get("currentRevision") == 2,
+        timeout=WAIT_S,
+        what="revision 2 rolling out",
+    )
+    md = kube.wait_for(
+        "md",
+        "phi",
+        lambda md: is_true(md, "RolledBack") and _status(md).get("currentRevision") == 1,
+        timeout=30 + WAIT_S,
+        what="rolled back to revision 1",
+    )
+    rolled = condition(md, "RolledBack")
+    assert rolled is not None and rolled["reason"] == "ProgressDeadlineExceeded"
+    phases = {r["revision"]: r["phase"] for r in _status(md)["revisions"]}
+    assert phases == {1: "Healthy", 2: "RolledBack"}
+    assert _status(md)["phase"] == "Degraded"
+    assert is_true(md, "Available")
+    warning = events(kube, "RolledBack")
+    assert warning and warning[0]["type"] == "Warning"
+    assert "revision 1" in warning[0]["message"]
+    # The Deployment runs revision 1's template again, and its pods become ready.
+    kube.wait_for(
+        "deployment",
+        "phi",
+        lambda d: (
+            d["spec"]["template"]["metadata"]["labels"]["clawdbot.io/revision"] == "1"
+            and d["status"].get("readyReplicas") == 1
+            and d["status"].get("updatedReplicas") == 1
+        ),
+        timeout=WAIT_S,
+        what="revision 1 serving again",
+    )
+
+
+def test_autoscaled_onnx_model_gets_an_hpa_and_metrics_from_load_reports(
+    kube: Kubectl, operator: Operator, restricted: None
+) -> None:
+    kube.apply(
+        model_deployment(
+            "tiny",
+            runtime="onnx",
+            precision="int8",
+            accelerator={"type": "cpu"},
+            model={"name": "tiny", "uri": "hf://clawdbot/tiny-onnx", "version": "1"},
+            replicas=1,
+            autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetPerReplica": 4},
+        )
+    )
+    md = kube.wait_for("md", "tiny", ready_at(1, 1), timeout=WAIT_S, what="Ready")
+    hpa = kube.get("hpa", "tiny")
+    assert owned_by(hpa, md)
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "clawdbot.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "name": "tiny",
+    }
+    metric = hpa["spec"]["metrics"][0]["external"]
+    assert metric["metric"]["name"] == "clawdbot_inflight_requests"
+    assert metric["target"] == {"type": "AverageValue", "averageValue": "4"}
+    pod = kube.get("pods", None, "-l", "clawdbot.io/model-deployment=tiny")["items"][0]
+    assert pod["spec"]["nodeName"] == "cpu-0" or "nvidia.com/gpu" not in json.dumps(pod["spec"])
+    assert pod["spec"]["initContainers"][0]["name"] == "fetch-model"
+    # The remote model URI opens egress for the download, and nothing else but DNS.
+    egress = kube.get("networkpolicy", "tiny")["spec"]["egress"]
+    assert [p["port"] for rule in egress for p in rule["ports"]] == [53, 53, 443]
+
+    # Load reports -> the operator's external metrics API (what the HPA reads through the
+    # APIService the chart registers; the aggregator of the local control plane can't route
+    # to a process on the host, so the test reads the operator's HTTPS server directly).
+    report = {
+        "namespace": kube.namespace,
+        "modelDeployment": "tiny",
+        "source": "e2e",
+        "inflightRequests": 12,
+    }
+    assert metrics_api(operator, "/loadreports", report) == {"accepted": 1}
+    selector = f"clawdbot.io/model-deployment=tiny,clawdbot.io/namespace={kube.namespace}"
+    values = metrics_api(
+        operator,
+        f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{kube.namespace}/"
+        f"clawdbot_inflight_requests?labelSelector={urllib.parse.quote(selector)}",
+    )
+    assert values["kind"] == "ExternalMetricValueList"
+    assert [i["value"] for i in values["items"]] == ["12"]
+    assert values["items"][0]["metricLabels"] == metric["metric"]["selector"]["matchLabels"]
+
+
+def test_unsupported_combination_is_reported_and_creates_nothing(
+    kube: Kubectl, operator: Operator
+) -> None:
+    kube.apply(
+        model_deployment(
+            "bad",
+            runtime="onnx",
+            precision="int8",
+            accelerator={"type": "nvidia", "count": 2},
+        )
+    )
+    md = kube.wait_for(
+        "md",
+        "bad",
+        lambda md: (condition(md, "Ready") or {}).get("reason") == "InvalidSpec",
+        timeout=WAIT_S,
+        what="Ready=False InvalidSpec",
+    )
+    ready = condition(md, "Ready")
+    assert ready is not None and ready["status"] == "False"
+    assert "spec.accelerator.count" in ready["message"]
+    assert _status(md)["phase"] == "Failed"
+    deadline = time.monotonic() + 10
+    while not events(kube, "InvalidSpec") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    warning = events(kube, "InvalidSpec")
+    assert warning and warning[0]["type"] == "Warning"
+    assert kube.get_or_none("deployment", "bad") is None
+    assert kube.get_or_none("service", "bad") is None
