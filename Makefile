@@ -70,7 +70,7 @@ verify-protos: venv ## Fail if a generated gRPC stub drifted from its .proto.
 	for gen in $(PROTO_GENERATORS); do PYTHON=$(BIN)/python $$gen --check; done
 
 .PHONY: verify
-verify: verify-crds verify-protos ## Every generated-file drift check.
+verify: verify-crds verify-protos verify-chart-crds ## Every generated-file drift check.
 
 ##@ Test
 
@@ -79,6 +79,28 @@ unit: venv ## Unit tests: no cluster, no network beyond loopback.
 	$(BIN)/pytest tests -q $(PYTEST_ARGS)
 
 .PHONY: test
-test: lint typecheck verify unit e2e ## Everything CI runs: lint, types, drift checks, unit and e2e.
+test: lint typecheck verify unit chart-test images-lint e2e ## Everything CI runs.
+
+##@ Chart and images
+
+.PHONY: verify-chart-crds
+verify-chart-crds: ## Fail if the chart's CRDs drifted from crds/.
+	helm/check-crds.sh
+
+.PHONY: chart-lint
+chart-lint: ## Lint the Helm chart (default, all-features and namespaced values).
+	charts-tests/run.sh lint
+
+.PHONY: chart-test
+chart-test: venv verify-chart-crds ## Lint the chart, check it against the operator, run its helm-unittest suites.
+	charts-tests/run.sh
+
+.PHONY: chart-dry-run
+chart-dry-run: ## Validate every rendered manifest against the local control plane (needs cluster-up).
+	charts-tests/dry-run.sh
+
+.PHONY: images-lint
+images-lint: venv ## Lint the Dockerfiles in images/ (hadolint and project rules).
+	images/lint.sh
 
 -include e2e/cluster/cluster.mk

@@ -70,7 +70,7 @@ class Operator:
 def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
     """``clawdbot-operator --namespace NS`` for this test's namespace, stopped by its pid."""
     assert cluster.kubeconfig, "the operator needs a kubeconfig"
-    metrics_port = _free_port()
+    metrics_port, health_port = _free_port(), _free_port()
     log = tmp_path / "operator.log"
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     env["CLAWDBOT_RESYNC_SECONDS"] = RESYNC_S
@@ -80,7 +80,7 @@ def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) ->
             "--kubeconfig", cluster.kubeconfig,
             "--bind-address", "127.0.0.1",
             "--metrics-port", str(metrics_port),
-            "--health-port", str(_free_port()),
+            "--health-port", str(health_port),
             "--accept-load-reports",
         ]  # fmt: skip
         proc = subprocess.Popen(
@@ -91,6 +91,17 @@ def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) ->
             cwd=REPO_ROOT,
         )
     op = Operator(proc, log, metrics_port)
+    # kopf's liveness endpoint answers once the operator runs: a start-up check of its own.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the operator did not start:\n{op.tail()}")
+            time.sleep(0.2)
     yield op
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -207,6 +218,10 @@ def test_model_deployment_lifecycle(kube: Kubectl, operator: Operator, restricte
         assert pod["metadata"]["labels"]["clawdbot.io/revision"] == "1"
         limits = pod["spec"]["containers"][0]["resources"]["limits"]
         assert limits["nvidia.com/gpu"] == "1"
+
+    # ...and the profile really is enforced here: a pod without those settings is refused.
+    refused = kube.run("run", "unconfined", "--image=busybox", "--restart=Never", check=False)
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr
 
     st = _status(md)
     assert st["selector"] and st["endpoint"].startswith("http://llama.")

@@ -1,0 +1,107 @@
+"""The operator's configuration: images per runtime and accelerator, timings, names.
+
+Values come from ``CLAWDBOT_*`` environment variables, optionally on top of a YAML file
+named by ``CLAWDBOT_OPERATOR_CONFIG`` (same keys, lower case, without the prefix)::
+
+    image_vllm_nvidia: vllm/vllm-openai:v0.11.0
+    resync_seconds: 10
+
+An image set to the empty string marks that runtime/accelerator pair as unsupported: a
+ModelDeployment asking for it gets ``Ready=False, reason InvalidSpec`` instead of pods.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from clawdbot_api.v1alpha1 import AcceleratorType, Runtime
+
+ENV_PREFIX: Final = "CLAWDBOT_"
+CONFIG_FILE_ENV: Final = "CLAWDBOT_OPERATOR_CONFIG"
+
+# Image names carry no registry host: the cluster's own registry mirror or pull-through
+# cache decides where they come from. Pin them per site with the environment variables.
+DEFAULT_IMAGES: Final[Mapping[tuple[Runtime, AcceleratorType], str]] = {
+    (Runtime.VLLM, AcceleratorType.NVIDIA): "vllm/vllm-openai:v0.11.0",
+    (Runtime.VLLM, AcceleratorType.AMD): "rocm/vllm:latest",
+    # vLLM publishes no CPU image under a neutral name; the project builds one.
+    (Runtime.VLLM, AcceleratorType.CPU): "clawdbot/vllm-cpu:0.1.0",
+    (Runtime.ONNX, AcceleratorType.NVIDIA): "clawdbot/runtime-onnx-cuda:0.1.0",
+    (Runtime.ONNX, AcceleratorType.AMD): "clawdbot/runtime-onnx-rocm:0.1.0",
+    (Runtime.ONNX, AcceleratorType.CPU): "clawdbot/runtime-onnx:0.1.0",
+}
+
+
+def image_key(runtime: Runtime, accelerator: AcceleratorType) -> str:
+    """The config key of one runtime/accelerator image, e.g. ``image_vllm_nvidia``."""
+    return f"image_{runtime.value}_{accelerator.value}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the builders and the reconciler need besides the ModelDeployment itself."""
+
+    images: Mapping[tuple[Runtime, AcceleratorType], str] = field(
+        default_factory=lambda: dict(DEFAULT_IMAGES)
+    )
+    """Model server image per runtime and accelerator; "" = unsupported pair."""
+    image_fetch_hf: str = "vllm/vllm-openai:v0.11.0"
+    """Init container image for hf:// models: it must ship the huggingface_hub package
+    (vLLM's image does, and GPU nodes have it cached already)."""
+    image_fetch_rclone: str = "rclone/rclone:1.68"
+    """Init container image for s3://, gs:// and http(s):// models (rclone)."""
+    field_manager: str = "clawdbot-operator"
+    """Server-side apply field manager; also the managed-by label value."""
+    resync_seconds: float = 10.0
+    """Period of the level-based resync of every ModelDeployment: drift correction, progress
+    deadlines and crash-loop checks run at least this often (child events run sooner)."""
+    drain_seconds: int = 10
+    """preStop sleep: time for endpoint removal to reach every client before SIGTERM."""
+    termination_grace_seconds: int = 60
+    """Pod grace period: the drain plus the longest generation allowed to finish."""
+    load_report_window_seconds: float = 300.0
+    """Load reports older than this are ignored (autoscaling metrics and rollback checks)."""
+
+    def image_for(self, runtime: Runtime, accelerator: AcceleratorType) -> str:
+        """The configured image, or "" when the pair is unsupported."""
+        return self.images.get((runtime, accelerator), "")
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Defaults, then the YAML file of ``CLAWDBOT_OPERATOR_CONFIG``, then the environment."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = env.get(CONFIG_FILE_ENV)
+        if path:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping of settings")
+            values.update({str(k).lower(): v for k, v in loaded.items()})
+        for key, value in env.items():
+            if key.startswith(ENV_PREFIX) and key != CONFIG_FILE_ENV:
+                values[key.removeprefix(ENV_PREFIX).lower()] = value
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> OperatorConfig:
+        """Build from flat ``key: value`` settings; unknown keys are ignored."""
+        config = cls()
+        images = dict(config.images)
+        for runtime in Runtime:
+            for accel in AcceleratorType:
+                key = image_key(runtime, accel)
+                if key in values:
+                    images[(runtime, accel)] = str(values[key])
+        changes: dict[str, Any] = {"images": images}
+        for f in fields(cls):
+            if f.name == "images" or f.name not in values:
+                continue
+            default = getattr(config, f.name)
+            changes[f.name] = type(default)(values[f.name])
+        return replace(config, **changes)

@@ -1,0 +1,161 @@
+"""``clawdbot-operator``: run the ModelDeployment controller and the external metrics API.
+
+clawdbot-operator [--namespace NS ... | --all-namespaces] [--kubeconfig PATH]
+                  [--metrics-port PORT] [--health-port PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+from clawdbot_api.v1alpha1 import API_VERSION
+from clawdbot_operator import metrics_api
+from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.handlers import register
+from clawdbot_operator.kube import Kube, KubeError, connect
+from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.reconciler import Reconciler
+
+log = logging.getLogger("clawdbot_operator")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(
+        prog="clawdbot-operator",
+        description="Run the Clawdbot operator (ModelDeployment lifecycle, metrics API).",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube)")
+    p.add_argument("--bind-address", default="0.0.0.0", help="address the servers listen on")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=6443,
+        help="HTTPS port of the external.metrics.k8s.io API (0 disables it)",
+    )
+    p.add_argument("--metrics-cert-file", help="serving certificate (default: self-signed)")
+    p.add_argument("--metrics-key-file", help="key of --metrics-cert-file")
+    p.add_argument(
+        "--accept-load-reports",
+        action="store_true",
+        help="accept load reports by HTTP POST /loadreports on the metrics port",
+    )
+    p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port")
+    p.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate replicas through this KopfPeering (default: standalone)",
+    )
+    p.add_argument("--log-level", default=os.environ.get("CLAWDBOT_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+async def resync(reconciler: Reconciler, kube: Kube, namespaces: list[str], period: float) -> None:
+    """Reconcile every ModelDeployment each ``period`` seconds (drift, deadlines)."""
+    while True:
+        await asyncio.sleep(period)
+        scopes: list[str | None] = [*namespaces] if namespaces else [None]
+        for ns in scopes:
+            try:
+                items = await kube.list(API_VERSION, "ModelDeployment", ns)
+            except KubeError as exc:
+                log.warning("resync: could not list ModelDeployments: %s", exc)
+                continue
+            for item in items:
+                try:
+                    await reconciler.reconcile(item)
+                except KubeError as exc:
+                    log.warning("resync of %s failed: %s", item["metadata"]["name"], exc)
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf login: the pod's service account, else the kubeconfig (``KUBECONFIG``)."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    return info or kopf.login_with_kubeconfig(**kwargs)
+
+
+async def run(args: argparse.Namespace) -> None:
+    """Start everything; return when kopf stops (signal or fatal error)."""
+    config = OperatorConfig.load()
+    if args.kubeconfig:
+        # kopf's own login reads KUBECONFIG; the API client below gets the path directly.
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    api = await connect(args.kubeconfig)
+    kube = Kube(api, config.field_manager)
+    store = LoadReportStore()
+    reconciler = Reconciler(kube, config, store)
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler)
+    # kopf's watches log in the way the API client above does: in-cluster, else kubeconfig.
+    kopf.on.login(registry=registry)(login)
+
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = False  # the reconciler posts its own, user-facing Events
+    settings.persistence.finalizer = "clawdbot.io/finalizer"  # unused: no handler needs one
+
+    runner = None
+    if args.metrics_port:
+        runner = await metrics_api.serve(
+            store,
+            host=args.bind_address,
+            port=args.metrics_port,
+            cert_file=args.metrics_cert_file,
+            key_file=args.metrics_key_file,
+            accept_reports=args.accept_load_reports,
+        )
+    namespaces = list(args.namespace)
+    resync_task = asyncio.create_task(resync(reconciler, kube, namespaces, config.resync_seconds))
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            namespaces=namespaces,
+            clusterwide=not namespaces,
+            liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
+        )
+    finally:
+        resync_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resync_task
+        if runner is not None:
+            await runner.cleanup()
+        await api.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs every handler run at INFO; the reconciler logs and posts what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""One level-based reconcile of a ModelDeployment: the glue between observations, the pure
+decisions (revisions, rollback, status) and the API.
+
+Every entry point (the ModelDeployment's own events, its children's events, the periodic
+resync) ends here, and a reconcile only depends on what it reads, so running it twice, or
+after a restart, changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from clawdbot_api.v1alpha1 import (
+    API_VERSION,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    Revision,
+    RevisionPhase,
+)
+from clawdbot_operator.builders import build_children
+from clawdbot_operator.builders.deployment import desired_replicas
+from clawdbot_operator.builders.hpa import build_hpa
+from clawdbot_operator.builders.meta import (
+    LABEL_REVISION,
+    name_of,
+    namespace_of,
+    selector_string,
+)
+from clawdbot_operator.builders.service import endpoint_url
+from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.kube import Kube, Obj
+from clawdbot_operator.loadreports import RevisionHealthSource
+from clawdbot_operator.revisions import (
+    PlannedEvent,
+    apply_snapshot,
+    build_controller_revision,
+    controller_revision_name,
+    find,
+    plan_revisions,
+    revision_hash,
+    snapshot,
+)
+from clawdbot_operator.rollback import Decision, DeploymentState, PodState, Verdict, decide
+from clawdbot_operator.status import (
+    Observed,
+    compute_status,
+    condition,
+    invalid_status,
+    rollout_started_at,
+)
+from clawdbot_operator.validation import InvalidSpec, check_supported, parse
+
+log = logging.getLogger(__name__)
+
+HPA: Final = ("autoscaling/v2", "HorizontalPodAutoscaler")
+
+
+def deployment_state(obj: Obj | None) -> DeploymentState | None:
+    """The rollout-relevant part of a Deployment object."""
+    if obj is None:
+        return None
+    meta, status = obj.get("metadata", {}), obj.get("status") or {}
+    labels = obj.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+    rev = labels.get(LABEL_REVISION)
+    exceeded = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in status.get("conditions") or []
+    )
+    return DeploymentState(
+        revision=int(rev) if rev and rev.isdigit() else None,
+        up_to_date=status.get("observedGeneration", 0) >= meta.get("generation", 1),
+        replicas=status.get("replicas", 0),
+        updated_replicas=status.get("updatedReplicas", 0),
+        ready_replicas=status.get("readyReplicas", 0),
+        available_replicas=status.get("availableReplicas", 0),
+        deadline_exceeded=exceeded,
+    )
+
+
+def pod_state(pod: Obj) -> PodState:
+    """The rollback-relevant part of a Pod object."""
+    rev = pod.get("metadata", {}).get("labels", {}).get(LABEL_REVISION, "")
+    status = pod.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    restarts, waiting = 0, None
+    for cs in status.get("containerStatuses") or []:
+        restarts = max(restarts, int(cs.get("restartCount", 0)))
+        reason = (cs.get("state") or {}).get("waiting", {}).get("reason")
+        if reason and waiting != "CrashLoopBackOff":
+            waiting = reason
+    return PodState(
+        name=pod.get("metadata", {}).get("name", ""),
+        revision=int(rev) if rev.isdigit() else None,
+        ready=ready,
+        restarts=restarts,
+        waiting_reason=waiting,
+    )
+
+
+def _previous_status(body: Obj) -> ModelDeploymentStatus | None:
+    try:
+        return ModelDeploymentStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        log.warning("ignoring an unreadable status on %s", body["metadata"].get("name"))
+        return None
+
+
+def _owned_by(obj: Obj, uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _mark(revisions: list[Revision], n: int, phase: RevisionPhase, reason: str) -> list[Revision]:
+    return [
+        r.model_copy(update={"phase": phase, "reason": reason}) if r.revision == n else r
+        for r in revisions
+    ]
+
+
+@dataclass
+class Reconciler:
+    """Reconciles ModelDeployments; one at a time per object."""
+
+    kube: Kube
+    config: OperatorConfig
+    health: RevisionHealthSource
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def __post_init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Objects with a reconcile waiting for the lock: a burst of child events (a rollout
+        # touches the Deployment many times) coalesces into one more reconcile.
+        self._queued: set[tuple[str, str]] = set()
+
+    async def reconcile_named(self, namespace: str, name: str) -> None:
+        """Read the ModelDeployment and reconcile it (nothing when it is gone)."""
+        body = await self.kube.get(API_VERSION, "ModelDeployment", namespace, name)
+        if body is not None:
+            await self.reconcile(body)
+
+    async def reconcile(self, body: Obj) -> None:
+        """Reconcile one ModelDeployment body; concurrent calls for it run one after another."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if key in self._queued:
+            return  # a reconcile already waits for the lock; it will read the newest state
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._queued.add(key)
+        async with lock:
+            self._queued.discard(key)
+            # Re-read under the lock: another reconcile may have just written the status.
+            fresh = await self.kube.get(API_VERSION, "ModelDeployment", *key)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                self._locks.pop(key, None)
+                return
+            await self._reconcile(fresh)
+
+    async def _event(self, body: Obj, ev: PlannedEvent) -> None:
+        await self.kube.post_event(body, ev.type, ev.reason, ev.message)
+
+    async def _invalid(
+        self, body: Obj, previous: ModelDeploymentStatus | None, err: InvalidSpec
+    ) -> None:
+        generation = body["metadata"].get("generation")
+        status = invalid_status(previous, generation, err.field, err.message, self.clock())
+        old = condition(previous.conditions, "Ready") if previous else None
+        await self._write_status(body, status)
+        if old is None or old.reason != "InvalidSpec" or old.message != str(err):
+            log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], err)
+            await self._event(body, PlannedEvent("Warning", "InvalidSpec", f"Invalid spec: {err}."))
+
+    async def _write_status(self, body: Obj, status: ModelDeploymentStatus) -> None:
+        new = status.to_manifest()
+        if new == (body.get("status") or {}):
+            return
+        meta = body["metadata"]
+        await self.kube.patch_model_deployment(
+            meta["namespace"], meta["name"], {"status": new}, status=True
+        )
+
+    async def _apply_children(
+        self, body: Obj, md: ModelDeployment, revision: int, rev_hash: str
+    ) -> Obj:
+        """Create or update every child; returns the applied Deployment."""
+        applied: Obj = {}
+        for manifest in build_children(md, self.config, revision, rev_hash):
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            existing = await self.kube.get(manifest["apiVersion"], kind, namespace_of(md), name)
+            result = await self.kube.apply(manifest)
+            if existing is None:
+                created = PlannedEvent("Normal", "Created", f"Created {kind} {name}.")
+                await self._event(body, created)
+            if kind == "Deployment":
+                applied = result
+        if build_hpa(md, revision) is None and await self.kube.delete(
+            *HPA, namespace_of(md), name_of(md)
+        ):
+            message = f"Deleted HorizontalPodAutoscaler {name_of(md)}."
+            await self._event(body, PlannedEvent("Normal", "Deleted", message))
+        return applied
+
+    async def _reconcile(self, body: Obj) -> None:
+        now = self.clock()
+        previous = _previous_status(body)
+        parsed = parse(body)
+        if isinstance(parsed, InvalidSpec):
+            await self._invalid(body, previous, parsed)
+            return
+        md = parsed
+        err = check_supported(md, self.config)
+        if err is not None:
+            await self._invalid(body, previous, err)
+            return
+        ns, name = namespace_of(md), name_of(md)
+        prev = previous or ModelDeploymentStatus()
+
+        snap = snapshot(md, self.config)
+        desired_hash = revision_hash(snap)
+        crs = await self.kube.list("apps/v1", "ControllerRevision", ns, selector_string(md))
+        snapshots: dict[int, dict[str, Any]] = {
+            int(cr["revision"]): cr["data"] for cr in crs if _owned_by(cr, md.metadata.uid)
+        }
+        plan = plan_revisions(
+            history=prev.revisions,
+            current=prev.current_revision,
+            stable=prev.stable_revision,
+            desired_hash=desired_hash,
+            model_version=md.spec.model.version,
+            image=str(snap["spec"]["image"]),
+            now=now,
+            history_limit=md.spec.rollout.history_limit,
+            rollback_to=md.spec.rollback_to,
+            snapshots=frozenset(snapshots),
+        )
+        if isinstance(plan, InvalidSpec):
+            await self._invalid(body, previous, plan)
+            return
+        events = list(plan.events)
+        revisions, current, stable = plan.revisions, plan.current, plan.stable
+        cur = find(revisions, current)
+        assert cur is not None
+        if current not in snapshots and cur.hash == desired_hash:
+            # New, or its ControllerRevision was deleted by hand: (re)write it from the spec.
+            await self.kube.apply(build_controller_revision(md, current, snap))
+            snapshots[current] = snap
+        for n in plan.pruned:
+            cr_name = controller_revision_name(md, n)
+            await self.kube.delete("apps/v1", "ControllerRevision", ns, cr_name)
+
+        deployment: Obj | None
+        if current in snapshots:
+            effective = apply_snapshot(md, snapshots[current])
+            deployment = await self._apply_children(body, effective, current, cur.hash)
+        else:
+            # Its ControllerRevision is gone and the spec says something else: the exact
+            # settings are unknown, so leave the children as they are rather than guess.
+            log.warning("%s/%s: no snapshot of revision %s; children left as is", ns, name, current)
+            deployment = await self.kube.get("apps/v1", "Deployment", ns, name)
+        pods = [pod_state(p) for p in await self.kube.list("v1", "Pod", ns, selector_string(md))]
+        started_at = now if plan.started else rollout_started_at(previous)
+        decision = decide(
+            revisions=revisions,
+            current=current,
+            rollout=md.spec.rollout,
+            desired_replicas=desired_replicas(md),
+            pods=pods,
+            deployment=deployment_state(deployment),
+            started_at=started_at,
+            now=now,
+            health=self.health.revision_health(ns, name, current, now),
+        )
+        started = plan.started
+        if decision.verdict == Verdict.ROLLBACK and decision.target not in snapshots:
+            decision = Decision(
+                Verdict.FAIL,
+                decision.reason,
+                f"{decision.message} Revision {decision.target} has no snapshot to roll back to.",
+            )
+        if decision.verdict == Verdict.ROLLBACK and decision.target is not None:
+            target = decision.target
+            revisions = _mark(revisions, current, RevisionPhase.ROLLED_BACK, decision.reason)
+            events.append(
+                PlannedEvent(
+                    "Warning",
+                    "RolledBack",
+                    f"{decision.message} Rolled back to revision {target}.",
+                )
+            )
+            current, stable, started = target, target, False
+            tgt = find(revisions, target)
+            assert tgt is not None
+            restored = apply_snapshot(md, snapshots[target])
+            deployment = await self._apply_children(body, restored, target, tgt.hash)
+        elif decision.verdict == Verdict.FAIL:
+            revisions = _mark(revisions, current, RevisionPhase.FAILED, decision.reason)
+            events.append(PlannedEvent("Warning", "RevisionFailed", decision.message))
+        elif decision.verdict == Verdict.HEALTHY:
+            revisions = _mark(revisions, current, RevisionPhase.HEALTHY, decision.reason)
+            stable = current
+            events.append(PlannedEvent("Normal", "RevisionHealthy", decision.message))
+
+        desired = max(
+            (r for r in revisions if r.hash == desired_hash), key=lambda r: r.revision, default=None
+        )
+        desired_revision = desired.revision if desired else current
+        if (
+            desired
+            and desired.phase == RevisionPhase.ROLLED_BACK
+            and desired.reason == "RollbackRequested"
+        ):
+            # The user asked to leave it: the current revision is what they want now.
+            desired_revision = current
+        status = compute_status(
+            previous,
+            Observed(
+                generation=body["metadata"].get("generation"),
+                revisions=revisions,
+                current=current,
+                stable=stable,
+                desired_revision=desired_revision,
+                desired_replicas=desired_replicas(md),
+                deployment=deployment_state(deployment),
+                selector=selector_string(md),
+                endpoint=endpoint_url(md),
+                started=started,
+            ),
+            now,
+        )
+        await self._write_status(body, status)
+        if md.spec.rollback_to is not None:
+            # Done: clear the request (as Deployments once did with their rollbackTo).
+            await self.kube.patch_model_deployment(ns, name, {"spec": {"rollbackTo": None}})
+        for ev in events:
+            await self._event(body, ev)
