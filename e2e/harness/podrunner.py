@@ -38,7 +38,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +55,9 @@ PORT_TIMEOUT_S = 30.0
 
 # `get(kind, namespace, name)` -> the object (dict), or None when it does not exist.
 ObjectGetter = Callable[[str, str, str], "dict[str, Any] | None"]
-# `token(namespace, service_account, audience, expiration_seconds)` -> a signed token, as the
-# kubelet gets one through the TokenRequest API for a projected serviceAccountToken volume.
-TokenRequester = Callable[[str, str, "str | None", int], str]
+# `token(pod, audience, expiration_seconds)` -> a token bound to the pod, as the kubelet gets
+# one through the TokenRequest API for a projected serviceAccountToken volume.
+TokenRequester = Callable[[dict[str, Any], "str | None", int], str]
 
 
 class PodRunnerError(RuntimeError):
@@ -249,9 +249,8 @@ class _Refs:
             raise PodRunnerError(
                 "the pod mounts a service account token; pass token=kubectl_token_requester(...)"
             )
-        sa = self.pod["spec"].get("serviceAccountName") or "default"
         expiry = int(source.get("expirationSeconds", 3600))
-        return self._token(self._ns, sa, source.get("audience"), expiry).encode()
+        return self._token(self.pod, source.get("audience"), expiry).encode()
 
     def key(self, kind: str, name: str, key: str, optional: bool) -> str | None:
         data = self.data(kind, name, optional)
@@ -325,6 +324,9 @@ def _materialize_volume(vol: dict[str, Any], refs: _Refs, target: Path) -> None:
 
 
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "[::]")
+# With `pod_loopback`, the pod's own loopback address means its pod IP (all pods share the
+# host's loopback here): how a sidecar and its app reach each other.
+LOOPBACK = "127.0.0.1"
 
 
 def bind_pod_ip(arg: str, pod_ip: str) -> str:
@@ -351,6 +353,8 @@ def plan_pod_process(
     extra_env: Mapping[str, str] | None = None,
     token: TokenRequester | None = None,
     image_files: Mapping[str, Path] | None = None,
+    entrypoint: Sequence[str] | None = None,
+    pod_loopback: bool = False,
 ) -> PodProcessPlan:
     """Derive argv/env/mounts of `container` (default: the first) and write its volumes."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
@@ -362,11 +366,13 @@ def plan_pod_process(
     if container is None:
         ctr = containers[0]
     else:
-        matches = [c for c in containers if c["name"] == container]
+        # Native sidecars are init containers that keep running: look there too.
+        everything = [*(spec.get("initContainers") or []), *containers]
+        matches = [c for c in everything if c["name"] == container]
         if not matches:
             raise PodRunnerError(f"pod {ns}/{name} has no container {container!r}")
         ctr = matches[0]
-    argv = [*(ctr.get("command") or []), *(ctr.get("args") or [])]
+    argv = [*(ctr.get("command") or list(entrypoint or [])), *(ctr.get("args") or [])]
     if not argv:
         raise PodRunnerError(
             f"container {ctr['name']!r} has no command/args; the image's entrypoint is unknown "
@@ -420,11 +426,14 @@ def plan_pod_process(
                     f"env {var['name']}: valueFrom {sorted(vf)} is not supported locally"
                 )
         if value is not None:
-            env[var["name"]] = rewrite_paths(value, mounts)
+            value = rewrite_paths(value, mounts)
+            env[var["name"]] = value.replace(LOOPBACK, pod_ip) if pod_loopback else value
     env.update(extra_env or {})
     env[MOUNTS_ENV] = json.dumps({k: str(v) for k, v in mounts.items()})
 
     argv = [bind_pod_ip(rewrite_paths(expand_vars(a, env), mounts), pod_ip) for a in argv]
+    if pod_loopback:
+        argv = [a.replace(LOOPBACK, pod_ip) for a in argv]
     if argv0_map and argv[0] in argv0_map:
         argv[0] = argv0_map[argv[0]]
     if shutil.which(argv[0], path=env.get("PATH")) is None and not Path(argv[0]).is_file():
@@ -472,6 +481,8 @@ def run_pod(
     keep_dir: bool = False,
     token: TokenRequester | None = None,
     image_files: Mapping[str, Path] | None = None,
+    entrypoint: Sequence[str] | None = None,
+    pod_loopback: bool = False,
 ) -> Iterator[RunningPod]:
     """Run the pod's container locally for the duration of the block.
 
@@ -490,6 +501,8 @@ def run_pod(
             extra_env=extra_env,
             token=token,
             image_files=image_files,
+            entrypoint=entrypoint,
+            pod_loopback=pod_loopback,
         )
         running = start_pod_process(plan, workdir)
         if wait_port is True:
@@ -517,10 +530,16 @@ def kubectl_getter(kubectl: Any) -> ObjectGetter:
 def kubectl_token_requester(kubectl: Any) -> TokenRequester:
     """A TokenRequester over an e2e.harness.kube.Kubectl (`kubectl create token`)."""
 
-    def token(namespace: str, service_account: str, audience: str | None, expiry: int) -> str:
-        args = ["create", "token", service_account, f"--duration={expiry}s"]
+    def token(pod: dict[str, Any], audience: str | None, expiry: int) -> str:
+        meta = pod["metadata"]
+        sa = pod["spec"].get("serviceAccountName") or "default"
+        args = [
+            *("create", "token", sa, f"--duration={expiry}s", "--bound-object-kind=Pod"),
+            f"--bound-object-name={meta['name']}",
+            f"--bound-object-uid={meta['uid']}",
+        ]
         if audience:
             args.append(f"--audience={audience}")
-        return str(kubectl.in_namespace(namespace).run(*args).stdout.strip())
+        return str(kubectl.in_namespace(meta["namespace"]).run(*args).stdout.strip())
 
     return token

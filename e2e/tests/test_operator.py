@@ -8,13 +8,9 @@ the operator copies onto the pods from ``clawdbot.io/pod-annotations``).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -26,12 +22,10 @@ import pytest
 
 from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness.kube import Kubectl, condition, is_true
+from e2e.harness.operator import Operator, run_operator
 
 pytestmark = pytest.mark.e2e
 
-OPERATOR = Path(sys.executable).parent / "clawdbot-operator"
-# The operator's periodic resync: short, so drift and deadlines show up within seconds.
-RESYNC_S = "2"
 # Rollouts here take a second or two; a status condition follows within a resync or two.
 WAIT_S = 60.0
 
@@ -48,69 +42,20 @@ def crds(cluster: E2ECluster) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Operator:
-    """A running operator subprocess and its log."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path, metrics_port: int) -> None:
-        self.proc = proc
-        self.log = log
-        self.metrics_port = metrics_port
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture
 def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
     """``clawdbot-operator --namespace NS`` for this test's namespace, stopped by its pid."""
     assert cluster.kubeconfig, "the operator needs a kubeconfig"
-    metrics_port, health_port = _free_port(), _free_port()
-    log = tmp_path / "operator.log"
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["CLAWDBOT_RESYNC_SECONDS"] = RESYNC_S
-    with log.open("wb") as out:
-        args = [
-            "--namespace", namespace,
-            "--kubeconfig", cluster.kubeconfig,
-            "--bind-address", "127.0.0.1",
-            "--metrics-port", str(metrics_port),
-            "--health-port", str(health_port),
-            "--accept-load-reports",
-        ]  # fmt: skip
-        proc = subprocess.Popen(
-            [str(OPERATOR), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-        )
-    op = Operator(proc, log, metrics_port)
-    # kopf's liveness endpoint answers once the operator runs: a start-up check of its own.
-    deadline = time.monotonic() + 30
-    while True:
+    with contextlib.ExitStack() as stack:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the operator did not start:\n{op.tail()}")
-            time.sleep(0.2)
-    yield op
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    print(f"--- operator log (tail) ---\n{op.tail()}")
+            op = stack.enter_context(
+                run_operator(
+                    cluster.kubeconfig, namespace, tmp_path / "operator.log", cwd=REPO_ROOT
+                )
+            )
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield op
 
 
 @pytest.fixture

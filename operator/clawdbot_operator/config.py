@@ -67,6 +67,25 @@ class OperatorConfig:
     """Pod grace period: the drain plus the longest generation allowed to finish."""
     load_report_window_seconds: float = 300.0
     """Load reports older than this are ignored (autoscaling metrics and rollback checks)."""
+    image_sidecar: str = "clawdbot/sidecar:0.1.0"
+    """Image of the routing sidecar the webhook injects into opted-in pods."""
+    webhook_port: int = 8443
+    """HTTPS port of the sidecar injection webhook; 0 disables it."""
+    webhook_path: str = "/inject-sidecar"
+    """Path the webhook configuration calls."""
+    webhook_configuration: str = "clawdbot-sidecar-injector"
+    """MutatingWebhookConfiguration whose caBundle the operator keeps current."""
+    webhook_service: str = "clawdbot-webhook"
+    """Service in front of the webhook (a DNS name of the serving certificate)."""
+    webhook_cert_dir: str = ""
+    """tls.crt/tls.key/ca.crt from elsewhere (cert-manager); empty: the operator issues them."""
+    webhook_cert_secret: str = ""
+    """Secret where the operator keeps its self-issued certificate, shared by its replicas;
+    empty: kept in memory (one replica, local runs)."""
+    discovery_port: int = 9443
+    """gRPC (TLS) port of the discovery stream the sidecars subscribe to; 0 disables it."""
+    discovery_service: str = "clawdbot-discovery"
+    """Service in front of the discovery stream (what injected sidecars dial)."""
 
     def image_for(self, runtime: Runtime, accelerator: AcceleratorType) -> str:
         """The configured image, or "" when the pair is unsupported."""

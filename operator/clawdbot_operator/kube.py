@@ -33,6 +33,10 @@ PLURALS: Final[dict[str, str]] = {
     "Pod": "pods",
     "Event": "events",
     "ModelDeployment": "modeldeployments",
+    "RoutingPolicy": "routingpolicies",
+    "Secret": "secrets",
+    "Namespace": "namespaces",
+    "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
 }
 # Every call has a deadline: a hung connection must not stall a reconcile forever.
 REQUEST_TIMEOUT_S: Final = 30
@@ -160,6 +164,15 @@ class Kube:
             path += "/status"
         return await self._call(
             "PATCH", path, body=patch, content_type="application/merge-patch+json"
+        )
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Obj
+    ) -> Obj:
+        """JSON merge patch of an object's status subresource."""
+        path = resource_path(api_version, kind, namespace, name) + "/status"
+        return await self._call(
+            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )
 
     async def post_event(self, involved: Obj, type_: str, reason: str, message: str) -> None:

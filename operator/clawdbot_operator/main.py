@@ -1,4 +1,5 @@
-"""``clawdbot-operator``: run the ModelDeployment controller and the external metrics API.
+"""``clawdbot-operator``: the ModelDeployment controller, the external metrics API, the
+sidecar injection webhook and the discovery stream.
 
 clawdbot-operator [--namespace NS ... | --all-namespaces] [--kubeconfig PATH]
                   [--metrics-port PORT] [--health-port PORT]
@@ -23,8 +24,12 @@ from clawdbot_operator.handlers import register
 from clawdbot_operator.kube import Kube, KubeError, connect
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.reconciler import Reconciler
+from clawdbot_operator.routing import RoutingPlane
 
 log = logging.getLogger("clawdbot_operator")
+
+# Where the operator runs when POD_NAMESPACE (the downward API) doesn't say.
+DEFAULT_NAMESPACE = "clawdbot-system"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -105,6 +110,9 @@ async def run(args: argparse.Namespace) -> None:
     reconciler = Reconciler(kube, config, store)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
+    operator_namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
+    plane = RoutingPlane(kube, config, store, operator_namespace)
+    plane.register(registry)
     # kopf's watches log in the way the API client above does: in-cluster, else kubeconfig.
     kopf.on.login(registry=registry)(login)
 
@@ -122,6 +130,7 @@ async def run(args: argparse.Namespace) -> None:
             key_file=args.metrics_key_file,
             accept_reports=args.accept_load_reports,
         )
+    await plane.start(args.bind_address)
     namespaces = list(args.namespace)
     resync_task = asyncio.create_task(resync(reconciler, kube, namespaces, config.resync_seconds))
     try:
@@ -140,6 +149,7 @@ async def run(args: argparse.Namespace) -> None:
             await resync_task
         if runner is not None:
             await runner.cleanup()
+        await plane.stop()
         await api.close()
 
 

@@ -100,7 +100,7 @@ class DiscoveryClient:
         base: SidecarConfig,
         apply: Callable[[SidecarConfig], None],
         pool: LocalPool,
-        ca_file: Path | None = None,
+        ca_pem: bytes | None = None,
     ) -> None:
         self.address = address
         self.pod = pod
@@ -108,15 +108,15 @@ class DiscoveryClient:
         self.base = base
         self.apply = apply
         self.pool = pool
-        self.ca_file = ca_file
+        self.ca_pem = ca_pem
         self.version = ""
         self.synced = asyncio.Event()
         """Set once a first snapshot was applied (the sidecar's readiness waits on it)."""
         self.report_interval_s = DEFAULT_REPORT_INTERVAL_S
 
     def _channel(self) -> grpc.aio.Channel:
-        if self.ca_file is not None:
-            creds = grpc.ssl_channel_credentials(self.ca_file.read_bytes())
+        if self.ca_pem:
+            creds = grpc.ssl_channel_credentials(self.ca_pem)
             return grpc.aio.secure_channel(self.address, creds)
         return grpc.aio.insecure_channel(self.address)
 

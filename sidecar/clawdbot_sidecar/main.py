@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         "--discovery-ca",
         type=Path,
         default=os.environ.get("CLAWDBOT_DISCOVERY_CA_FILE"),
-        help="CA certificate of the operator's stream; without it the stream is plaintext",
+        help="CA certificate of the operator's stream (or its PEM in CLAWDBOT_DISCOVERY_CA); "
+        "without either the stream is plaintext",
     )
     serve.add_argument(
         "--audit-hmac-key-file",
@@ -106,6 +107,13 @@ def _load(args: argparse.Namespace) -> SidecarConfig:
     if args.config is None:
         raise ConfigError("no configuration: pass --config FILE (policy and local endpoints)")
     return load_config(args.config)
+
+
+def _discovery_ca(path: Path | None) -> bytes | None:
+    if path is not None:
+        return path.read_bytes()
+    pem = os.environ.get("CLAWDBOT_DISCOVERY_CA")
+    return pem.encode() if pem else None
 
 
 async def _watch(core: RoutingCore, path: Path) -> None:
@@ -143,7 +151,7 @@ async def serve(args: argparse.Namespace) -> int:
             base=config,
             apply=core.apply,
             pool=core.pool,
-            ca_file=args.discovery_ca,
+            ca_pem=_discovery_ca(args.discovery_ca),
         )
         app[SYNCED] = client.synced
     runner = web.AppRunner(app, handle_signals=False, access_log=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class TokenReviewer(Protocol):
 
 
 PodGetter = Callable[[str, str], Awaitable[Manifest | None]]
+# (namespace, secret name, key) -> the value, or None when the Secret or key is missing.
+SecretGetter = Callable[[str, str, str], Awaitable[str | None]]
 
 
 class DiscoveryState:
@@ -142,7 +145,11 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         reviewer: TokenReviewer,
         get_pod: PodGetter,
         load_reports: LoadReportStore,
+        get_secret: SecretGetter | None = None,
     ) -> None:
+        """``get_secret``: reads the policy's cloud API key to send down; pass it only when the
+        stream is served over TLS (None: sidecars get their key elsewhere)."""
+        self.get_secret = get_secret
         self.state = state
         self.reviewer = reviewer
         self.get_pod = get_pod
@@ -186,13 +193,28 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         generation = -1
         while True:
             current = self.state.generation
-            if current != generation:
+            if current != generation or self.get_secret is not None:
                 generation = current
-                snapshot = to_snapshot(self.state.resolve(pod))
+                snapshot = await self._snapshot(pod)
                 if snapshot.version != sent:
                     sent = snapshot.version
                     yield snapshot
             await self.state.wait_change(generation, RESYNC_S)
+
+    async def _snapshot(self, pod: Manifest) -> pb.Snapshot:
+        resolved = self.state.resolve(pod)
+        snapshot = to_snapshot(resolved)
+        cloud = resolved.policy.cloud if resolved.policy else None
+        if self.get_secret is not None and cloud and cloud.api_key_secret_ref:
+            ref = cloud.api_key_secret_ref
+            ns = (pod.get("metadata") or {}).get("namespace", "")
+            key = await self.get_secret(ns, ref.name, ref.key)
+            if key:
+                snapshot.cloud_api_key = key
+                # A rotated key is a change: fold its digest into the version.
+                digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+                snapshot.version = f"{snapshot.version}-{digest}"
+        return snapshot
 
     async def ReportLoad(
         self,

@@ -52,8 +52,10 @@ class SidecarSettings:
     image_pull_policy: str = "IfNotPresent"
     http_port: int = 8088
     grpc_port: int = 8089
-    discovery_address: str = "clawdbot-operator.clawdbot-system.svc:9443"
+    discovery_address: str = "clawdbot-discovery.clawdbot-system.svc:9443"
     """host:port of the operator's discovery stream."""
+    discovery_ca: str = ""
+    """PEM of the CA that signed the stream's certificate; empty: a plaintext stream."""
     cpu_request: str = "50m"
     memory_request: str = "64Mi"
     memory_limit: str = "256Mi"
@@ -102,6 +104,8 @@ def sidecar_container(settings: SidecarSettings, policy: str | None) -> Manifest
         {"name": "CLAWDBOT_DISCOVERY_ADDRESS", "value": settings.discovery_address},
         {"name": "CLAWDBOT_DISCOVERY_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
     ]
+    if settings.discovery_ca:
+        env.append({"name": "CLAWDBOT_DISCOVERY_CA", "value": settings.discovery_ca})
     if policy:
         env.append({"name": "CLAWDBOT_ROUTING_POLICY", "value": policy})
     return {

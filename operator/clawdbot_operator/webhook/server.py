@@ -21,7 +21,7 @@ from clawdbot_operator.webhook.inject import Outcome, SidecarSettings, decide, i
 
 log = logging.getLogger("clawdbot.operator.webhook")
 
-MUTATE_PATH = "/mutate-pods"
+MUTATE_PATH = "/inject-sidecar"
 NamespaceLabels = Callable[[str], Awaitable[Mapping[str, str]]]
 
 
@@ -54,6 +54,7 @@ def build_app(
     namespace_labels: NamespaceLabels,
     operator_namespace: str,
     metrics: WebhookMetrics | None = None,
+    path: str = MUTATE_PATH,
 ) -> web.Application:
     """The webhook app; serve it over TLS (the API server only calls HTTPS webhooks)."""
     counters = metrics or WebhookMetrics()
@@ -86,5 +87,5 @@ def build_app(
             )
 
     app = web.Application()
-    app.router.add_post(MUTATE_PATH, mutate)
+    app.router.add_post(path, mutate)
     return app

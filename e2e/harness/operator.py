@@ -1,0 +1,98 @@
+"""Run ``clawdbot-operator`` as a real process against the e2e cluster, stopped by its pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+OPERATOR = Path(sys.executable).parent / "clawdbot-operator"
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Operator:
+    """A running operator process, its ports and its log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, ports: Mapping[str, int]):
+        self.proc = proc
+        self.log = log
+        self.metrics_port = ports["metrics"]
+        self.webhook_port = ports["webhook"]
+        self.discovery_port = ports["discovery"]
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def run_operator(
+    kubeconfig: str,
+    namespace: str,
+    log: Path,
+    *,
+    routing: bool = False,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[Operator]:
+    """The operator watching ``namespace``; with ``routing``, its webhook and discovery stream
+    listen on free loopback ports (otherwise they are off)."""
+    ports = {name: free_port() for name in ("metrics", "health", "webhook", "discovery")}
+    if not routing:
+        ports["webhook"] = ports["discovery"] = 0
+    environ = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    environ.update(
+        {
+            "CLAWDBOT_RESYNC_SECONDS": "2",
+            "CLAWDBOT_WEBHOOK_PORT": str(ports["webhook"]),
+            "CLAWDBOT_DISCOVERY_PORT": str(ports["discovery"]),
+            **(env or {}),
+        }
+    )
+    args = [
+        "--namespace", namespace,
+        "--kubeconfig", kubeconfig,
+        "--bind-address", "127.0.0.1",
+        "--metrics-port", str(ports["metrics"]),
+        "--health-port", str(ports["health"]),
+        "--accept-load-reports",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(OPERATOR), *args], stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=cwd
+        )
+    op = Operator(proc, log, ports)
+    try:
+        # kopf's liveness endpoint answers once the operator runs.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                url = f"http://127.0.0.1:{ports['health']}/healthz"
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the operator did not start:\n{op.tail()}") from None
+                time.sleep(0.2)
+        yield op
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        print(f"--- operator log (tail) ---\n{op.tail()}")

@@ -1,0 +1,250 @@
+"""Routing in the cluster, end to end, with real processes at pod IPs.
+
+The operator (a real process) serves the injection webhook and the discovery stream; the
+API server calls the webhook when the client pod is created. The ModelDeployment's pod runs
+the real ONNX runtime on the project's tiny model; the injected sidecar runs as a real
+process, authenticates to the operator with a pod-bound token (checked by TokenReview) and
+gets its policy, endpoints and cloud key from the stream. Requests go through the real
+``openai`` client; the cloud is the loopback stub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from clawdbot_runtime.tinylm import build_tiny_lm
+from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.harness.kube import Kubectl, is_true
+from e2e.harness.operator import Operator, free_port, run_operator
+from e2e.harness.podrunner import kubectl_getter, kubectl_token_requester, run_pod
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+API_KEY = "sk-e2e-cloud-key-0123456789"
+EMAIL = "maria.rossi@example.org"
+LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
+WEBHOOK_CONFIG = "clawdbot-e2e-injector"
+INJECT_LABELS = {"app": "chat", "clawdbot.io/inject": "enabled"}
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: E2ECluster) -> None:
+    cluster.kubectl.apply(REPO_ROOT / "crds")
+    for name in ("modeldeployments.clawdbot.io", "routingpolicies.clawdbot.io"):
+        cluster.kubectl.wait_for("crd", name, lambda c: is_true(c, "Established"))
+
+
+@pytest.fixture
+def cloud_stub(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path / "cloud.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "clawdbot-sidecar"), "cloud-stub", "--port", str(port), "--api-key", API_KEY],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stub/requests", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("the cloud stub did not start")
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def stub_requests(url: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{url}/_stub/requests", timeout=5) as resp:
+        data: list[dict[str, Any]] = json.loads(resp.read())
+        return data
+
+
+def webhook_configuration(namespace: str, port: int) -> dict[str, Any]:
+    """The webhook as the chart declares it, but called by URL (the operator is a local
+    process, not behind a Service) and scoped to the test's namespace."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [
+            {
+                "name": "inject.clawdbot.io",
+                "clientConfig": {"url": f"https://localhost:{port}/inject-sidecar"},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": namespace}
+                },
+                "objectSelector": {"matchLabels": {"clawdbot.io/inject": "enabled"}},
+                # Fail, not the chart's Ignore: a broken webhook must fail this test.
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def operator(
+    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
+) -> Iterator[Operator]:
+    assert local_cluster.kubeconfig
+    op_ns = f"{namespace}-op"
+    local_cluster.kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
+                                 "metadata": {"name": op_ns}})  # fmt: skip
+    # The configuration exists first, so the operator patches its caBundle at start.
+    local_cluster.kubectl.apply(webhook_configuration(namespace, 1))
+    env = {
+        "POD_NAMESPACE": op_ns,
+        "CLAWDBOT_WEBHOOK_CONFIGURATION": WEBHOOK_CONFIG,
+    }
+    with contextlib.ExitStack() as stack:
+        try:
+            op = stack.enter_context(
+                run_operator(local_cluster.kubeconfig, namespace, tmp_path / "operator.log",
+                             routing=True, env=env, cwd=REPO_ROOT)
+            )  # fmt: skip
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        # Now point the webhook at the port the operator got (the caBundle stays).
+        config = local_cluster.kubectl.get("mutatingwebhookconfiguration", WEBHOOK_CONFIG)
+        hook = config["webhooks"][0]
+        assert hook["clientConfig"].get("caBundle"), "the operator did not set the caBundle"
+        patch = [{"op": "replace", "path": "/webhooks/0/clientConfig/url",
+                  "value": f"https://localhost:{op.webhook_port}/inject-sidecar"}]  # fmt: skip
+        local_cluster.kubectl.run(
+            "patch", "mutatingwebhookconfiguration", WEBHOOK_CONFIG, "--type=json",
+            "-p", json.dumps(patch),
+        )  # fmt: skip
+        yield op
+    local_cluster.kubectl.delete("mutatingwebhookconfiguration", WEBHOOK_CONFIG)
+    local_cluster.kubectl.delete("namespace", op_ns)
+
+
+def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
+    local_cluster: E2ECluster,
+    kube: Kubectl,
+    operator: Operator,
+    cloud_stub: str,
+    tmp_path: Path,
+) -> None:
+    # The model: the project's tiny ONNX model "baked into the image" at /models.
+    models = tmp_path / "models"
+    build_tiny_lm(models)
+    kube.apply(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cloud"},
+         "stringData": {"api-key": API_KEY}}
+    )  # fmt: skip
+    kube.apply(
+        {"apiVersion": "clawdbot.io/v1alpha1", "kind": "ModelDeployment",
+         "metadata": {"name": "tiny-chat"},
+         "spec": {"model": {"name": "tiny-chat", "uri": "file:///models"},
+                  "runtime": "onnx", "precision": "fp16", "accelerator": {"type": "cpu"}}}
+    )  # fmt: skip
+    kube.apply(
+        {"apiVersion": "clawdbot.io/v1alpha1", "kind": "RoutingPolicy",
+         "metadata": {"name": "chat"},
+         "spec": {
+             "podSelector": {"matchLabels": {"app": "chat"}},
+             "localModels": [{"name": "tiny-chat"}],
+             "cloud": {"baseURL": f"{cloud_stub}/v1", "model": "gpt-4o-mini", "maxRetries": 0,
+                       "apiKeySecretRef": {"name": "cloud", "key": "api-key"}},
+             "rules": [{"name": "short", "match": {"maxTokens": 512}, "target": "local"},
+                       {"name": "long", "match": {"maxTokens": 4096}, "target": "cloud"}],
+             "audit": {"enabled": False},
+         }}
+    )  # fmt: skip
+    model_pod = _wait_pod(kube, "clawdbot.io/model-deployment=tiny-chat")
+
+    # The client pod: labelled, created through the API server, so the webhook runs.
+    kube.apply(
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {"name": "chat-app", "labels": INJECT_LABELS},
+         "spec": {"containers": [{"name": "app", "image": "shop/chat:1",
+                                  "command": ["sleep", "infinity"]}]}}
+    )  # fmt: skip
+    client_pod = kube.wait_for("pod", "chat-app", lambda p: is_true(p, "Ready"), what="Ready")
+    sidecar = client_pod["spec"]["initContainers"][0]
+    assert sidecar["name"] == "clawdbot-sidecar" and sidecar["restartPolicy"] == "Always"
+    app_env = {e["name"]: e.get("value") for e in client_pod["spec"]["containers"][0]["env"]}
+    assert app_env["OPENAI_BASE_URL"] == "http://127.0.0.1:8088/v1"
+
+    getter = kubectl_getter(local_cluster.kubectl)
+    token = kubectl_token_requester(local_cluster.kubectl)
+    with run_pod(
+        model_pod, getter, argv0_map={"clawdbot-runtime": str(BIN / "clawdbot-runtime")},
+        image_files={"/models": models}, timeout=60,
+    ) as model, run_pod(
+        client_pod, getter, container="clawdbot-sidecar", token=token, pod_loopback=True,
+        entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
+        extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}"},
+    ) as sidecar_proc:  # fmt: skip
+        ip = client_pod["status"]["podIP"]
+        _wait_ready(f"http://{ip}:8088/readyz", sidecar_proc.log_tail)
+        client = openai.OpenAI(base_url=f"http://{ip}:8088/v1", api_key="unused", max_retries=0)
+
+        short = client.chat.completions.with_raw_response.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+        )
+        assert short.headers["x-clawdbot-target"] == "local", sidecar_proc.log_tail()
+        assert short.parse().model == "tiny-chat"
+        assert model.pod_ip == model_pod["status"]["podIP"]
+
+        long = client.chat.completions.with_raw_response.create(
+            model="tiny-chat",
+            messages=[{"role": "user", "content": f"{LONG} Reply to {EMAIL}."}],
+        )
+        assert long.headers["x-clawdbot-target"] == "cloud"
+        assert EMAIL in (long.parse().choices[0].message.content or "")
+        sent = stub_requests(cloud_stub)
+        assert len(sent) == 1 and EMAIL not in json.dumps(sent)
+
+    policy = kube.wait_for("routingpolicy", "chat", lambda p: is_true(p, "Ready"), what="Ready")
+    assert policy["status"]["readyEndpoints"] == 1
+    assert policy["status"]["matchedPods"] == 1
+
+
+def _wait_pod(kube: Kubectl, selector: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = kube.get("pods", None, "-l", selector)["items"]
+        ready = [p for p in pods if is_true(p, "Ready")]
+        if ready:
+            return dict(ready[0])
+        time.sleep(0.5)
+    raise TimeoutError(f"no Ready pod for {selector}")
+
+
+def _wait_ready(url: str, log_tail: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready:\n{log_tail()}")

@@ -1,0 +1,380 @@
+"""The operator's routing plane: the injection webhook, the discovery stream, their TLS, and
+the watches and RoutingPolicy status that feed them.
+
+    RoutingPlane(kube, config, store, namespace).register(registry)   # kopf handlers
+    await plane.start(bind_address)                                   # servers, certificates
+    ...
+    await plane.stop()
+
+Certificates: from ``webhook_cert_dir`` (cert-manager), else self-issued and kept in the
+``webhook_cert_secret`` Secret (shared by replicas), else self-issued in memory. The CA goes
+into the webhook configuration's caBundle and into every injected sidecar (to verify the
+discovery stream); serving certificates are re-issued well before they expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import kopf
+from aiohttp import web
+from pydantic import ValidationError
+
+from clawdbot_api.v1alpha1 import API_VERSION, GROUP, RoutingPolicySpec
+from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT
+from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.discovery.resolve import endpoints_for, policy_for_pod
+from clawdbot_operator.discovery.server import (
+    DiscoveryServicer,
+    DiscoveryState,
+    add_to_server,
+)
+from clawdbot_operator.discovery.tokenreview import KubeTokenReviewer
+from clawdbot_operator.kube import Kube, KubeError
+from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.webhook import certs
+from clawdbot_operator.webhook.inject import INJECTED_ANNOTATION, SidecarSettings
+from clawdbot_operator.webhook.server import WebhookMetrics, build_app
+
+log = logging.getLogger("clawdbot.operator.routing")
+
+# How often certificates are checked for renewal.
+CERT_CHECK_S = 6 * 3600.0
+# How long a namespace's labels are trusted by the webhook before being read again.
+NAMESPACE_LABELS_TTL_S = 10.0
+VERSION = API_VERSION.split("/")[1]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class RoutingPlane:
+    """Everything between the operator and the sidecars."""
+
+    def __init__(
+        self, kube: Kube, config: OperatorConfig, store: LoadReportStore, namespace: str
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.namespace = namespace
+        self.state = DiscoveryState()
+        self.store = store
+        self.bundle: certs.CertBundle | None = None
+        self.webhook_metrics = WebhookMetrics()
+        self._runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ns_labels: dict[str, tuple[float, Mapping[str, str]]] = {}
+        self._tls_dir = Path(tempfile.mkdtemp(prefix="clawdbot-tls-"))
+        self.webhook_port = 0
+        self.discovery_port = 0
+
+    # -- certificates -------------------------------------------------------------------
+
+    def dns_names(self) -> list[str]:
+        names: list[str] = []
+        for service in (self.config.webhook_service, self.config.discovery_service):
+            names += certs.dns_names(service, self.namespace)
+        return [*names, "localhost"]
+
+    async def ensure_certificates(self) -> bool:
+        """Load, issue or renew the serving certificate; True when it changed."""
+        cfg = self.config
+        if cfg.webhook_cert_dir:
+            d = Path(cfg.webhook_cert_dir)
+            fresh = certs.CertBundle(
+                ca_cert=(d / "ca.crt").read_bytes(),
+                ca_key=b"",
+                cert=(d / "tls.crt").read_bytes(),
+                key=(d / "tls.key").read_bytes(),
+            )
+        elif cfg.webhook_cert_secret:
+            fresh = await self._secret_bundle(cfg.webhook_cert_secret)
+        else:
+            fresh = certs.rotate(self.bundle, self.dns_names())
+        changed = fresh != self.bundle
+        self.bundle = fresh
+        if changed:
+            fresh.write(self._tls_dir)
+            await self._patch_ca_bundle(fresh.ca_cert)
+        return changed
+
+    async def _secret_bundle(self, name: str) -> certs.CertBundle:
+        secret = await self.kube.get("v1", "Secret", self.namespace, name)
+        data = (secret or {}).get("data") or {}
+        current = None
+        if {"ca.crt", "ca.key", "tls.crt", "tls.key"} <= set(data):
+            raw = {k: base64.b64decode(v) for k, v in data.items()}
+            current = certs.CertBundle(raw["ca.crt"], raw["ca.key"], raw["tls.crt"], raw["tls.key"])
+        fresh = certs.rotate(current, self.dns_names())
+        if fresh is not current:
+            await self.kube.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "namespace": self.namespace},
+                    "type": "kubernetes.io/tls",
+                    "data": {
+                        "ca.crt": _b64(fresh.ca_cert),
+                        "ca.key": _b64(fresh.ca_key),
+                        "tls.crt": _b64(fresh.cert),
+                        "tls.key": _b64(fresh.key),
+                    },
+                }
+            )
+            log.info("issued the serving certificate into Secret %s/%s", self.namespace, name)
+        return fresh
+
+    async def _patch_ca_bundle(self, ca: bytes) -> None:
+        name = self.config.webhook_configuration
+        try:
+            current = await self.kube.get(
+                "admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "", name
+            )
+        except KubeError as exc:
+            log.warning("cannot read webhook configuration %s: %s", name, exc)
+            return
+        if current is None:
+            log.info("no webhook configuration %s yet; the caBundle is set when it exists", name)
+            return
+        webhooks = [
+            {"name": w["name"], "clientConfig": {"caBundle": _b64(ca)}}
+            for w in current.get("webhooks") or []
+        ]
+        await self.kube.apply(
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": name},
+                "webhooks": webhooks,
+            }
+        )
+        log.info("caBundle of %s set (%d webhooks)", name, len(webhooks))
+
+    def _server_ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
+        return ctx
+
+    # -- servers ------------------------------------------------------------------------
+
+    def sidecar_settings(self) -> SidecarSettings:
+        assert self.bundle is not None
+        return SidecarSettings(
+            image=self.config.image_sidecar,
+            discovery_address=(
+                f"{self.config.discovery_service}.{self.namespace}.svc:{self.config.discovery_port}"
+            ),
+            discovery_ca=self.bundle.ca_cert.decode() if self.config.discovery_port else "",
+        )
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        now = asyncio.get_running_loop().time()
+        hit = self._ns_labels.get(namespace)
+        if hit is not None and now - hit[0] < NAMESPACE_LABELS_TTL_S:
+            return hit[1]
+        ns = await self.kube.get("v1", "Namespace", "", namespace) if namespace else None
+        labels: Mapping[str, str] = ((ns or {}).get("metadata") or {}).get("labels") or {}
+        self._ns_labels[namespace] = (now, labels)
+        return labels
+
+    async def _get_pod(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return await self.kube.get("v1", "Pod", namespace, name)
+
+    async def _get_secret(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            secret = await self.kube.get("v1", "Secret", namespace, name)
+        except KubeError as exc:
+            log.warning("cannot read Secret %s/%s: %s", namespace, name, exc)
+            return None
+        value = ((secret or {}).get("data") or {}).get(key)
+        return base64.b64decode(value).decode().strip() if value else None
+
+    async def start(self, bind_address: str) -> None:
+        """Certificates, then the webhook and discovery servers, then the renewal loop."""
+        cfg = self.config
+        if not (cfg.webhook_port or cfg.discovery_port):
+            return
+        await self.ensure_certificates()
+        if cfg.webhook_port:
+            app = build_app(
+                self.sidecar_settings(),
+                self.namespace_labels,
+                self.namespace,
+                self.webhook_metrics,
+                path=cfg.webhook_path,
+            )
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(
+                self._runner, bind_address, cfg.webhook_port, ssl_context=self._server_ssl()
+            )
+            await site.start()
+            self.webhook_port = cfg.webhook_port
+            log.info("injection webhook on https://%s:%d%s", bind_address, cfg.webhook_port,
+                     cfg.webhook_path)  # fmt: skip
+        if cfg.discovery_port:
+            assert self.bundle is not None
+            self._grpc = grpc.aio.server()
+            servicer = DiscoveryServicer(
+                self.state,
+                KubeTokenReviewer(self.kube.api),
+                self._get_pod,
+                self.store,
+                get_secret=self._get_secret,
+            )
+            add_to_server(self._grpc, servicer)
+            creds = grpc.ssl_server_credentials([(self.bundle.key, self.bundle.cert)])
+            self.discovery_port = self._grpc.add_secure_port(
+                f"{bind_address}:{cfg.discovery_port}", creds
+            )
+            await self._grpc.start()
+            log.info("discovery stream on %s:%d (TLS)", bind_address, self.discovery_port)
+        self._tasks.append(asyncio.create_task(self._renew()))
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(CERT_CHECK_S)
+            try:
+                if await self.ensure_certificates():
+                    log.info("serving certificate renewed; new connections use it")
+            except (KubeError, OSError) as exc:
+                log.warning("certificate renewal failed, retrying later: %s", exc)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- watches ------------------------------------------------------------------------
+
+    def register(self, registry: kopf.OperatorRegistry) -> None:
+        """kopf handlers feeding the discovery state and RoutingPolicy status."""
+
+        @kopf.on.event(GROUP, VERSION, "routingpolicies", registry=registry)
+        async def policy_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ns, name = body.metadata.namespace or "", body.metadata.name or ""
+            if type == "DELETED":
+                await self.state.set_policy(ns, name, None)
+                return
+            await self._sync_policy(dict(body))
+
+        @kopf.on.event(GROUP, VERSION, "modeldeployments", id="served-name", registry=registry)
+        async def served_name(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ns, name = body.metadata.namespace or "", body.metadata.name or ""
+            model = None if type == "DELETED" else (body.get("spec") or {}).get("model", {})
+            await self.state.set_served_name(ns, name, model.get("name") if model else None)
+
+        @kopf.on.event(
+            "v1", "pods", labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT}, registry=registry
+        )
+        async def model_pod(body: kopf.Body, type: str | None, **_: Any) -> None:
+            ns, name = body.metadata.namespace or "", body.metadata.name or ""
+            await self.state.set_model_pod(ns, name, None if type == "DELETED" else dict(body))
+            await self.refresh_policies(ns)
+
+        @kopf.on.event(
+            "v1", "pods", id="injected-pods",
+            annotations={INJECTED_ANNOTATION: kopf.PRESENT}, registry=registry,
+        )  # fmt: skip
+        async def injected_pod(body: kopf.Body, **_: Any) -> None:
+            await self.refresh_policies(body.metadata.namespace or "")
+
+    async def _sync_policy(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        try:
+            spec = RoutingPolicySpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as exc:
+            await self._policy_status(body, None, str(exc).splitlines()[0])
+            return
+        await self.state.set_policy(ns, name, spec)
+        await self._policy_status(body, spec, None)
+
+    async def refresh_policies(self, namespace: str) -> None:
+        """Recompute the status of a namespace's policies (pods or endpoints changed)."""
+        try:
+            for policy in await self.kube.list(API_VERSION, "RoutingPolicy", namespace):
+                await self._sync_policy(policy)
+        except KubeError as exc:
+            log.warning("cannot refresh RoutingPolicies in %s: %s", namespace, exc)
+
+    async def _policy_status(
+        self, body: Mapping[str, Any], spec: RoutingPolicySpec | None, invalid: str | None
+    ) -> None:
+        """Conditions: Ready (the cloud Secret and every local model exist)."""
+        meta = body.get("metadata") or {}
+        ns, name = meta.get("namespace", ""), meta.get("name", "")
+        problems: list[str] = [invalid] if invalid else []
+        ready_endpoints = matched = 0
+        if spec is not None:
+            if spec.cloud and spec.cloud.api_key_secret_ref:
+                ref = spec.cloud.api_key_secret_ref
+                if not await self._get_secret(ns, ref.name, ref.key):
+                    problems.append(
+                        f"cloud.apiKeySecretRef: Secret {ref.name} key {ref.key} not found"
+                    )
+            for model in spec.local_models:
+                if await self.kube.get(API_VERSION, "ModelDeployment", ns, model.name) is None:
+                    problems.append(f"localModels: ModelDeployment {model.name} not found")
+            pods = await self.kube.list("v1", "Pod", ns)
+            policies = self.state.policies.get(ns, {})
+            for pod in pods:
+                annotations = (pod.get("metadata") or {}).get("annotations") or {}
+                found = policy_for_pod(pod, policies)
+                if INJECTED_ANNOTATION in annotations and found and found[0] == name:
+                    matched += 1
+            endpoints = endpoints_for(
+                spec,
+                self.state.model_pods.get(ns, {}).values(),
+                self.state.served_names.get(ns, {}),
+            )
+            ready_endpoints = len(endpoints)
+        generation = meta.get("generation")
+        ready = not problems
+        condition = {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": "Resolved" if ready else "InvalidReference",
+            "message": "policy in force" if ready else "; ".join(problems),
+            "observedGeneration": generation,
+            "lastTransitionTime": _now(),
+        }
+        previous = next(
+            (c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"),
+            None,
+        )
+        if previous and previous.get("status") == condition["status"]:
+            condition["lastTransitionTime"] = previous.get("lastTransitionTime")
+        status = {
+            "observedGeneration": generation,
+            "conditions": [condition],
+            "matchedPods": matched,
+            "readyEndpoints": ready_endpoints,
+        }
+        if (body.get("status") or {}) == {**(body.get("status") or {}), **status}:
+            return  # unchanged: don't write (and don't trigger another event)
+        try:
+            await self.kube.patch_status(API_VERSION, "RoutingPolicy", ns, name, status)
+        except KubeError as exc:
+            log.warning("cannot update status of RoutingPolicy %s/%s: %s", ns, name, exc)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
