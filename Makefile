@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PY_PACKAGES := api/clawdbot_api operator/clawdbot_operator sidecar/clawdbot_sidecar \
 	runtime/clawdbot_runtime cli/clawdbot_cli
-PY_SOURCES := api operator sidecar runtime cli tests e2e bench
+PY_SOURCES := api operator sidecar runtime cli tests e2e bench demo
 PYTEST_ARGS ?=
 
 ##@ General
@@ -58,19 +58,32 @@ crds: venv ## Generate crds/ from the API types.
 verify-crds: venv ## Fail if crds/ drifted from the API types or is not structural.
 	$(BIN)/clawdbot crds --output-dir crds --check
 
-PROTO_GENERATORS := api/clawdbot_api/discovery/generate.sh \
-	runtime/clawdbot_runtime/protocol/generate.sh sidecar/clawdbot_sidecar/protocol/generate.sh
+# ROOT:PROTO pairs; hack/protoc.sh generates each next to its .proto.
+PROTOS := api:clawdbot_api/discovery/discovery.proto \
+	runtime:clawdbot_runtime/protocol/grpc_predict_v2.proto \
+	sidecar:clawdbot_sidecar/protocol/generate.proto
 
 .PHONY: protos
 protos: venv ## Regenerate the gRPC stubs from the .proto files.
-	for gen in $(PROTO_GENERATORS); do PYTHON=$(BIN)/python $$gen; done
+	for p in $(PROTOS); do PYTHON=$(BIN)/python hack/protoc.sh $${p%%:*} $${p#*:}; done
 
 .PHONY: verify-protos
 verify-protos: venv ## Fail if a generated gRPC stub drifted from its .proto.
-	for gen in $(PROTO_GENERATORS); do PYTHON=$(BIN)/python $$gen --check; done
+	for p in $(PROTOS); do PYTHON=$(BIN)/python hack/protoc.sh $${p%%:*} $${p#*:} --check; done
 
 .PHONY: verify
 verify: verify-crds verify-protos verify-chart-crds ## Every generated-file drift check.
+
+##@ Demo
+
+.PHONY: demo
+demo: venv cluster-up ## Run Clawdbot end to end on the local control plane (no Docker).
+	PYTHONPATH=. $(BIN)/python demo/run.py
+
+.PHONY: demo-down
+demo-down: ## Remove what the demo installed (the cluster keeps running; see cluster-down).
+	-$(CLUSTER_BIN_DIR)/kubectl --kubeconfig=.run/cluster/kubeconfig delete namespace demo --wait=false
+	-$(CLUSTER_BIN_DIR)/helm --kubeconfig=.run/cluster/kubeconfig uninstall clawdbot -n clawdbot-system
 
 ##@ Test
 

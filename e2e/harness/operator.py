@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 OPERATOR = Path(sys.executable).parent / "clawdbot-operator"
@@ -46,9 +46,11 @@ def run_operator(
     routing: bool = False,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Operator]:
     """The operator watching ``namespace``; with ``routing``, its webhook and discovery stream
-    listen on free loopback ports (otherwise they are off)."""
+    listen on free loopback ports (otherwise they are off). ``extra_args`` are appended to
+    its command line (e.g. ``--leader-elect``)."""
     ports = {name: free_port() for name in ("metrics", "health", "webhook", "discovery")}
     if not routing:
         ports["webhook"] = ports["discovery"] = 0
@@ -62,12 +64,13 @@ def run_operator(
         }
     )
     args = [
-        "--namespace", namespace,
+        *(["--namespace", namespace] if namespace else []),  # "": every namespace
         "--kubeconfig", kubeconfig,
         "--bind-address", "127.0.0.1",
         "--metrics-port", str(ports["metrics"]),
         "--health-port", str(ports["health"]),
         "--accept-load-reports",
+        *extra_args,
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(

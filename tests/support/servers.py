@@ -23,6 +23,8 @@ from aiohttp.test_utils import TestServer
 # A cold runtime start imports onnxruntime and warms the model up: a few seconds.
 RUNTIME_START_TIMEOUT_S = 60.0
 BIN = Path(sys.executable).parent
+# The key the cloud stub in the tests expects.
+STUB_API_KEY = "sk-test-cloud-key-0123456789"
 
 
 def free_port() -> int:

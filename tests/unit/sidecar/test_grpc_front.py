@@ -28,36 +28,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as pb
 from clawdbot_runtime.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from clawdbot_runtime.tinylm import build_tiny_lm
-from clawdbot_sidecar import cloudstub
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.core import RoutingCore
 from clawdbot_sidecar.grpc_front import GENERATE_SERVICE, INFERENCE_SERVICE, GrpcFront
 from clawdbot_sidecar.protocol import generate_pb2 as gen
 from clawdbot_sidecar.protocol import generate_pb2_grpc as gen_grpc
 from clawdbot_sidecar.upstream import Upstream
-from tests.support.servers import free_port, runtime_server, serve_app, stop_process
+from tests.support.servers import STUB_API_KEY, free_port, stop_process
 
-API_KEY = "sk-test-cloud-key-0123456789"
+API_KEY = STUB_API_KEY
 EMAIL = "jane.doe@example.com"
 LONG_FILLER = "Please summarise the following quarterly report in detail. " * 60  # ~900 tokens
 # The serve command imports grpc, aiohttp and the core: a second or two on a slow machine.
 SERVE_START_TIMEOUT_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def local_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The project's ONNX runtime serving its tiny chat model (real inference)."""
-    repo = tmp_path_factory.mktemp("models") / "repo"
-    build_tiny_lm(repo)
-    with runtime_server(repo) as url:
-        yield url
-
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[str]:
-    async with serve_app(cloudstub.build_app(API_KEY)) as url:
-        yield url
 
 
 def policy(cloud_url: str, **overrides: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +15,17 @@ import aiohttp
 import openai
 import pytest
 
-from clawdbot_runtime.tinylm import build_tiny_lm
-from clawdbot_sidecar import audit, cloudstub
+from clawdbot_sidecar import audit
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.core import RoutingCore
 from clawdbot_sidecar.rest import build_app
 from clawdbot_sidecar.upstream import Upstream
-from tests.support.servers import free_port, runtime_server, serve_app
+from tests.support.servers import STUB_API_KEY, free_port, serve_app
 
-API_KEY = "sk-test-cloud-key-0123456789"
+API_KEY = STUB_API_KEY
 EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"
 LONG_FILLER = "Please summarise the following quarterly report in detail. " * 60  # ~900 tokens
-
-
-@pytest.fixture(scope="module")
-def local_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The project's ONNX runtime serving its tiny chat model (real inference)."""
-    repo = tmp_path_factory.mktemp("models") / "repo"
-    build_tiny_lm(repo)
-    with runtime_server(repo) as url:
-        yield url
-
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[str]:
-    async with serve_app(cloudstub.build_app(API_KEY)) as url:
-        yield url
 
 
 def policy(cloud_url: str, **overrides: Any) -> dict[str, Any]:
