@@ -4,6 +4,8 @@ Renders the operator Deployment with each value set and feeds its container's ar
 operator's own argument parser and its environment to the operator's own config loader, so a
 renamed flag or setting fails here instead of in a crash-looping pod. With the default
 values, the images handed to the operator must equal the operator's built-in defaults.
+With leader election on, the Lease the operator is told to use must be the one the chart's
+Role lets it read and renew, and the pod must hand it its name (the Lease identity).
 
 Usage: python charts-tests/contract.py HELM   (with the project's packages importable)
 """
@@ -28,16 +30,68 @@ VALUE_SETS = {
     "all-features": ["-f", str(ROOT / "charts-tests" / "values" / "all-features.yaml")],
     "namespaced": ["-f", str(ROOT / "charts-tests" / "values" / "namespaced.yaml")],
 }
+RELEASE_NAMESPACE = "clawdbot-system"
+
+
+def leader_election(name: str, helm: str, extra: list[str], container: dict[str, Any]) -> list[str]:
+    """With --leader-elect: the Role covers the Lease the operator uses; POD_NAME is set."""
+    try:
+        args = parse_args(container["args"])
+    except SystemExit:
+        return []  # reported by check()
+    if not args.leader_elect:
+        return []
+    problems = []
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container.get("env", [])
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+    if fields.get("POD_NAME") != "metadata.name":
+        problems.append(f"{name}: POD_NAME (the Lease identity) is not the pod name")
+    if args.leader_election_namespace is None and fields.get("POD_NAMESPACE") is None:
+        problems.append(f"{name}: no --leader-election-namespace and no POD_NAMESPACE")
+    lease_namespace = args.leader_election_namespace or RELEASE_NAMESPACE
+    role = render(helm, "templates/role-leader-election.yaml", extra)
+    if role is None:
+        return [*problems, f"{name}: --leader-elect without the leader-election Role"]
+    rules = [
+        r for r in role.get("rules", [])
+        if "coordination.k8s.io" in r["apiGroups"] and "leases" in r["resources"]
+    ]  # fmt: skip
+    named = {
+        verb
+        for r in rules
+        if args.leader_election_name in r.get("resourceNames", [args.leader_election_name])
+        for verb in r["verbs"]
+    }
+    if role["metadata"]["namespace"] != lease_namespace or not {"get", "update"} <= named:
+        problems.append(
+            f"{name}: the Role does not let the operator get and update Lease "
+            f"{lease_namespace}/{args.leader_election_name}"
+        )
+    if not any("create" in r["verbs"] for r in rules):
+        problems.append(f"{name}: the Role does not let the operator create its Lease")
+    return problems
+
+
+def render(helm: str, template: str, extra: list[str]) -> Any:
+    """One template of the chart, rendered and parsed (None when it renders nothing)."""
+    rendered = subprocess.run(
+        [helm, "template", "clawdbot", str(CHART), "--namespace", RELEASE_NAMESPACE,
+         "--show-only", template, *extra],
+        check=False, capture_output=True, text=True,
+    )  # fmt: skip
+    if rendered.returncode != 0:
+        if "could not find template" in rendered.stderr:
+            return None
+        raise RuntimeError(rendered.stderr)
+    return yaml.safe_load(rendered.stdout)
 
 
 def operator_container(helm: str, extra: list[str]) -> dict[str, Any]:
     """The operator container of the rendered Deployment."""
-    rendered = subprocess.run(
-        [helm, "template", "clawdbot", str(CHART), "--show-only", "templates/deployment.yaml",
-         *extra],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    deployment = yaml.safe_load(rendered)
+    deployment = render(helm, "templates/deployment.yaml", extra)
     container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
     return container
 
@@ -77,7 +131,9 @@ def main() -> int:
     helm = sys.argv[1]
     problems = []
     for name, extra in VALUE_SETS.items():
-        problems += check(name, operator_container(helm, extra))
+        container = operator_container(helm, extra)
+        problems += check(name, container)
+        problems += leader_election(name, helm, extra, container)
     for problem in problems:
         print(problem)
     print(f"chart/operator contract: {len(VALUE_SETS)} value sets, {len(problems)} problem(s)")

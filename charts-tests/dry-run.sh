@@ -6,12 +6,10 @@
 #
 # The target is the local control plane (`make cluster-up`; kubeconfig .run/cluster/kubeconfig)
 # or whatever KUBECONFIG names. Kinds the server does not serve are skipped and listed:
-# ServiceMonitor (Prometheus Operator), Certificate/Issuer (cert-manager), and the kopf.dev
-# peering objects, whose CRD ships in the chart's crds/ but is not installed by a dry run.
+# ServiceMonitor (Prometheus Operator) and Certificate/Issuer (cert-manager).
 # The operator's pod template is also admitted as a Pod into a throw-away namespace that
 # enforces the `restricted` Pod Security profile (created and deleted by this script).
-# Pass --install-crds to really apply the chart's crds/ first (a disposable cluster only):
-# then the peering objects are validated too.
+# Pass --install-crds to really apply the chart's crds/ first (a disposable cluster only).
 #
 # Usage: charts-tests/dry-run.sh [--install-crds]
 # Env:   KUBECONFIG, KUBECTL, HELM, DRY_RUN_NAMESPACE (an existing namespace; default "default")

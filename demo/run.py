@@ -31,6 +31,7 @@ from typing import Any
 
 import openai
 import yaml
+from cryptography import x509
 
 from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.harness.kube import Kubectl, is_true
@@ -175,7 +176,8 @@ def ask(client: openai.OpenAI, prompt: str, label: str, **kw: Any) -> None:
     target, reason = raw.headers["x-clawdbot-target"], raw.headers["x-clawdbot-reason"]
     info(f"{label}")
     info(f"  -> {target:<6} because {reason}  ({elapsed:.0f} ms)")
-    info(f"  answer: {answer[:110]!r}{'...' if len(answer) > 110 else ''}")
+    shown = answer if len(answer) <= 110 else f"...{answer[-100:]}"
+    info(f"  answer: {shown!r}")
 
 
 def main() -> int:
@@ -211,7 +213,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         op = stack.enter_context(
             run_operator(str(operator_kubeconfig(kube)), "", STATE / "operator.log",
-                         routing=True, env=env, cwd=ROOT)
+                         routing=True, env=env, cwd=ROOT, print_log=False)
         )  # fmt: skip
         info(f"webhook https://localhost:{op.webhook_port}, discovery localhost:"
              f"{op.discovery_port}, log {STATE.relative_to(ROOT)}/operator.log")  # fmt: skip
@@ -250,7 +252,6 @@ def main() -> int:
         sidecar = stack.enter_context(run_pod(
             app, getter, container="clawdbot-sidecar", token=kubectl_token_requester(kube),
             pod_loopback=True, entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
-            keep_dir=True,
             extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{op.discovery_port}"},
         ))  # fmt: skip
         base = f"http://{app['status']['podIP']}:8088"
@@ -283,11 +284,14 @@ def main() -> int:
         with urllib.request.urlopen(f"{base}/metrics") as resp:
             metrics = resp.read().decode()
         for line in metrics.splitlines():
-            if line.startswith(("clawdbot_sidecar_decisions_total", "clawdbot_sidecar_redactions")):
+            if line.startswith(
+                ("clawdbot_sidecar_decisions_total", "clawdbot_sidecar_redactions_t")
+            ):
                 info(line)
         secret = kube.in_namespace(SYSTEM_NS).get("secret", f"{RELEASE}-serving-cert")
-        ca = base64.b64decode(secret["data"]["ca.crt"]).decode().splitlines()[0]
-        info(f"webhook/discovery CA kept in Secret {RELEASE}-serving-cert ({ca})")
+        cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+        info(f"serving certificate (webhook, discovery) in Secret {RELEASE}-serving-cert, "
+             f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")  # fmt: skip
 
     step(f"Done in {time.monotonic() - started:.0f}s")
     info("The processes the demo started are stopped; the cluster and its objects remain:")

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Fail when the chart's CRDs drifted from the generated ones in crds/ (`make crds`).
 # Every crds/*.yaml must be in helm/clawdbot/crds/ byte for byte, and the chart must carry
-# no clawdbot.io CRD that crds/ lacks. The chart's own kopf.dev peering CRDs are not generated
-# and are left alone.
+# no clawdbot.io CRD that crds/ lacks.
 #
 # Usage: helm/check-crds.sh [--fix]   (--fix copies crds/ into the chart instead)
 set -euo pipefail

@@ -287,6 +287,12 @@ EOF
   done
 
   : >"$LOGS/kube-apiserver.log"
+  # The aggregation layer (front-proxy flags) without --enable-aggregator-routing: routing to
+  # endpoints would need a Service's Endpoints, which refuse loopback addresses, and refuses
+  # ExternalName Services. Without it the aggregator dials an ExternalName Service's host, so
+  # an APIService backed by `externalName: localhost` reaches a process on 127.0.0.1 (the
+  # operator's external metrics API in e2e/tests/test_autoscaling.py). A ClusterIP Service
+  # is dialled at its ClusterIP, which nothing here serves (no kube-proxy).
   start kube-apiserver \
     --etcd-servers="http://$HOST:$ETCD_PORT" \
     --bind-address=$HOST \
@@ -311,7 +317,6 @@ EOF
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
     --proxy-client-key-file="$PKI/front-proxy-client.key" \
-    --enable-aggregator-routing=true \
     --profiling=false \
     --v=1
   wait_http kube-apiserver "https://$HOST:$APISERVER_PORT/readyz" \

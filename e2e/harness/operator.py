@@ -46,6 +46,7 @@ def run_operator(
     routing: bool = False,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    print_log: bool = True,
     extra_args: Sequence[str] = (),
 ) -> Iterator[Operator]:
     """The operator watching ``namespace``; with ``routing``, its webhook and discovery stream
@@ -63,6 +64,9 @@ def run_operator(
             **(env or {}),
         }
     )
+    # Ports the caller chose (to name them before the operator starts) win.
+    ports["webhook"] = int(environ["CLAWDBOT_WEBHOOK_PORT"])
+    ports["discovery"] = int(environ["CLAWDBOT_DISCOVERY_PORT"])
     args = [
         *(["--namespace", namespace] if namespace else []),  # "": every namespace
         "--kubeconfig", kubeconfig,
@@ -98,4 +102,5 @@ def run_operator(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        print(f"--- operator log (tail) ---\n{op.tail()}")
+        if print_log:  # pytest shows it with a failed test's output
+            print(f"--- operator log (tail) ---\n{op.tail()}")

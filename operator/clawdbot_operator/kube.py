@@ -37,6 +37,7 @@ PLURALS: Final[dict[str, str]] = {
     "Secret": "secrets",
     "Namespace": "namespaces",
     "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+    "Lease": "leases",
 }
 # Every call has a deadline: a hung connection must not stall a reconcile forever.
 REQUEST_TIMEOUT_S: Final = 30
@@ -121,6 +122,25 @@ class Kube:
             body=manifest,
             content_type="application/apply-patch+yaml",
             query=[("fieldManager", self.field_manager), ("force", "true")],
+        )
+
+    async def create(self, manifest: Obj) -> Obj:
+        """Create ``manifest``; a KubeError with status 409 when it already exists."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        return await self._call(
+            "POST", path, body=manifest, query=[("fieldManager", self.field_manager)]
+        )
+
+    async def replace(self, manifest: Obj) -> Obj:
+        """Replace (PUT) an object. With ``metadata.resourceVersion`` set this is an optimistic
+        update: a KubeError with status 409 when the object changed since it was read."""
+        meta = manifest["metadata"]
+        path = resource_path(
+            manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]
+        )
+        return await self._call(
+            "PUT", path, body=manifest, query=[("fieldManager", self.field_manager)]
         )
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:

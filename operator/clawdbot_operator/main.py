@@ -3,6 +3,11 @@ sidecar injection webhook and the discovery stream.
 
 clawdbot-operator [--namespace NS ... | --all-namespaces] [--kubeconfig PATH]
                   [--metrics-port PORT] [--health-port PORT]
+                  [--leader-elect [--leader-election-namespace NS] [--leader-election-name N]]
+
+Every replica runs the watches, the webhook and the discovery stream. With ``--leader-elect``
+the replicas elect a leader through a Lease (see ``leader``), and only the leader writes:
+ModelDeployment reconciles (watch events and the periodic resync) and RoutingPolicy status.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
@@ -22,6 +27,7 @@ from clawdbot_operator import metrics_api
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.handlers import register
 from clawdbot_operator.kube import Kube, KubeError, connect
+from clawdbot_operator.leader import LeaderElector, identity
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.reconciler import Reconciler
 from clawdbot_operator.routing import RoutingPlane
@@ -30,6 +36,7 @@ log = logging.getLogger("clawdbot_operator")
 
 # Where the operator runs when POD_NAMESPACE (the downward API) doesn't say.
 DEFAULT_NAMESPACE = "clawdbot-system"
+DEFAULT_LEASE_NAME = "clawdbot-operator"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,30 +73,78 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port")
     p.add_argument(
-        "--peering",
+        "--leader-elect",
+        action="store_true",
+        help="elect a leader among replicas through a Lease; only the leader writes "
+        "(default: off, this process is the only writer)",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        help=f"namespace of the Lease (default: $POD_NAMESPACE, else {DEFAULT_NAMESPACE})",
+    )
+    p.add_argument(
+        "--leader-election-name",
         metavar="NAME",
-        help="coordinate replicas through this KopfPeering (default: standalone)",
+        default=DEFAULT_LEASE_NAME,
+        help=f"name of the Lease (default: {DEFAULT_LEASE_NAME})",
     )
     p.add_argument("--log-level", default=os.environ.get("CLAWDBOT_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
 
-async def resync(reconciler: Reconciler, kube: Kube, namespaces: list[str], period: float) -> None:
-    """Reconcile every ModelDeployment each ``period`` seconds (drift, deadlines)."""
-    while True:
-        await asyncio.sleep(period)
-        scopes: list[str | None] = [*namespaces] if namespaces else [None]
-        for ns in scopes:
+async def resync_all(
+    reconciler: Reconciler,
+    kube: Kube,
+    namespaces: list[str],
+    is_leader: Callable[[], bool] = lambda: True,
+) -> None:
+    """Reconcile every ModelDeployment once (stopping early when leadership is lost)."""
+    scopes: list[str | None] = [*namespaces] if namespaces else [None]
+    for ns in scopes:
+        try:
+            items = await kube.list(API_VERSION, "ModelDeployment", ns)
+        except KubeError as exc:
+            log.warning("resync: could not list ModelDeployments: %s", exc)
+            continue
+        for item in items:
+            if not is_leader():
+                return
             try:
-                items = await kube.list(API_VERSION, "ModelDeployment", ns)
+                await reconciler.reconcile(item)
             except KubeError as exc:
-                log.warning("resync: could not list ModelDeployments: %s", exc)
-                continue
-            for item in items:
+                log.warning("resync of %s failed: %s", item["metadata"]["name"], exc)
+
+
+async def resync(
+    reconciler: Reconciler,
+    kube: Kube,
+    namespaces: list[str],
+    period: float,
+    *,
+    elector: LeaderElector | None = None,
+    on_gain: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Reconcile every ModelDeployment each ``period`` seconds (drift, deadlines). With an
+    ``elector``, only while leading, and at once (after ``on_gain``) on becoming the leader."""
+
+    def is_leader() -> bool:
+        return elector is None or elector.is_leader
+
+    while True:
+        if elector is not None and not elector.is_leader:
+            await elector.wait_leader()
+            log.info("leading: resyncing every ModelDeployment now")
+            if on_gain is not None:
                 try:
-                    await reconciler.reconcile(item)
-                except KubeError as exc:
-                    log.warning("resync of %s failed: %s", item["metadata"]["name"], exc)
+                    await on_gain()
+                except Exception:  # the resync below must still run
+                    log.exception("on becoming the leader")
+        else:
+            await asyncio.sleep(period)
+            if not is_leader():
+                continue
+        await resync_all(reconciler, kube, namespaces, is_leader)
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -108,10 +163,22 @@ async def run(args: argparse.Namespace) -> None:
     kube = Kube(api, config.field_manager)
     store = LoadReportStore()
     reconciler = Reconciler(kube, config, store)
-    registry = kopf.OperatorRegistry()
-    register(registry, reconciler)
     operator_namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
-    plane = RoutingPlane(kube, config, store, operator_namespace)
+    elector: LeaderElector | None = None
+    if args.leader_elect:
+        elector = LeaderElector(
+            kube,
+            args.leader_election_namespace or operator_namespace,
+            args.leader_election_name,
+            identity(),
+        )
+
+    def is_leader() -> bool:
+        return elector is None or elector.is_leader
+
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler, is_leader)
+    plane = RoutingPlane(kube, config, store, operator_namespace, is_leader)
     plane.register(registry)
     # kopf's watches log in the way the API client above does: in-cluster, else kubeconfig.
     kopf.on.login(registry=registry)(login)
@@ -132,13 +199,31 @@ async def run(args: argparse.Namespace) -> None:
         )
     await plane.start(args.bind_address)
     namespaces = list(args.namespace)
-    resync_task = asyncio.create_task(resync(reconciler, kube, namespaces, config.resync_seconds))
+
+    async def refresh_policy_status() -> None:
+        # Followers skipped RoutingPolicy status writes: bring them up to date.
+        for ns in namespaces or [""]:
+            await plane.refresh_policies(ns)
+
+    if elector is not None:
+        elector.start()
+    resync_task = asyncio.create_task(
+        resync(
+            reconciler,
+            kube,
+            namespaces,
+            config.resync_seconds,
+            elector=elector,
+            on_gain=refresh_policy_status,
+        )
+    )
     try:
+        # Standalone on every replica: all of them watch (the routing plane needs the
+        # events everywhere); leader election above decides who writes.
         await kopf.operator(
             registry=registry,
             settings=settings,
-            standalone=args.peering is None,
-            peering_name=args.peering,
+            standalone=True,
             namespaces=namespaces,
             clusterwide=not namespaces,
             liveness_endpoint=f"http://{args.bind_address}:{args.health_port}/healthz",
@@ -147,6 +232,8 @@ async def run(args: argparse.Namespace) -> None:
         resync_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await resync_task
+        if elector is not None:
+            await elector.stop()  # releases the Lease: a successor takes over at once
         if runner is not None:
             await runner.cleanup()
         await plane.stop()

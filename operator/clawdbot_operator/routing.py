@@ -20,7 +20,7 @@ import contextlib
 import logging
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,15 @@ class RoutingPlane:
     """Everything between the operator and the sidecars."""
 
     def __init__(
-        self, kube: Kube, config: OperatorConfig, store: LoadReportStore, namespace: str
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        store: LoadReportStore,
+        namespace: str,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
+        self.is_leader = is_leader  # only the leader writes RoutingPolicy status
         self.config = config
         self.namespace = namespace
         self.state = DiscoveryState()
@@ -258,7 +264,10 @@ class RoutingPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._grpc is not None:
-            await self._grpc.stop(grace=2)
+            # On SIGTERM kopf cancels the loop's other tasks, grpc's serving loop among
+            # them; its shutdown then reports that cancellation, which is expected here.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._grpc.stop(grace=2)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -319,6 +328,8 @@ class RoutingPlane:
         self, body: Mapping[str, Any], spec: RoutingPolicySpec | None, invalid: str | None
     ) -> None:
         """Conditions: Ready (the cloud Secret and every local model exist)."""
+        if not self.is_leader():
+            return  # followers keep the discovery state, the leader writes the status
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         problems: list[str] = [invalid] if invalid else []

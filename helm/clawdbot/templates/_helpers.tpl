@@ -94,7 +94,7 @@ Usage: include "clawdbot.image" (dict "image" .Values.images.operator "root" $)
 {{- printf "%s-serving-cert" (include "clawdbot.fullname" .) }}
 {{- end }}
 
-{{- define "clawdbot.peeringName" -}}
+{{- define "clawdbot.leaderElectionName" -}}
 {{- default (include "clawdbot.fullname" .) .Values.leaderElection.name }}
 {{- end }}
 
@@ -125,11 +125,15 @@ What both injection webhooks share (they differ in their selectors only).
 {{- define "clawdbot.webhookCommon" -}}
 admissionReviewVersions: ["v1"]
 clientConfig:
+  {{- if .Values.webhook.url }}
+  url: {{ .Values.webhook.url | quote }}
+  {{- else }}
   service:
     name: {{ include "clawdbot.webhookServiceName" . }}
     namespace: {{ .Release.Namespace }}
     path: {{ .Values.webhook.path | quote }}
     port: 443
+  {{- end }}
 rules:
   - operations: ["CREATE"]
     apiGroups: [""]

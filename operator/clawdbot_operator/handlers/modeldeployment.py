@@ -5,11 +5,16 @@ keep the operator purely level-based and free of finalizers: children are garbag
 through their owner references, so deleting a ModelDeployment needs nothing from the
 operator. A child changed or deleted by hand triggers its owner's reconcile, which puts it
 back; the periodic resync (see ``main``) covers whatever an event missed.
+
+With leader election (``--leader-elect``) every replica watches, but only the leader
+reconciles: the others drop the events, and a replica that becomes the leader starts with a
+full resync, which covers whatever it dropped.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 import kopf
@@ -38,12 +43,22 @@ def owner_name(body: kopf.Body) -> str | None:
     return None
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    """Register the handlers on ``registry`` (no import-time global state)."""
+def always() -> bool:
+    """Leadership without leader election: this process is the only writer."""
+    return True
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    is_leader: Callable[[], bool] = always,
+) -> None:
+    """Register the handlers on ``registry`` (no import-time global state); they reconcile
+    only while ``is_leader()``."""
 
     @kopf.on.event(GROUP, VERSION, "modeldeployments", id="modeldeployment", registry=registry)
     async def model_deployment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-        if type == "DELETED":
+        if type == "DELETED" or not is_leader():
             return
         try:
             await reconciler.reconcile(dict(body))
@@ -53,7 +68,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     async def child_event(body: kopf.Body, **_: Any) -> None:
         owner = owner_name(body)
         namespace = body.metadata.namespace
-        if owner is None or namespace is None:
+        if owner is None or namespace is None or not is_leader():
             return
         try:
             await reconciler.reconcile_named(namespace, owner)
