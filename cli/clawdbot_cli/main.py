@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from clawdbot_api import crdgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
+from clawdbot_cli import gateway
 from clawdbot_runtime import compress
 from clawdbot_sidecar import audit
 
@@ -70,10 +72,30 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
+    source, target = Path(args.source), Path(args.target)
     try:
-        report = compress.compress(
-            Path(args.source), Path(args.target), args.precision, eval_inputs=args.eval_inputs
-        )
+        if args.repository:
+            results = compress.compress_repository(
+                source,
+                target,
+                args.precision,
+                model=args.model,
+                version=args.version,
+                keep_quantized=args.keep_quantized,
+                eval_inputs=args.eval_inputs,
+            )
+            print("\n".join(line for r in results for line in r.lines()))
+            return 0
+        if args.model is not None or args.version is not None:
+            print("error: --model and --version need --repository", file=sys.stderr)
+            return 2
+        stored = compress.stored_precision(source) if args.keep_quantized else None
+        if stored is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            print(f"{source}: already quantized ({stored}); copied as stored")
+            return 0
+        report = compress.compress(source, target, args.precision, eval_inputs=args.eval_inputs)
     except compress.CompressionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -125,11 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("compress", help="quantize an ONNX model and report size and output change")
-    p.add_argument("source", help="the ONNX model to compress")
-    p.add_argument("target", help="where to write the compressed model")
+    p.add_argument("source", help="the ONNX model to compress (with --repository: a repository)")
+    p.add_argument("target", help="where to write the compressed model (or repository)")
     p.add_argument("--precision", choices=compress.PRECISIONS, required=True)
     p.add_argument(
         "--eval-inputs", type=int, default=64, help="held-out inputs to compare outputs on"
+    )
+    p.add_argument(
+        "--repository",
+        action="store_true",
+        help="SOURCE and TARGET are model repositories (<model>/<version>/model.onnx); the "
+        "version folder's other files are copied along",
+    )
+    p.add_argument("--model", help="with --repository: only this model (default: every one)")
+    p.add_argument(
+        "--version", type=int, help="with --repository: this version (default: the highest)"
+    )
+    p.add_argument(
+        "--keep-quantized",
+        action="store_true",
+        help="copy a model that is already int8/int4 as it is instead of quantizing it again",
     )
     p.set_defaults(func=_compress)
 
@@ -140,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hmac-key-file", help="file holding the policy's audit HMAC key")
     p.add_argument("--expect-last-hash", help="last hash recorded elsewhere (catches a cut tail)")
     p.set_defaults(func=_audit_verify)
+
+    gateway.add_parser(sub)
     return parser
 
 

@@ -143,15 +143,9 @@ def operator(
     local_cluster.kubectl.delete("namespace", op_ns)
 
 
-def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
-    local_cluster: E2ECluster,
-    kube: Kubectl,
-    operator: Operator,
-    cloud_stub: str,
-    tmp_path: Path,
-) -> None:
-    # The model: the project's tiny ONNX model "baked into the image" at /models.
-    models = tmp_path / "models"
+def deploy(kube: Kubectl, cloud_stub: str, models: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Secret, the ModelDeployment (the project's tiny ONNX model "baked into the image"
+    at /models), the RoutingPolicy and the labelled client pod; (model pod, client pod)."""
     build_tiny_lm(models)
     kube.apply(
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cloud"},
@@ -186,6 +180,18 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
                                   "command": ["sleep", "infinity"]}]}}
     )  # fmt: skip
     client_pod = kube.wait_for("pod", "chat-app", lambda p: is_true(p, "Ready"), what="Ready")
+    return model_pod, client_pod
+
+
+def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
+    local_cluster: E2ECluster,
+    kube: Kubectl,
+    operator: Operator,
+    cloud_stub: str,
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    model_pod, client_pod = deploy(kube, cloud_stub, models)
     sidecar = client_pod["spec"]["initContainers"][0]
     assert sidecar["name"] == "clawdbot-sidecar" and sidecar["restartPolicy"] == "Always"
     app_env = {e["name"]: e.get("value") for e in client_pod["spec"]["containers"][0]["env"]}
@@ -248,3 +254,86 @@ def _wait_ready(url: str, log_tail: Any, timeout: float = 30) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready:\n{log_tail()}")
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
+    local_cluster: E2ECluster,
+    kube: Kubectl,
+    operator: Operator,
+    cloud_stub: str,
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    first_pod, client_pod = deploy(kube, cloud_stub, models)
+    getter = kubectl_getter(local_cluster.kubectl)
+    runtime = {"clawdbot-runtime": str(BIN / "clawdbot-runtime")}
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(
+            run_pod(first_pod, getter, argv0_map=runtime, image_files={"/models": models})
+        )
+        sidecar_proc = stack.enter_context(run_pod(
+            client_pod, getter, container="clawdbot-sidecar",
+            token=kubectl_token_requester(local_cluster.kubectl), pod_loopback=True,
+            entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
+            extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}"},
+        ))  # fmt: skip
+        base = f"http://{client_pod['status']['podIP']}:8088"
+        _wait_ready(f"{base}/readyz", sidecar_proc.log_tail)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        healthy = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
+        assert metric(base, healthy) == 1
+
+        # Scale out: the new replica reaches the sidecar over the discovery stream.
+        kube.run("scale", "md/tiny-chat", "--replicas=2")
+        deadline = time.monotonic() + 60
+        while len(_ready_pods(kube)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        second_pod = next(p for p in _ready_pods(kube) if p["metadata"]["name"] !=
+                          first_pod["metadata"]["name"])  # fmt: skip
+        ready_at = time.monotonic()
+        stack.enter_context(
+            run_pod(second_pod, getter, argv0_map=runtime, image_files={"/models": models})
+        )
+        while metric(base, healthy) < 2 and time.monotonic() - ready_at < 10:
+            time.sleep(0.1)
+        propagation = time.monotonic() - ready_at
+        assert metric(base, healthy) == 2, sidecar_proc.log_tail()
+        print(f"new replica routed to {propagation:.2f}s after it was Ready")
+        assert propagation < 5
+
+        # A model server dies: requests still succeed (retry on the other replica).
+        first.stop()
+        answers = [
+            client.chat.completions.with_raw_response.create(
+                model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+            for _ in range(8)
+        ]
+        assert all(a.headers["x-clawdbot-target"] == "local" for a in answers)
+
+        # The operator goes away: the sidecar keeps routing with its last snapshot.
+        operator.proc.terminate()
+        operator.proc.wait(timeout=20)
+        after = client.chat.completions.with_raw_response.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "still there?"}],
+            max_tokens=4,
+        )  # fmt: skip
+        assert after.headers["x-clawdbot-target"] == "local"
+        long = client.chat.completions.with_raw_response.create(
+            model="tiny-chat", messages=[{"role": "user", "content": f"{LONG} {EMAIL}"}]
+        )
+        assert long.headers["x-clawdbot-target"] == "cloud"
+        assert EMAIL in (long.parse().choices[0].message.content or "")
+
+
+def _ready_pods(kube: Kubectl) -> list[dict[str, Any]]:
+    pods = kube.get("pods", None, "-l", "clawdbot.io/model-deployment=tiny-chat")["items"]
+    return [p for p in pods if is_true(p, "Ready") and not p["metadata"].get("deletionTimestamp")]

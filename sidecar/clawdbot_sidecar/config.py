@@ -123,6 +123,7 @@ def config_from_seed(
     *,
     cloud_url: str | None = None,
     cloud_model: str | None = None,
+    local_model: str | None = None,
     api_key_env: str = "CLAWDBOT_CLOUD_API_KEY",
 ) -> SidecarConfig:
     """A config from the seed's ``clawdbot-config.yaml``, for running outside Kubernetes.
@@ -142,7 +143,8 @@ def config_from_seed(
         raise ConfigError(str(exc)) from exc
     policies = [o for o in objects if isinstance(o, RoutingPolicy)]
     models = [o for o in objects if not isinstance(o, RoutingPolicy)]
-    model_name = models[0].spec.model.name if models else "default"
+    # The name the local server knows the model by: the seed's, unless told otherwise.
+    model_name = local_model or (models[0].spec.model.name if models else "default")
     endpoints = tuple(LocalEndpoint(url=u, model=model_name) for u in local_urls)
     config = SidecarConfig(policy=policies[0].spec, endpoints=endpoints)
     return config.model_copy(update={"cloud_api_key": _api_key(api_key_env)})

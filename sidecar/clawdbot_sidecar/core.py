@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, cast
@@ -30,6 +30,7 @@ from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.decision import Arm, Bandit, Decision, Signals, decide, reward
 from clawdbot_sidecar.features import Features, complexity, estimate_tokens, prompt_text
 from clawdbot_sidecar.metrics import SidecarMetrics
+from clawdbot_sidecar.plugins import AfterResponse, BeforeRoute, PluginRequest, PluginResult
 from clawdbot_sidecar.pool import EndpointState, LocalPool, NoEndpoint
 from clawdbot_sidecar.redaction import RedactionConfig, Redactor, Restorer
 from clawdbot_sidecar.upstream import StreamHandle, Upstream, UpstreamError, backoff_delay
@@ -118,6 +119,7 @@ class _Outcome:
     cache: str = "off"
     restored_pii: bool = False
     pii: dict[str, int] = field(default_factory=dict)
+    plugin_request: PluginRequest | None = None
     endpoint: EndpointState | None = None
     error: str | None = None
 
@@ -179,6 +181,7 @@ class RoutingCore:
         metrics: SidecarMetrics | None = None,
         audit_hmac_key: bytes | None = None,
         cache_scope: str = "standalone",
+        plugins: Sequence[object] = (),
         seed: int | None = None,
     ) -> None:
         """``audit_hmac_key`` keys the audit hash chain (the policy's hmacKeySecretRef);
@@ -187,6 +190,8 @@ class RoutingCore:
         self.upstream = upstream
         self.metrics = metrics or SidecarMetrics()
         self.audit: AuditLog | None = None
+        self._before = [p for p in plugins if isinstance(p, BeforeRoute)]
+        self._after = [p for p in plugins if isinstance(p, AfterResponse)]
         self._audit_key = audit_hmac_key
         self.cache: ResponseCache | None = None
         self._cache_scope = cache_scope
@@ -287,7 +292,10 @@ class RoutingCore:
         try:
             body = _validate(kind, raw)
             out.model, out.stream = body["model"], bool(body.get("stream"))
-            answer = await self._route(body, lowered, out)
+            out.plugin_request = PluginRequest(out.request_id, kind.value, out.model, body, lowered)
+            for plugin in self._before:
+                await self._run_before(plugin, out.plugin_request)
+            answer = await self._route(body, out.plugin_request.headers, out)
             streaming = answer.stream is not None
             if answer.stream is not None:
                 answer.stream = self._finish_stream(answer.stream, out)
@@ -622,6 +630,33 @@ class RoutingCore:
             headers[REASON_HEADER] = reason
         return headers
 
+    async def _run_before(self, plugin: BeforeRoute, request: PluginRequest) -> None:
+        try:
+            await plugin.before_route(request)
+        except RequestError:
+            raise  # the plugin refuses the request on purpose
+        except Exception:
+            log.exception("plugin %s failed before routing; ignored", type(plugin).__name__)
+
+    def _run_after(self, out: _Outcome, target: str, elapsed: float) -> None:
+        if out.plugin_request is None:
+            return
+        result = PluginResult(
+            target=target,
+            reason=out.decision.reason if out.decision else (out.error or ""),
+            status=out.status,
+            latency_s=elapsed,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            cost_usd=out.cost_usd,
+            redacted=dict(out.redacted),
+        )
+        for plugin in self._after:
+            try:
+                plugin.after_response(out.plugin_request, result)
+            except Exception:
+                log.exception("plugin %s failed after the answer; ignored", type(plugin).__name__)
+
     def _done(self, out: _Outcome) -> None:
         """Account a finished request: once, whether it succeeded, failed or was cut off."""
         self.in_flight -= 1
@@ -649,6 +684,7 @@ class RoutingCore:
             r = reward(out.status < 400, elapsed, out.cost_usd, self.config.policy.adaptive)
             self.bandit.update(cast(Arm, decision.target), decision.context, r)
         self._update_endpoint_gauges()
+        self._run_after(out, target, elapsed)
         if self.audit is not None:
             reason = decision.reason if decision else (out.error or "invalid")
             if out.fallback_from:

@@ -28,6 +28,8 @@ from clawdbot_sidecar.config import ConfigError, SidecarConfig, config_from_seed
 from clawdbot_sidecar.core import RoutingCore
 from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity
 from clawdbot_sidecar.grpc_front import GrpcFront
+from clawdbot_sidecar.metrics import SidecarMetrics
+from clawdbot_sidecar.plugins import PluginError, load_plugins
 from clawdbot_sidecar.rest import DRAINING, SYNCED, build_app
 from clawdbot_sidecar.upstream import Upstream
 
@@ -50,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--cloud-url", help="with --seed: the cloud's OpenAI base URL")
     serve.add_argument("--cloud-model", help="with --seed: the cloud model name")
+    serve.add_argument(
+        "--local-model",
+        help="with --seed: the model name the local server serves (default: the seed's)",
+    )
     serve.add_argument("--host", default=os.environ.get("CLAWDBOT_SIDECAR_HOST", "127.0.0.1"))
     serve.add_argument(
         "--port", type=int, default=int(os.environ.get("CLAWDBOT_SIDECAR_PORT", "8088"))
@@ -84,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("CLAWDBOT_AUDIT_HMAC_KEY_FILE"),
         help="key of the audit log's hash chain (the policy's audit.hmacKeySecretRef)",
     )
+    serve.add_argument(
+        "--plugin",
+        action="append",
+        default=[p for p in os.environ.get("CLAWDBOT_SIDECAR_PLUGINS", "").split(",") if p],
+        help="enable an installed plugin (entry point group clawdbot.sidecar.plugins); repeatable",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     stub = sub.add_parser("cloud-stub", help="a loopback stand-in for a cloud OpenAI API")
     stub.add_argument("--host", default="127.0.0.1")
@@ -102,7 +114,11 @@ def _load(args: argparse.Namespace) -> SidecarConfig:
         if args.config is not None:
             raise ConfigError("pass either --config or --seed, not both")
         return config_from_seed(
-            args.seed, args.local_url, cloud_url=args.cloud_url, cloud_model=args.cloud_model
+            args.seed,
+            args.local_url,
+            cloud_url=args.cloud_url,
+            cloud_model=args.cloud_model,
+            local_model=args.local_model,
         )
     if args.config is None:
         raise ConfigError("no configuration: pass --config FILE (policy and local endpoints)")
@@ -140,7 +156,20 @@ async def serve(args: argparse.Namespace) -> int:
     upstream = Upstream.create(connect_timeout_s=config.limits.local_connect_timeout_s)
     hmac_key = args.audit_hmac_key_file.read_bytes().strip() if args.audit_hmac_key_file else None
     scope = f"{pod.namespace}/{pod.name}" if pod.namespace else "standalone"
-    core = RoutingCore(config, upstream, audit_hmac_key=hmac_key, cache_scope=scope)
+    metrics = SidecarMetrics()
+    try:
+        plugins = load_plugins(args.plugin, metrics.registry)
+    except PluginError as exc:
+        await upstream.close()
+        raise ConfigError(str(exc)) from exc
+    core = RoutingCore(
+        config,
+        upstream,
+        metrics=metrics,
+        audit_hmac_key=hmac_key,
+        cache_scope=scope,
+        plugins=plugins,
+    )
     app = build_app(core)
     client = None
     if args.discovery:
