@@ -32,6 +32,7 @@ class Operator:
         self.metrics_port = ports["metrics"]
         self.webhook_port = ports["webhook"]
         self.discovery_port = ports["discovery"]
+        self.prometheus_port = ports["prometheus"]
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -52,7 +53,8 @@ def run_operator(
     """The operator watching ``namespace``; with ``routing``, its webhook and discovery stream
     listen on free loopback ports (otherwise they are off). ``extra_args`` are appended to
     its command line (e.g. ``--leader-elect``)."""
-    ports = {name: free_port() for name in ("metrics", "health", "webhook", "discovery")}
+    names = ("metrics", "health", "webhook", "discovery", "prometheus")
+    ports = {name: free_port() for name in names}
     if not routing:
         ports["webhook"] = ports["discovery"] = 0
     environ = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
@@ -73,6 +75,7 @@ def run_operator(
         "--bind-address", "127.0.0.1",
         "--metrics-port", str(ports["metrics"]),
         "--health-port", str(ports["health"]),
+        "--prometheus-port", str(ports["prometheus"]),
         "--accept-load-reports",
         *extra_args,
     ]  # fmt: skip

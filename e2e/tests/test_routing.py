@@ -227,6 +227,12 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
         sent = stub_requests(cloud_stub)
         assert len(sent) == 1 and EMAIL not in json.dumps(sent)
 
+    # The operator's own metrics: it reconciled, injected one pod, and leads (no election).
+    ops = f"http://127.0.0.1:{operator.prometheus_port}"
+    assert metric(ops, 'clawdbot_operator_injection_requests_total{outcome="injected"}') == 1
+    assert metric(ops, 'clawdbot_operator_reconciles_total{result="ok"}') >= 1
+    assert metric(ops, "clawdbot_operator_leader ") == 1
+
     policy = kube.wait_for("routingpolicy", "chat", lambda p: is_true(p, "Ready"), what="Ready")
     assert policy["status"]["readyEndpoints"] == 1
     assert policy["status"]["matchedPods"] == 1

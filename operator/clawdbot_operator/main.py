@@ -23,12 +23,14 @@ from typing import Any
 import kopf
 
 from clawdbot_api.v1alpha1 import API_VERSION
+from clawdbot_operator import metrics as operator_metrics
 from clawdbot_operator import metrics_api
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.handlers import register
 from clawdbot_operator.kube import Kube, KubeError, connect
 from clawdbot_operator.leader import LeaderElector, identity
 from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.metrics import OperatorMetrics
 from clawdbot_operator.reconciler import Reconciler
 from clawdbot_operator.routing import RoutingPlane
 
@@ -72,6 +74,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="accept load reports by HTTP POST /loadreports on the metrics port",
     )
     p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port")
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=9090,
+        help="plain-HTTP port of the operator's own Prometheus /metrics (0 disables it)",
+    )
     p.add_argument(
         "--leader-elect",
         action="store_true",
@@ -162,7 +170,8 @@ async def run(args: argparse.Namespace) -> None:
     api = await connect(args.kubeconfig)
     kube = Kube(api, config.field_manager)
     store = LoadReportStore()
-    reconciler = Reconciler(kube, config, store)
+    metrics = OperatorMetrics()
+    reconciler = Reconciler(kube, config, store, metrics=metrics)
     operator_namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
     elector: LeaderElector | None = None
     if args.leader_elect:
@@ -176,9 +185,14 @@ async def run(args: argparse.Namespace) -> None:
     def is_leader() -> bool:
         return elector is None or elector.is_leader
 
+    metrics.leader.set_function(lambda: float(is_leader()))
+
+    metrics.leader.set_function(lambda: float(is_leader()))
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, is_leader)
-    plane = RoutingPlane(kube, config, store, operator_namespace, is_leader)
+    plane = RoutingPlane(
+        kube, config, store, operator_namespace, is_leader, registry=metrics.registry
+    )
     plane.register(registry)
     # kopf's watches log in the way the API client above does: in-cluster, else kubeconfig.
     kopf.on.login(registry=registry)(login)
@@ -196,6 +210,11 @@ async def run(args: argparse.Namespace) -> None:
             cert_file=args.metrics_cert_file,
             key_file=args.metrics_key_file,
             accept_reports=args.accept_load_reports,
+        )
+    prometheus = None
+    if args.prometheus_port:
+        prometheus = await operator_metrics.serve(
+            metrics.registry, args.bind_address, args.prometheus_port
         )
     await plane.start(args.bind_address)
     namespaces = list(args.namespace)
@@ -237,6 +256,8 @@ async def run(args: argparse.Namespace) -> None:
         if runner is not None:
             await runner.cleanup()
         await plane.stop()
+        if prometheus is not None:
+            await prometheus.cleanup()
         await api.close()
 
 

@@ -37,6 +37,7 @@ from clawdbot_operator.builders.service import endpoint_url
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.kube import Kube, Obj
 from clawdbot_operator.loadreports import RevisionHealthSource
+from clawdbot_operator.metrics import OperatorMetrics
 from clawdbot_operator.revisions import (
     PlannedEvent,
     apply_snapshot,
@@ -134,6 +135,7 @@ class Reconciler:
     config: OperatorConfig
     health: RevisionHealthSource
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    metrics: OperatorMetrics | None = None
 
     def __post_init__(self) -> None:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -162,7 +164,10 @@ class Reconciler:
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 self._locks.pop(key, None)
                 return
-            await self._reconcile(fresh)
+            if self.metrics is None:
+                await self._reconcile(fresh)
+            else:
+                await self.metrics.timed_reconcile(lambda: self._reconcile(fresh))
 
     async def _event(self, body: Obj, ev: PlannedEvent) -> None:
         await self.kube.post_event(body, ev.type, ev.reason, ev.message)

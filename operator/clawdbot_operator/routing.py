@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import kopf
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from clawdbot_api.v1alpha1 import API_VERSION, GROUP, RoutingPolicySpec
@@ -69,6 +70,8 @@ class RoutingPlane:
         store: LoadReportStore,
         namespace: str,
         is_leader: Callable[[], bool] = lambda: True,
+        *,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.kube = kube
         self.is_leader = is_leader  # only the leader writes RoutingPolicy status
@@ -77,7 +80,7 @@ class RoutingPlane:
         self.state = DiscoveryState()
         self.store = store
         self.bundle: certs.CertBundle | None = None
-        self.webhook_metrics = WebhookMetrics()
+        self.webhook_metrics = WebhookMetrics(registry)
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -16,10 +16,16 @@ from clawdbot_operator.builders.meta import (
 )
 from clawdbot_operator.builders.runtimes import (
     CACHE_DIR,
+    COMPRESS_CONTAINER,
+    COMPRESS_VOLUME,
+    COMPRESSED_DIR,
     FETCH_CONTAINER,
     GPU_RESOURCE,
     PROBES,
     SERVER_CONTAINER,
+    ModelSource,
+    compress_command,
+    compresses_at_start,
     model_source,
     server_command,
     server_env,
@@ -93,6 +99,38 @@ def server_resources(md: ModelDeployment) -> Manifest:
     return {"requests": requests, "limits": limits}
 
 
+def compress_resources(md: ModelDeployment) -> Manifest:
+    """The server's CPU and memory, without GPUs: compressing holds the model in memory as
+    serving does (and init containers don't add to the pod's request)."""
+    server = server_resources(md)
+    gpus = set(GPU_RESOURCE.values())
+    return {
+        group: {k: v for k, v in values.items() if k not in gpus}
+        for group, values in server.items()
+    }
+
+
+def compress_container(
+    md: ModelDeployment, config: OperatorConfig, source: ModelSource
+) -> Manifest:
+    """The init container that quantizes the stored model into the compressed emptyDir."""
+    return {
+        "name": COMPRESS_CONTAINER,
+        "image": resolved_image(md, config),
+        "imagePullPolicy": "IfNotPresent",
+        "command": compress_command(md, source.path),
+        "env": server_env(md),
+        "resources": compress_resources(md),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            *source.server_mounts,
+            {"name": COMPRESS_VOLUME, "mountPath": COMPRESSED_DIR},
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
 def probes(md: ModelDeployment) -> Manifest:
     """Startup, readiness and liveness probes on the serving port."""
     paths = PROBES[md.spec.runtime]
@@ -137,7 +175,8 @@ def tolerations(md: ModelDeployment) -> list[Manifest]:
 def pod_spec(md: ModelDeployment, config: OperatorConfig) -> Manifest:
     """The model server pod."""
     source = model_source(md, config)
-    command, args = server_command(md, source.path)
+    compressing = compresses_at_start(md)
+    command, args = server_command(md, COMPRESSED_DIR if compressing else source.path)
     volumes: list[Manifest] = [
         {"name": "cache", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
@@ -152,6 +191,9 @@ def pod_spec(md: ModelDeployment, config: OperatorConfig) -> Manifest:
         # Tensor-parallel workers exchange tensors through shared memory.
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}})
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if compressing:
+        volumes.append({"name": COMPRESS_VOLUME, "emptyDir": {}})
+        mounts.append({"name": COMPRESS_VOLUME, "mountPath": COMPRESSED_DIR, "readOnly": True})
     server: Manifest = {
         "name": SERVER_CONTAINER,
         "image": resolved_image(md, config),
@@ -174,8 +216,9 @@ def pod_spec(md: ModelDeployment, config: OperatorConfig) -> Manifest:
         "containers": [server],
         "volumes": volumes,
     }
+    init_containers: list[Manifest] = []
     if source.fetch_command is not None:
-        spec["initContainers"] = [
+        init_containers.append(
             {
                 "name": FETCH_CONTAINER,
                 "image": source.fetch_image,
@@ -190,7 +233,12 @@ def pod_spec(md: ModelDeployment, config: OperatorConfig) -> Manifest:
                     {"name": "tmp", "mountPath": "/tmp"},
                 ],
             }
-        ]
+        )
+    if compressing:
+        # After the download (if any): it reads what fetch-model wrote.
+        init_containers.append(compress_container(md, config, source))
+    if init_containers:
+        spec["initContainers"] = init_containers
     if md.spec.node_selector:
         spec["nodeSelector"] = dict(md.spec.node_selector)
     tols = tolerations(md)

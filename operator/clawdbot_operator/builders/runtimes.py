@@ -13,8 +13,12 @@ int4      ``--quantization awq_marlin`` (nvidia);        AWQ checkpoints; on ROC
           ``--quantization awq`` (amd)                   ``VLLM_USE_TRITON_AWQ=1``
 ========  ===========================================  ====================================
 
-The ONNX runtime has no precision flag: the model repository holds the model already at
-its precision (the project's compression tool writes int8/int4 models).
+The ONNX runtime has no precision flag. ``fp16`` serves the model repository as stored.
+``int8`` and ``int4`` compress at start: an init container (the runtime image, which ships
+the ``clawdbot`` CLI) runs ``clawdbot compress --repository`` on the served model into an
+``emptyDir`` at ``/compressed-models``, and the server's ``--model-repository`` points
+there. A stored model that is already quantized (int8/int4 operators in its graph) is copied
+as it is (``--keep-quantized``), so repositories compressed ahead of time keep working.
 
 Model URIs:
 
@@ -42,6 +46,15 @@ MODEL_DIR: Final = "/models"
 CACHE_DIR: Final = "/cache"
 SERVER_CONTAINER: Final = "server"
 FETCH_CONTAINER: Final = "fetch-model"
+COMPRESS_CONTAINER: Final = "compress-model"
+COMPRESS_VOLUME: Final = "compressed-model"
+COMPRESSED_DIR: Final = "/compressed-models"
+"""Where the compress init container writes the quantized repository (an emptyDir)."""
+COMPRESS_EVAL_INPUTS: Final = 16
+"""Held-out inputs the init container compares the original and compressed model on (the
+report goes to its log); small, so that it adds little to start-up."""
+COMPRESSED_PRECISIONS: Final = frozenset({Precision.INT8, Precision.INT4})
+"""ONNX precisions produced at start by the compress init container."""
 REMOTE_SCHEMES: Final = frozenset({"hf", "s3", "gs", "http", "https"})
 SUPPORTED_SCHEMES: Final = REMOTE_SCHEMES | {"pvc", "file"}
 
@@ -218,6 +231,23 @@ def onnx_args(md: ModelDeployment, repository: str) -> list[str]:
         "--max-batch-size", str(spec.batching.max_batch_size),
         "--max-queue-delay-ms", str(spec.batching.max_queue_delay_ms),
         *spec.args,
+    ]  # fmt: skip
+
+
+def compresses_at_start(md: ModelDeployment) -> bool:
+    """Whether the pod quantizes the stored model before serving it (onnx, int8 or int4)."""
+    return md.spec.runtime == Runtime.ONNX and md.spec.precision in COMPRESSED_PRECISIONS
+
+
+def compress_command(md: ModelDeployment, repository: str) -> list[str]:
+    """The compress init container's command: ``repository`` -> :data:`COMPRESSED_DIR`."""
+    return [
+        "clawdbot", "compress", repository, COMPRESSED_DIR,
+        "--repository",
+        "--model", md.spec.model.name,
+        "--precision", md.spec.precision.value,
+        "--keep-quantized",
+        "--eval-inputs", str(COMPRESS_EVAL_INPUTS),
     ]  # fmt: skip
 
 
