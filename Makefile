@@ -54,6 +54,14 @@ typecheck: venv ## Type-check the project's packages and the e2e harness with my
 crds: venv ## Generate crds/ from the API types.
 	$(BIN)/clawdbot crds --output-dir crds
 
+.PHONY: docs
+docs: venv ## Generate the API reference (docs/reference) from the API types.
+	$(BIN)/clawdbot docs --output-dir docs/reference
+
+.PHONY: verify-docs
+verify-docs: venv ## Fail if docs/reference drifted from the API types.
+	$(BIN)/clawdbot docs --output-dir docs/reference --check
+
 .PHONY: verify-crds
 verify-crds: venv ## Fail if crds/ drifted from the API types or is not structural.
 	$(BIN)/clawdbot crds --output-dir crds --check
@@ -72,7 +80,7 @@ verify-protos: venv ## Fail if a generated gRPC stub drifted from its .proto.
 	for p in $(PROTOS); do PYTHON=$(BIN)/python hack/protoc.sh $${p%%:*} $${p#*:} --check; done
 
 .PHONY: verify
-verify: verify-crds verify-protos verify-chart-crds ## Every generated-file drift check.
+verify: verify-crds verify-protos verify-chart-crds verify-docs ## Every generated-file drift check.
 
 ##@ Demo
 

@@ -1,4 +1,5 @@
-"""The ``clawdbot`` command: CRDs, the seed importer, offline validation, model compression."""
+"""The ``clawdbot`` command: CRDs, the seed importer, offline validation, model compression,
+and the cluster's state (status, rollback, routing decisions)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from clawdbot_api import crdgen, seed, structural
+from clawdbot_api import crdgen, docgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
 from clawdbot_cli import gateway
 from clawdbot_runtime import compress
@@ -72,6 +73,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
+    from clawdbot_runtime import compress
+
     source, target = Path(args.source), Path(args.target)
     try:
         if args.repository:
@@ -117,6 +120,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir)
+    if args.check:
+        stale = docgen.drift(out)
+        for name in stale:
+            print(f"{name}: differs from the API types; run make docs", file=sys.stderr)
+        return 1 if stale else 0
+    for written in docgen.generate(out):
+        print(f"wrote {written}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="clawdbot", description=__doc__)
@@ -149,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="quantize an ONNX model and report size and output change")
     p.add_argument("source", help="the ONNX model to compress (with --repository: a repository)")
     p.add_argument("target", help="where to write the compressed model (or repository)")
-    p.add_argument("--precision", choices=compress.PRECISIONS, required=True)
+    p.add_argument("--precision", choices=COMPRESS_PRECISIONS, required=True)
     p.add_argument(
         "--eval-inputs", type=int, default=64, help="held-out inputs to compare outputs on"
     )
@@ -177,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hmac-key-file", help="file holding the policy's audit HMAC key")
     p.add_argument("--expect-last-hash", help="last hash recorded elsewhere (catches a cut tail)")
     p.set_defaults(func=_audit_verify)
+
+    p = sub.add_parser("docs", help="generate the API reference (docs/reference) from the types")
+    p.add_argument("--output-dir", default="docs/reference", help="where to write")
+    p.add_argument("--check", action="store_true", help="fail if the files drift from the types")
+    p.set_defaults(func=_docs)
 
     gateway.add_parser(sub)
     return parser
