@@ -297,9 +297,8 @@ def test_autoscaled_onnx_model_gets_an_hpa_and_metrics_from_load_reports(
     egress = kube.get("networkpolicy", "tiny")["spec"]["egress"]
     assert [p["port"] for rule in egress for p in rule["ports"]] == [53, 53, 443]
 
-    # Load reports -> the operator's external metrics API (what the HPA reads through the
-    # APIService the chart registers; the aggregator of the local control plane can't route
-    # to a process on the host, so the test reads the operator's HTTPS server directly).
+    # Load reports -> the operator's external metrics API, read here directly; the path
+    # through an APIService and the HPA is test_autoscaling.py's.
     report = {
         "namespace": kube.namespace,
         "modelDeployment": "tiny",
