@@ -35,6 +35,19 @@ cluster-status: ## Show the local control plane's processes and nodes.
 clean-cache: ## Delete the cached binaries (the next cluster-build rebuilds them).
 	rm -rf .cache/bin .cache/build
 
+##@ Images (need Docker; not built in this project's CI)
+
+IMAGE_TAG ?= dev
+# images/<name>.Dockerfile -> clawdbot/<name>:$(IMAGE_TAG); the GPU variants are large.
+IMAGES ?= operator sidecar runtime-cpu
+
+.PHONY: images
+images: ## Build the container images with Docker (IMAGES="operator sidecar runtime-cpu runtime-cuda runtime-rocm").
+	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
+	for image in $(IMAGES); do \
+		docker build -f images/$$image.Dockerfile -t clawdbot/$$image:$(IMAGE_TAG) . || exit 1; \
+	done
+
 ##@ End-to-end tests
 
 .PHONY: e2e
@@ -47,4 +60,6 @@ e2e-kind: venv ## E2E suite on a kind cluster (needs Docker and kind).
 	@command -v kind >/dev/null || { echo "make e2e-kind needs kind (https://kind.sigs.k8s.io)"; exit 1; }
 	kind get clusters | grep -qx '$(KIND_CLUSTER)' || \
 		kind create cluster --name $(KIND_CLUSTER) --config e2e/cluster/kind-config.yaml --wait 180s
+	$(MAKE) images
+	for image in $(IMAGES); do kind load docker-image --name $(KIND_CLUSTER) clawdbot/$$image:$(IMAGE_TAG); done
 	$(BIN)/pytest e2e -m e2e -q --cluster=kind $(E2E_ARGS)
