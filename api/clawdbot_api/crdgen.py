@@ -222,7 +222,10 @@ def _apply_factory_default(info: FieldInfo, prop: Schema) -> None:
     value = info.default_factory()  # type: ignore[call-arg]
     if isinstance(value, BaseModel):
         prop["default"] = {}
-    elif value:
+    elif isinstance(value, dict):
+        prop["default"] = dict(value)
+    else:
+        # Lists default to [] too: CEL rules then see the field on objects that omit it.
         prop["default"] = [v.value if hasattr(v, "value") else v for v in value]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clawdbot_api import crdgen, docgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
-from clawdbot_cli import gateway
+from clawdbot_cli import cluster, gateway
 from clawdbot_runtime import compress
 from clawdbot_sidecar import audit
 
@@ -73,8 +73,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from clawdbot_runtime import compress
-
     source, target = Path(args.source), Path(args.target)
     try:
         if args.repository:
@@ -164,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="quantize an ONNX model and report size and output change")
     p.add_argument("source", help="the ONNX model to compress (with --repository: a repository)")
     p.add_argument("target", help="where to write the compressed model (or repository)")
-    p.add_argument("--precision", choices=COMPRESS_PRECISIONS, required=True)
+    p.add_argument("--precision", choices=compress.PRECISIONS, required=True)
     p.add_argument(
         "--eval-inputs", type=int, default=64, help="held-out inputs to compare outputs on"
     )
@@ -199,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_docs)
 
     gateway.add_parser(sub)
+    cluster.add_parsers(sub)
     return parser
 
 

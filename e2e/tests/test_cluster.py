@@ -55,6 +55,11 @@ def test_crds_are_served_with_defaults(crds: None, kube: Kubectl) -> None:
     # Short name and printer columns are served.
     table = kube.run("get", "md", "ok").stdout
     assert "RUNTIME" in table and "onnx" in table
+    # A minimal RoutingPolicy: list fields default to [] so the CEL rules can read them.
+    kube.apply({"apiVersion": "clawdbot.io/v1alpha1", "kind": "RoutingPolicy",
+                "metadata": {"name": "minimal"}, "spec": {}})  # fmt: skip
+    policy = kube.get("routingpolicy", "minimal")
+    assert policy["spec"]["rules"] == [] and policy["spec"]["defaultTarget"] == "adaptive"
 
 
 def test_invalid_model_deployment_is_rejected_naming_the_field(crds: None, kube: Kubectl) -> None:

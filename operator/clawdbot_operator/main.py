@@ -186,8 +186,6 @@ async def run(args: argparse.Namespace) -> None:
         return elector is None or elector.is_leader
 
     metrics.leader.set_function(lambda: float(is_leader()))
-
-    metrics.leader.set_function(lambda: float(is_leader()))
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, is_leader)
     plane = RoutingPlane(

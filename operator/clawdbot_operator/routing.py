@@ -88,6 +88,9 @@ class RoutingPlane:
         self._tls_dir = Path(tempfile.mkdtemp(prefix="clawdbot-tls-"))
         self.webhook_port = 0
         self.discovery_port = 0
+        self._ssl: ssl.SSLContext | None = None
+        self._cert_version = 0
+        self._grpc_cert_version = 0
 
     # -- certificates -------------------------------------------------------------------
 
@@ -116,6 +119,10 @@ class RoutingPlane:
         self.bundle = fresh
         if changed:
             fresh.write(self._tls_dir)
+            if self._ssl is not None:
+                # Running servers take the new certificate on their next handshake.
+                self._ssl.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
+            self._cert_version += 1
             await self._patch_ca_bundle(fresh.ca_cert)
         return changed
 
@@ -172,9 +179,21 @@ class RoutingPlane:
         log.info("caBundle of %s set (%d webhooks)", name, len(webhooks))
 
     def _server_ssl(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
-        return ctx
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
+        return self._ssl
+
+    def _grpc_cert(self) -> grpc.ServerCertificateConfiguration:
+        assert self.bundle is not None
+        return grpc.ssl_server_certificate_configuration([(self.bundle.key, self.bundle.cert)])
+
+    def _fetch_grpc_cert(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC asks before each handshake; a renewed certificate is handed over once."""
+        if self._grpc_cert_version == self._cert_version:
+            return None
+        self._grpc_cert_version = self._cert_version
+        return self._grpc_cert()
 
     # -- servers ------------------------------------------------------------------------
 
@@ -244,7 +263,8 @@ class RoutingPlane:
                 get_secret=self._get_secret,
             )
             add_to_server(self._grpc, servicer)
-            creds = grpc.ssl_server_credentials([(self.bundle.key, self.bundle.cert)])
+            self._grpc_cert_version = self._cert_version
+            creds = grpc.dynamic_ssl_server_credentials(self._grpc_cert(), self._fetch_grpc_cert)
             self.discovery_port = self._grpc.add_secure_port(
                 f"{bind_address}:{cfg.discovery_port}", creds
             )

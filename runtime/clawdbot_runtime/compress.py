@@ -14,6 +14,15 @@ Every compressed model is checked the same way: the original and the compressed 
 on the same held-out inputs and the report gives the size change and how far the outputs
 moved (largest and mean absolute difference, and for score-like outputs how often the
 top-1 entry is unchanged).
+
+:func:`compress_repository` works on a model repository
+(``<repository>/<model>/<version>/model.onnx``, see :mod:`clawdbot_runtime.repository`): it
+writes the served (highest) version of each model, or of the one named, into a second
+repository under the same name and version, with the version folder's other files
+(``generation.json``...) copied alongside, so the result is servable as it is. The operator
+runs it as an init container when a ModelDeployment asks the ONNX runtime for int8 or int4.
+With ``keep_quantized`` a model that already holds quantized operators is copied unchanged
+instead of being quantized a second time.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from clawdbot_runtime.lm_spec import GENERATION_FILE, LanguageModelSpec
+from clawdbot_runtime.model import MODEL_FILE
+from clawdbot_runtime.repository import scan_models, scan_versions
 from clawdbot_runtime.tensors import NUMPY_DTYPES, Array, datatype_from_onnx
 
 Precision = Literal["int8", "int4"]
@@ -46,6 +57,19 @@ INT4_BLOCK_SIZE = 32
 # non-negative ids, as index-like inputs usually are.
 _INT_INPUT_RANGE = 100
 _MS_DOMAIN = "com.microsoft"
+# Operators that only appear in a quantized graph, and the precision they stand for.
+_QUANTIZED_OPS: dict[str, Precision] = {
+    "MatMulNBits": "int4",
+    "GatherBlockQuantized": "int4",
+    "MatMulInteger": "int8",
+    "DynamicQuantizeLinear": "int8",
+    "DynamicQuantizeMatMul": "int8",
+    "QLinearMatMul": "int8",
+    "ConvInteger": "int8",
+    "QLinearConv": "int8",
+    "QGemm": "int8",
+    "QAttention": "int8",
+}
 
 
 class CompressionError(Exception):
@@ -140,6 +164,125 @@ def compress(
         eval_inputs=eval_inputs,
         diffs=compare(reference, compressed, feeds),
     )
+
+
+def stored_precision(path: Path) -> Precision | None:
+    """int4 or int8 when the model at ``path`` already holds quantized operators, else None.
+
+    Only the graph is read (no external weight files), so this is cheap on large models.
+    """
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, OSError...
+        raise CompressionError(f"{path}: not a readable ONNX model: {exc}") from exc
+    found = {_QUANTIZED_OPS[n.op_type] for n in model.graph.node if n.op_type in _QUANTIZED_OPS}
+    if "int4" in found:
+        return "int4"
+    return "int8" if found else None
+
+
+@dataclass(frozen=True)
+class VersionResult:
+    """What :func:`compress_repository` did with one model version."""
+
+    model: str
+    version: int
+    target: Path
+    """The written ``model.onnx``."""
+    report: CompressionReport | None
+    """None when the model was copied as stored (already quantized)."""
+    stored: Precision | None
+    """The quantized precision the source already had; None for a float model."""
+
+    def lines(self) -> list[str]:
+        """The outcome as lines of text for a terminal (or a container log)."""
+        head = f"{self.model}/{self.version} -> {self.target}"
+        if self.report is None:
+            return [f"{head}", f"already quantized ({self.stored}); copied as stored"]
+        return [head, *self.report.lines()]
+
+
+def compress_repository(
+    source: Path,
+    target: Path,
+    precision: Precision,
+    *,
+    model: str | None = None,
+    version: int | None = None,
+    keep_quantized: bool = False,
+    eval_inputs: int = 64,
+    seed: int = 0,
+) -> list[VersionResult]:
+    """Compress model versions of the repository ``source`` into the repository ``target``.
+
+    ``model`` picks one model (default: every model folder); ``version`` one version
+    (default: the highest, the one a server serves). Each result is written to
+    ``<target>/<model>/<version>/``: the compressed ``model.onnx`` and a copy of every other
+    file of the source version folder. With ``keep_quantized`` a source model that is already
+    quantized (int8 or int4 operators) is copied unchanged.
+    """
+    if not source.is_dir():
+        raise CompressionError(f"{source}: not a model repository (no such folder)")
+    names = [model] if model is not None else scan_models(source)
+    if not names:
+        raise CompressionError(f"{source}: the repository holds no model folders")
+    results: list[VersionResult] = []
+    for name in names:
+        versions = scan_versions(source / name)
+        if not versions:
+            raise CompressionError(
+                f"{source}: model '{name}' has no <version>/{MODEL_FILE} in the repository"
+            )
+        chosen = max(versions) if version is None else version
+        if chosen not in versions:
+            raise CompressionError(
+                f"{source}: model '{name}' has no version {chosen} "
+                f"(versions: {', '.join(map(str, sorted(versions)))})"
+            )
+        results.append(
+            _compress_version(
+                versions[chosen],
+                target / name / str(chosen),
+                precision,
+                name=name,
+                version=chosen,
+                keep_quantized=keep_quantized,
+                eval_inputs=eval_inputs,
+                seed=seed,
+            )
+        )
+    return results
+
+
+def _compress_version(
+    source: Path,
+    target: Path,
+    precision: Precision,
+    *,
+    name: str,
+    version: int,
+    keep_quantized: bool,
+    eval_inputs: int,
+    seed: int,
+) -> VersionResult:
+    target.mkdir(parents=True, exist_ok=True)
+    # Sidecar files first (generation.json, tokenizer files...), so the version is complete.
+    for entry in source.iterdir():
+        if entry.name == MODEL_FILE:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target / entry.name, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(entry, target / entry.name)
+    model_file = source / MODEL_FILE
+    stored = stored_precision(model_file)
+    if stored is not None and keep_quantized:
+        shutil.copyfile(model_file, target / MODEL_FILE)
+        return VersionResult(name, version, target / MODEL_FILE, None, stored)
+    report = compress(
+        model_file, target / MODEL_FILE, precision, eval_inputs=eval_inputs, seed=seed
+    )
+    return VersionResult(name, version, target / MODEL_FILE, report, stored)
 
 
 def _load(path: Path) -> onnx.ModelProto:

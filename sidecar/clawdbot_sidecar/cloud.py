@@ -52,6 +52,15 @@ class CircuitBreaker:
             return True
         return False
 
+    def available(self, now: float | None = None) -> bool:
+        """Whether a call could go out now (without taking the half-open probe): closed,
+        half-open with the probe free, or open past its cooldown. Routing decisions use
+        this, so the cloud is chosen again after a cooldown and the probe can happen."""
+        t = time.monotonic() if now is None else now
+        if self.state == BreakerState.OPEN:
+            return t - self.opened_at >= self.cooldown_s
+        return self.state == BreakerState.CLOSED or not self.probing
+
     def record(self, ok: bool, now: float | None = None) -> None:
         """Feed the outcome of a call."""
         t = time.monotonic() if now is None else now

@@ -59,6 +59,8 @@ class SidecarConfig(_Model):
 
     policy: RoutingPolicySpec = Field(default_factory=RoutingPolicySpec)
     """The routing policy in force."""
+    policy_name: str = ""
+    """Name of the RoutingPolicy (from the discovery stream); it scopes shared cache keys."""
     endpoints: tuple[LocalEndpoint, ...] = ()
     """Ready local model endpoints."""
     cloud_api_key: str | None = Field(default=None, repr=False, exclude=True)

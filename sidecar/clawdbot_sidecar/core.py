@@ -32,7 +32,7 @@ from clawdbot_sidecar.features import Features, complexity, estimate_tokens, pro
 from clawdbot_sidecar.metrics import SidecarMetrics
 from clawdbot_sidecar.plugins import AfterResponse, BeforeRoute, PluginRequest, PluginResult
 from clawdbot_sidecar.pool import EndpointState, LocalPool, NoEndpoint
-from clawdbot_sidecar.redaction import RedactionConfig, Redactor, Restorer
+from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor, Restorer
 from clawdbot_sidecar.upstream import StreamHandle, Upstream, UpstreamError, backoff_delay
 
 log = logging.getLogger("clawdbot.sidecar")
@@ -185,8 +185,7 @@ class RoutingCore:
         seed: int | None = None,
     ) -> None:
         """``audit_hmac_key`` keys the audit hash chain (the policy's hmacKeySecretRef);
-        ``cache_scope`` names the policy in shared cache keys, so pods of different policies
-        never share answers."""
+        ``cache_scope`` (the namespace) and the policy name prefix shared cache keys."""
         self.upstream = upstream
         self.metrics = metrics or SidecarMetrics()
         self.audit: AuditLog | None = None
@@ -216,6 +215,7 @@ class RoutingCore:
         self.pool.update(config.endpoints)
         self.redactor = Redactor(RedactionConfig.from_api(policy.redaction))
         self._rules_check_pii = any(r.match.contains_pii is not None for r in policy.rules)
+        self._pii_entities = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
         if old is None or old.policy.adaptive != policy.adaptive:
             self.bandit = Bandit(policy.adaptive, seed=self._seed)
         cloud = policy.cloud
@@ -228,14 +228,15 @@ class RoutingCore:
             )
             if previous is not None:
                 previous.close()
-        if old is None or old.policy.cache != policy.cache:
+        if old is None or (old.policy.cache, old.policy_name) != (policy.cache, config.policy_name):
             self._replace_cache(build_cache(policy.cache, key_prefix=self._cache_prefix()))
         if old is None or old.policy.budgets != policy.budgets or old.policy.cloud != cloud:
             self.budgets = BudgetTracker(policy.budgets, cloud.pricing if cloud else Pricing())
         self._update_endpoint_gauges()
 
     def _cache_prefix(self) -> str:
-        return f"clawdbot:cache:{self._cache_scope}:"
+        # Pods of one policy share answers (through Redis); different policies never do.
+        return f"clawdbot:cache:{self._cache_scope}/{self.config.policy_name or 'default'}:"
 
     def _replace_cache(self, cache: ResponseCache | None) -> None:
         old, self.cache = self.cache, cache
@@ -313,9 +314,10 @@ class RoutingCore:
         policy = self.config.policy
         text, turns = prompt_text(body)
         pii = self.redactor.scan(text) if text else {}
-        if text and not pii and self._rules_check_pii:
-            # Redaction off (or narrower than the rules): rules still see every entity.
-            pii = dict.fromkeys(self.redactor.contains_pii(text), 1)
+        if text and self._rules_check_pii:
+            # Redaction off or narrower than the rules: rules still see every entity.
+            for entity in self.redactor.contains_pii(text, self._pii_entities):
+                pii.setdefault(entity, 1)
         out.pii = pii
         features = Features(
             model=out.model,
@@ -417,7 +419,7 @@ class RoutingCore:
             local_queue=least.in_flight if least else 0,
             local_latency_s=least.latency_ewma_s if least else 0.0,
             cloud_configured=cloud is not None,
-            cloud_allowed=cloud is not None and self.breaker.state != BreakerState.OPEN,
+            cloud_allowed=cloud is not None and self.breaker.available(),
             cloud_latency_s=self.cloud_latency_s,
             cloud_error_rate=self.cloud_error_rate,
             cloud_price_usd=self.budgets.cost_usd(f.tokens, completion) if cloud else 0.0,

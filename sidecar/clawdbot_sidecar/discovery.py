@@ -55,7 +55,11 @@ def config_from_snapshot(snapshot: pb.Snapshot, base: SidecarConfig) -> SidecarC
         )
         for e in snapshot.endpoints
     )
-    update: dict[str, object] = {"policy": policy, "endpoints": endpoints}
+    update: dict[str, object] = {
+        "policy": policy,
+        "policy_name": snapshot.policy_name,
+        "endpoints": endpoints,
+    }
     if snapshot.cloud_api_key:
         update["cloud_api_key"] = snapshot.cloud_api_key
     return base.model_copy(update=update)
@@ -131,7 +135,11 @@ class DiscoveryClient:
         except (ValidationError, ValueError) as exc:
             log.error("rejected snapshot %s, keeping %s: %s", snapshot.version, self.version, exc)
             return
-        self.apply(config)
+        try:
+            self.apply(config)
+        except Exception:  # e.g. a cache backend that can't be built: keep serving
+            log.exception("could not apply snapshot %s, keeping %s", snapshot.version, self.version)
+            return
         self.version = snapshot.version
         self.synced.set()
         log.info(

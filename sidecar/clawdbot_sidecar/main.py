@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -155,7 +156,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise ConfigError("--discovery needs POD_NAMESPACE and POD_NAME in the environment")
     upstream = Upstream.create(connect_timeout_s=config.limits.local_connect_timeout_s)
     hmac_key = args.audit_hmac_key_file.read_bytes().strip() if args.audit_hmac_key_file else None
-    scope = f"{pod.namespace}/{pod.name}" if pod.namespace else "standalone"
+    scope = pod.namespace or "standalone"
     metrics = SidecarMetrics()
     try:
         plugins = load_plugins(args.plugin, metrics.registry)
@@ -233,6 +234,14 @@ def cloud_stub(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop  # noqa: PLC0415 - optional: not on every platform
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -242,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cloud-stub":
         return cloud_stub(args)
     try:
-        return asyncio.run(serve(args))
+        # uvloop (a libuv loop) where installed: measurably less CPU per proxied request.
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(serve(args))
     except ConfigError as exc:
         print(f"clawdbot-sidecar: {exc}", file=sys.stderr)
         return 2

@@ -159,7 +159,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
 
     async def _authorize(
         self, context: grpc.aio.ServicerContext[Any, Any], namespace: str, pod_name: str
-    ) -> None:
+    ) -> Identity:
         token = _bearer(context)
         if token is None:
             await context.abort(
@@ -169,19 +169,25 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         if identity is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected by TokenReview")
         assert identity is not None
-        if identity.namespace != namespace or (
-            identity.pod_name is not None and identity.pod_name != pod_name
-        ):
-            # A pod-bound token must name this very pod: a pod only receives its own policy.
+        if identity.pod_name is None:
+            # Any token of the namespace would otherwise do: insist on the kubelet's
+            # pod-bound projected token, so a pod only receives its own policy and key.
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the token is not bound to a pod; mount a projected serviceAccountToken "
+                "(audience clawdbot), as the injected sidecar does",
+            )
+        if identity.namespace != namespace or identity.pod_name != pod_name:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the token is not for pod {namespace}/{pod_name}",
             )
+        return identity
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Snapshot]:
-        await self._authorize(context, request.pod_namespace, request.pod_name)
+        identity = await self._authorize(context, request.pod_namespace, request.pod_name)
         pod = await self.get_pod(request.pod_namespace, request.pod_name)
         if pod is None:
             await context.abort(
@@ -189,6 +195,12 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 f"pod {request.pod_namespace}/{request.pod_name} does not exist",
             )
         assert pod is not None
+        account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+        if account != identity.service_account:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the token's service account is not the pod's ({account})",
+            )
         sent = request.known_version
         generation = -1
         while True:

@@ -6,8 +6,8 @@ any installed distribution::
     [project.entry-points."clawdbot.sidecar.plugins"]
     token-accounting = "clawdbot_sidecar.plugins.token_accounting:TokenAccounting"
 
-and enabled by name (``clawdbot-sidecar serve --plugin token-accounting``, or the config
-file's ``plugins`` list). The class is called with the sidecar's metrics registry; the
+and enabled by name (``clawdbot-sidecar serve --plugin token-accounting``, repeatable, or
+``CLAWDBOT_SIDECAR_PLUGINS=a,b``). The class is called with the sidecar's metrics registry; the
 object may define either hook:
 
 * ``async before_route(request: PluginRequest) -> None``: sees the request (read-only) and

@@ -36,7 +36,7 @@ from tests.support.servers import free_port
 NS = "shop"
 CHAT_POD = {
     "metadata": {"name": "chat-1", "namespace": NS, "labels": {"app": "chat"}},
-    "spec": {"containers": [{"name": "app"}]},
+    "spec": {"serviceAccountName": "chat", "containers": [{"name": "app"}]},
 }
 POLICY = RoutingPolicySpec.model_validate(
     {"podSelector": {"matchLabels": {"app": "chat"}}, "localModels": [{"name": "llama"}]}
@@ -100,6 +100,8 @@ class Reviewer:
     tokens: Mapping[str, Identity] = {
         "good": Identity(NS, "chat", "chat-1"),
         "other-pod": Identity(NS, "chat", "chat-2"),
+        "unbound": Identity(NS, "chat", None),
+        "other-account": Identity(NS, "intruder", "chat-1"),
     }
 
     async def review(self, token: str) -> Identity | None:
@@ -171,6 +173,8 @@ async def test_subscribe_pushes_changes_and_only_changes(operator: Operator) -> 
         ("forged", "chat-1", grpc.StatusCode.UNAUTHENTICATED),
         ("other-pod", "chat-1", grpc.StatusCode.PERMISSION_DENIED),
         ("good", "missing", grpc.StatusCode.PERMISSION_DENIED),
+        ("unbound", "chat-1", grpc.StatusCode.PERMISSION_DENIED),
+        ("other-account", "chat-1", grpc.StatusCode.PERMISSION_DENIED),
     ],
 )
 async def test_a_pod_only_gets_its_own_policy(

@@ -101,7 +101,10 @@ def test_deployment_per_runtime_accelerator_precision(
     else:
         assert server["command"] == ["clawdbot-runtime"]
         assert args[:1] == ["serve"]
-        assert flag(args, "--model-repository") == "/models/llama-7b"
+        # int8/int4: the init container compresses the stored model into /compressed-models.
+        compressed = precision in (Precision.INT8, Precision.INT4)
+        repository = "/compressed-models" if compressed else "/models/llama-7b"
+        assert flag(args, "--model-repository") == repository
         assert flag(args, "--model") == "llama-7b"
         assert flag(args, "--accelerator") == accel.value
         assert flag(args, "--http-port") == "8000" and flag(args, "--grpc-port") == "8001"
@@ -284,7 +287,8 @@ def test_onnx_command_line_is_what_the_runtime_parses(accel: str) -> None:
     server = _server(build_deployment(md, CONFIG, 1, "h"))
     parsed = runtime_main.build_parser().parse_args(server["args"])
     assert parsed.command == "serve"
-    assert (parsed.model_repository, parsed.model) == ("/models/llama-7b", "llama-7b")
+    # int8: served from the compress init container's output.
+    assert (parsed.model_repository, parsed.model) == ("/compressed-models", "llama-7b")
     assert (parsed.host, parsed.http_port, parsed.grpc_port) == ("0.0.0.0", 8000, 8001)
     assert (parsed.accelerator, parsed.cpu_threads) == (accel, 4)
     assert (parsed.max_batch_size, parsed.max_queue_delay_ms) == (16, 7.0)

@@ -275,6 +275,15 @@ async def test_circuit_breaker_opens_after_repeated_cloud_failures(
     assert len(await received(cloud)) == 5
     assert "clawdbot_sidecar_cloud_circuit_open 1.0" in await sc.metrics()
 
+    # The cloud recovers: after the cooldown, routing picks it again, the probe succeeds and
+    # the circuit closes.
+    await inject(cloud, status=0, count=0)
+    sc.core.breaker.cooldown_s = 0.2
+    await asyncio.sleep(0.3)
+    raw = await sc.chat(LONG_FILLER)
+    assert raw.headers["x-clawdbot-target"] == "cloud"
+    assert "clawdbot_sidecar_cloud_circuit_open 0.0" in await sc.metrics()
+
 
 async def test_models_endpoint_lists_local_and_cloud(
     local_url: str, cloud: str, make_sidecar: StartSidecar
@@ -332,3 +341,19 @@ async def test_audit_log_records_decisions_without_sensitive_values(
     ]
     assert records[1]["redacted"] == {"CREDIT_CARD": 1}
     assert audit.verify(path).ok
+
+
+async def test_pii_rules_see_entities_redaction_leaves_alone(
+    local_url: str, cloud: str, make_sidecar: StartSidecar
+) -> None:
+    rules = [
+        {"name": "ssn-local", "match": {"containsPII": True, "piiEntities": ["US_SSN"]},
+         "target": "local"},
+        {"name": "rest-cloud", "match": {}, "target": "cloud"},
+    ]  # fmt: skip
+    spec = policy(cloud, rules=rules, redaction={"entities": ["EMAIL"]})
+    sc = await make_sidecar(spec, [local_url])
+    raw = await sc.chat("my SSN is 123-45-6789, keep it here")
+    assert raw.headers["x-clawdbot-reason"] == "rule:ssn-local"
+    other = await sc.chat(f"mail {EMAIL}")
+    assert other.headers["x-clawdbot-reason"] == "rule:rest-cloud"

@@ -1,0 +1,174 @@
+"""ONNX int8/int4: the pod compresses the stored model at start and serves the copy.
+
+The operator (a real process) builds the pod; kwok schedules it and the pod runner then
+plays the kubelet for it: first the ``compress-model`` init container (the real
+``clawdbot compress``), then the ``server`` container (the real ``clawdbot-runtime``), both
+in one pod directory so they share the pod's emptyDirs. The stored model is the project's
+tiny fp32 model "baked into the image" at ``/models``; the answer comes through the
+``openai`` client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import openai
+import pytest
+
+from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
+from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.harness.kube import Kubectl, is_true
+from e2e.harness.operator import Operator, run_operator
+from e2e.harness.podrunner import (
+    kubectl_getter,
+    plan_pod_process,
+    run_pod,
+    start_pod_process,
+)
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+WAIT_S = 60.0
+COMPRESS_TIMEOUT_S = 120.0
+COMPRESSED_DIR = "/compressed-models"
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: E2ECluster) -> None:
+    cluster.kubectl.apply(REPO_ROOT / "crds")
+    cluster.kubectl.wait_for(
+        "crd", "modeldeployments.clawdbot.io", lambda c: is_true(c, "Established")
+    )
+
+
+@pytest.fixture
+def operator(
+    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
+) -> Iterator[Operator]:
+    assert local_cluster.kubeconfig
+    with contextlib.ExitStack() as stack:
+        try:
+            op = stack.enter_context(
+                run_operator(
+                    local_cluster.kubeconfig, namespace, tmp_path / "operator.log", cwd=REPO_ROOT
+                )
+            )
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield op
+
+
+def _ready_pod(kube: Kubectl, selector: str, timeout: float = WAIT_S) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = kube.get("pods", None, "-l", selector)["items"]
+        ready = [p for p in pods if is_true(p, "Ready")]
+        if ready:
+            return dict(ready[0])
+        time.sleep(0.5)
+    raise TimeoutError(f"no Ready pod for {selector}")
+
+
+def _wait_http_ok(url: str, log_tail: Any, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready:\n{log_tail()}")
+
+
+# An operator each precision's compressed graph holds.
+QUANTIZED_OP = {"int8": "MatMulInteger", "int4": "MatMulNBits"}
+
+
+@pytest.mark.parametrize("precision", sorted(QUANTIZED_OP))
+def test_onnx_model_is_compressed_at_start_and_served(
+    local_cluster: E2ECluster, kube: Kubectl, operator: Operator, tmp_path: Path, precision: str
+) -> None:
+    models = tmp_path / "models"
+    build_tiny_lm(models)
+    kube.apply(
+        {"apiVersion": "clawdbot.io/v1alpha1", "kind": "ModelDeployment",
+         "metadata": {"name": "tiny-chat"},
+         "spec": {"model": {"name": DEMO_MODEL_NAME, "uri": "file:///models"},
+                  "runtime": "onnx", "precision": precision, "accelerator": {"type": "cpu"},
+                  "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}}
+    )  # fmt: skip
+    pod = _ready_pod(kube, "clawdbot.io/model-deployment=tiny-chat")
+    (init,) = pod["spec"]["initContainers"]
+    assert init["name"] == "compress-model"
+    assert init["image"] == pod["spec"]["containers"][0]["image"]
+    server_args = pod["spec"]["containers"][0]["args"]
+    assert server_args[server_args.index("--model-repository") + 1] == COMPRESSED_DIR
+
+    getter = kubectl_getter(local_cluster.kubectl)
+    image_files = {"/models": models}
+    # The init container runs to completion, as the kubelet runs it before the server.
+    with run_pod(
+        pod, getter, container="compress-model", argv0_map={"clawdbot": str(BIN / "clawdbot")},
+        image_files=image_files, wait_port=False, keep_dir=True,
+    ) as compress:  # fmt: skip
+        pod_dir = compress.workdir
+        try:
+            code = compress.process.wait(timeout=COMPRESS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"compress-model still running:\n{compress.log_tail()}")
+        init_log = compress.log_tail(80)
+    try:
+        assert code == 0, init_log
+        assert f"{DEMO_MODEL_NAME}/1 -> " in init_log and f"precision: {precision}" in init_log
+        compressed = compress.mounts[COMPRESSED_DIR] / DEMO_MODEL_NAME / "1"
+        assert (compressed / "generation.json").is_file()
+        graph = onnx.load_model(str(compressed / "model.onnx")).graph
+        assert QUANTIZED_OP[precision] in {n.op_type for n in graph.node}
+
+        # The server, in the same pod directory: it sees what the init container wrote.
+        plan = plan_pod_process(
+            pod, getter, pod_dir, container="server", image_files=image_files,
+            argv0_map={"clawdbot-runtime": str(BIN / "clawdbot-runtime")},
+        )  # fmt: skip
+        assert plan.mounts[COMPRESSED_DIR] == compress.mounts[COMPRESSED_DIR]
+        server_dir = tmp_path / "server"
+        server_dir.mkdir()
+        server = start_pod_process(plan, server_dir)
+        try:
+            ip = pod["status"]["podIP"]
+            server.wait_for_port(8000, timeout=WAIT_S)
+            _wait_http_ok(f"http://{ip}:8000/v2/health/ready", server.log_tail)
+            client = openai.OpenAI(base_url=f"http://{ip}:8000/v1", api_key="unused", max_retries=0)
+            reply = client.chat.completions.create(
+                model=DEMO_MODEL_NAME,
+                messages=[{"role": "user", "content": "hello"}],
+                max_tokens=16,
+                temperature=0,
+            )
+            assert reply.model == DEMO_MODEL_NAME
+            assert reply.choices[0].message.content, server.log_tail()
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(pod_dir, ignore_errors=True)
+
+    md = kube.wait_for(
+        "md",
+        "tiny-chat",
+        lambda m: (m.get("status") or {}).get("phase") == "Available",
+        timeout=WAIT_S,
+        what="Available",
+    )
+    assert md["status"]["currentRevision"] == 1
