@@ -41,6 +41,12 @@ def model_deployment(i: int) -> dict[str, object]:
             "runtime": "onnx",
             "precision": "fp16",
             "accelerator": {"type": "cpu"},
+            # Small requests, so N replicas fit on the fake nodes' capacity (the benchmark
+            # measures the operator, not the scheduler's bin packing).
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+                "limits": {"memory": "256Mi"},
+            },
         },
     }
 

@@ -37,6 +37,7 @@ from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.operator import free_port, run_operator
 from e2e.harness.podrunner import kubectl_getter, kubectl_token_requester, run_pod
+from e2e.harness.waits import wait_http_ok, wait_ready_pod
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -105,33 +106,12 @@ def cloud_endpoint() -> Iterator[tuple[str, str, str, bool]]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/_stub/requests", "the cloud stand-in")
+        wait_http_ok(f"http://127.0.0.1:{port}/_stub/requests", timeout=60)
         yield f"http://127.0.0.1:{port}/v1", "gpt-4o-mini", STUB_KEY, True
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
-
-
-def wait_http(url: str, what: str, timeout: float = 60, log: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1):
-            return
-        time.sleep(0.2)
-    tail = f"\n{log()}" if log else ""
-    raise SystemExit(f"demo: {what} did not answer at {url} within {timeout:.0f}s{tail}")
-
-
-def wait_pod(kube: Kubectl, selector: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pods = kube.get("pods", None, "-l", selector)["items"]
-        ready = [p for p in pods if is_true(p, "Ready")]
-        if ready:
-            return dict(ready[0])
-        time.sleep(0.5)
-    raise SystemExit(f"demo: no Ready pod for {selector}; see `kubectl -n {DEMO_NS} get events`")
 
 
 def manifests(cloud_url: str, cloud_model: str, cloud_key: str) -> list[dict[str, Any]]:
@@ -234,7 +214,7 @@ def main() -> int:
         build_tiny_lm(models)
         docs = manifests(cloud_url, cloud_model, cloud_key)
         demo.apply(docs[:3])
-        model_pod = wait_pod(demo, "clawdbot.io/model-deployment=tiny-chat")
+        model_pod = wait_ready_pod(demo, "clawdbot.io/model-deployment=tiny-chat", timeout=90)
         getter = kubectl_getter(kube)
         runtime = stack.enter_context(run_pod(
             model_pod, getter, argv0_map={"clawdbot-runtime": str(BIN / "clawdbot-runtime")},
@@ -255,8 +235,7 @@ def main() -> int:
             extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{op.discovery_port}"},
         ))  # fmt: skip
         base = f"http://{app['status']['podIP']}:8088"
-        wait_http(f"{base}/readyz", "the sidecar (waiting for its discovery snapshot)",
-                  log=sidecar.log_tail)  # fmt: skip
+        wait_http_ok(f"{base}/readyz", timeout=60, log_tail=sidecar.log_tail)
         info(f"sidecar ready at {base}; it got its policy over the discovery stream")
 
         step("The app's requests, sent with the OpenAI SDK to the sidecar")
@@ -302,4 +281,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except TimeoutError as exc:
+        sys.exit(f"demo: {exc}\nSee .run/demo/operator.log and `kubectl -n demo get events`.")

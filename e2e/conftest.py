@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from e2e.harness.kube import Kubectl, KubectlError
+from e2e.harness.kube import Kubectl, KubectlError, is_true
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
@@ -206,6 +206,19 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[E2ECluster]:
     yield found
     request.config.stash[_LOGS_KEY] = None
     next(gen, None)
+
+
+CRDS = ("modeldeployments.clawdbot.io", "routingpolicies.clawdbot.io")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: E2ECluster) -> None:
+    """crds/ installed with plain kubectl, as a user would, and served."""
+    cluster.kubectl.apply(REPO_ROOT / "crds")
+    for name in CRDS:
+        cluster.kubectl.wait_for(
+            "crd", name, lambda crd: is_true(crd, "Established"), what="Established"
+        )
 
 
 @pytest.fixture(scope="session")

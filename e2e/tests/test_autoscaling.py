@@ -54,18 +54,6 @@ SCALE_DOWN_WAIT_S = STABILIZATION_S + 45.0
 WAIT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    """The CRDs, installed as a user would and served."""
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    cluster.kubectl.wait_for(
-        "crd",
-        "modeldeployments.clawdbot.io",
-        lambda crd: is_true(crd, "Established"),
-        what="Established",
-    )
-
-
 @dataclass(frozen=True)
 class ServingCert:
     cert: Path

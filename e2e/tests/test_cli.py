@@ -28,13 +28,6 @@ WAIT_S = 60.0
 CLI_TIMEOUT_S = 120.0
 
 
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    for name in ("modeldeployments.clawdbot.io", "routingpolicies.clawdbot.io"):
-        cluster.kubectl.wait_for("crd", name, lambda c: is_true(c, "Established"))
-
-
 @pytest.fixture
 def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
     assert cluster.kubeconfig

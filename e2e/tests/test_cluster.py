@@ -11,23 +11,11 @@ from typing import Any
 
 import pytest
 
-from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.conftest import E2ECluster
 from e2e.harness.kube import Kubectl, KubectlError, is_true
 from e2e.harness.podrunner import kubectl_getter, kubectl_token_requester, run_pod
 
 pytestmark = pytest.mark.e2e
-
-CRDS = ("modeldeployments.clawdbot.io", "routingpolicies.clawdbot.io")
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    """Install crds/ with plain kubectl, as a user would, and wait until served."""
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    for name in CRDS:
-        cluster.kubectl.wait_for(
-            "crd", name, lambda crd: is_true(crd, "Established"), what="Established"
-        )
 
 
 def model_deployment(name: str, **spec: Any) -> dict[str, Any]:

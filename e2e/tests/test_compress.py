@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from e2e.harness.podrunner import (
     run_pod,
     start_pod_process,
 )
+from e2e.harness.waits import wait_http_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +41,6 @@ BIN = Path(sys.executable).parent
 WAIT_S = 60.0
 COMPRESS_TIMEOUT_S = 120.0
 COMPRESSED_DIR = "/compressed-models"
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    cluster.kubectl.wait_for(
-        "crd", "modeldeployments.clawdbot.io", lambda c: is_true(c, "Established")
-    )
 
 
 @pytest.fixture
@@ -77,19 +69,6 @@ def _ready_pod(kube: Kubectl, selector: str, timeout: float = WAIT_S) -> dict[st
             return dict(ready[0])
         time.sleep(0.5)
     raise TimeoutError(f"no Ready pod for {selector}")
-
-
-def _wait_http_ok(url: str, log_tail: Any, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready:\n{log_tail()}")
 
 
 # An operator each precision's compressed graph holds.
@@ -149,7 +128,9 @@ def test_onnx_model_is_compressed_at_start_and_served(
         try:
             ip = pod["status"]["podIP"]
             server.wait_for_port(8000, timeout=WAIT_S)
-            _wait_http_ok(f"http://{ip}:8000/v2/health/ready", server.log_tail)
+            wait_http_ok(
+                f"http://{ip}:8000/v2/health/ready", timeout=WAIT_S, log_tail=server.log_tail
+            )
             client = openai.OpenAI(base_url=f"http://{ip}:8000/v1", api_key="unused", max_retries=0)
             reply = client.chat.completions.create(
                 model=DEMO_MODEL_NAME,

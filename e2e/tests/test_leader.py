@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import REPO_ROOT, E2ECluster
-from e2e.harness.kube import Kubectl, is_true
+from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator, run_operator
 
 pytestmark = pytest.mark.e2e
@@ -32,18 +32,6 @@ TAKEOVER_S = {signal.SIGTERM: 20.0, signal.SIGKILL: 15.0 + 2 * 4.4 + 2.0}
 WAIT_S = 60.0
 # How long the follower is watched to make sure it does not take the Lease as well.
 STABLE_S = 6.0
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    """The CRDs, installed as a user would and served."""
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    cluster.kubectl.wait_for(
-        "crd",
-        "modeldeployments.clawdbot.io",
-        lambda crd: is_true(crd, "Established"),
-        what="Established",
-    )
 
 
 @pytest.fixture

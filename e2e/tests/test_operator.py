@@ -30,18 +30,6 @@ pytestmark = pytest.mark.e2e
 WAIT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    """The CRDs, installed as a user would and served."""
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    cluster.kubectl.wait_for(
-        "crd",
-        "modeldeployments.clawdbot.io",
-        lambda crd: is_true(crd, "Established"),
-        what="Established",
-    )
-
-
 @pytest.fixture
 def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
     """``clawdbot-operator --namespace NS`` for this test's namespace, stopped by its pid."""

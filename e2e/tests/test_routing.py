@@ -28,6 +28,7 @@ from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.operator import Operator, free_port, run_operator
 from e2e.harness.podrunner import kubectl_getter, kubectl_token_requester, run_pod
+from e2e.harness.waits import wait_http_ok, wait_ready_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -37,13 +38,6 @@ EMAIL = "maria.rossi@example.org"
 LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
 WEBHOOK_CONFIG = "clawdbot-e2e-injector"
 INJECT_LABELS = {"app": "chat", "clawdbot.io/inject": "enabled"}
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: E2ECluster) -> None:
-    cluster.kubectl.apply(REPO_ROOT / "crds")
-    for name in ("modeldeployments.clawdbot.io", "routingpolicies.clawdbot.io"):
-        cluster.kubectl.wait_for("crd", name, lambda c: is_true(c, "Established"))
 
 
 @pytest.fixture
@@ -170,7 +164,7 @@ def deploy(kube: Kubectl, cloud_stub: str, models: Path) -> tuple[dict[str, Any]
              "audit": {"enabled": False},
          }}
     )  # fmt: skip
-    model_pod = _wait_pod(kube, "clawdbot.io/model-deployment=tiny-chat")
+    model_pod = wait_ready_pod(kube, "clawdbot.io/model-deployment=tiny-chat")
 
     # The client pod: labelled, created through the API server, so the webhook runs.
     kube.apply(
@@ -208,7 +202,7 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
         extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}"},
     ) as sidecar_proc:  # fmt: skip
         ip = client_pod["status"]["podIP"]
-        _wait_ready(f"http://{ip}:8088/readyz", sidecar_proc.log_tail)
+        wait_http_ok(f"http://{ip}:8088/readyz", log_tail=sidecar_proc.log_tail)
         client = openai.OpenAI(base_url=f"http://{ip}:8088/v1", api_key="unused", max_retries=0)
 
         short = client.chat.completions.with_raw_response.create(
@@ -236,30 +230,6 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     policy = kube.wait_for("routingpolicy", "chat", lambda p: is_true(p, "Ready"), what="Ready")
     assert policy["status"]["readyEndpoints"] == 1
     assert policy["status"]["matchedPods"] == 1
-
-
-def _wait_pod(kube: Kubectl, selector: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pods = kube.get("pods", None, "-l", selector)["items"]
-        ready = [p for p in pods if is_true(p, "Ready")]
-        if ready:
-            return dict(ready[0])
-        time.sleep(0.5)
-    raise TimeoutError(f"no Ready pod for {selector}")
-
-
-def _wait_ready(url: str, log_tail: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready:\n{log_tail()}")
 
 
 def metric(url: str, name: str) -> float:
@@ -292,7 +262,7 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
             extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}"},
         ))  # fmt: skip
         base = f"http://{client_pod['status']['podIP']}:8088"
-        _wait_ready(f"{base}/readyz", sidecar_proc.log_tail)
+        wait_http_ok(f"{base}/readyz", log_tail=sidecar_proc.log_tail)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         healthy = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
         assert metric(base, healthy) == 1
