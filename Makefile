@@ -113,7 +113,7 @@ chart-lint: ## Lint the Helm chart (default, all-features and namespaced values)
 	charts-tests/run.sh lint
 
 .PHONY: chart-test
-chart-test: venv verify-chart-crds ## Lint the chart, check it against the operator, run its helm-unittest suites.
+chart-test: venv cluster-build verify-chart-crds ## Lint the chart, check it against the operator, run its helm-unittest suites.
 	charts-tests/run.sh
 
 .PHONY: chart-dry-run
