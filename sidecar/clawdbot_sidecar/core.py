@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from clawdbot_api.v1alpha1.routingpolicy import Pricing
 from clawdbot_api.v1alpha1.routingpolicy import RedactionMode as ApiRedactionMode
@@ -328,6 +328,15 @@ class RoutingCore:
             stream=out.stream,
         )
 
+        signals = self._signals(features, body)
+        blocked = {e: n for e, n in pii.items() if self._mode(e) == ApiRedactionMode.BLOCK}
+        decision = decide(policy, features, signals, self.bandit, blocked)
+        refused = decision.target == "reject" and decision.reason.startswith(("rule:", "default"))
+        if refused:  # the policy says no: not even a cached answer
+            self._reject(decision, out, 403)
+
+        # After the rules, so a request a rule now refuses is refused; before the guards'
+        # verdict, so a cached answer still serves when no target can answer right now.
         key = None
         if self.cache is not None and not out.stream:
             key = cache_key(body)  # of the original request: answers are stored restored
@@ -338,23 +347,10 @@ class RoutingCore:
                 self.metrics.decisions.labels("cache", "cache-hit").inc()
                 return Answer(200, self._headers(out), body=hit.body)
             out.cache = "miss"
-
-        signals = self._signals(features, body)
-        blocked = {e: n for e, n in pii.items() if self._mode(e) == ApiRedactionMode.BLOCK}
-        decision = decide(policy, features, signals, self.bandit, blocked)
+        if decision.target == "reject":
+            self._reject(decision, out, 503)
         out.decision = decision
         self.metrics.decisions.labels(decision.target, decision.reason).inc()
-        if decision.target == "reject":
-            status = 403 if decision.reason.startswith(("rule:", "default")) else 503
-            raise RequestError(
-                status,
-                f"the routing policy refused this request ({decision.reason})"
-                if status == 403
-                else f"no target can answer this request now ({decision.reason}); retry later",
-                type_="policy_error" if status == 403 else "service_unavailable",
-                code="rejected" if status == 403 else "unavailable",
-                reason=decision.reason,
-            )
 
         order = [decision.target]
         if decision.target == "local" and policy.fallback.local_to_cloud and not blocked:
@@ -382,6 +378,25 @@ class RoutingCore:
                 await self._cache_put(key, answer.body, out)
             return answer
         raise self._failure(last, out)
+
+    def _reject(self, decision: Decision, out: _Outcome, status: int) -> NoReturn:
+        out.decision = decision
+        self.metrics.decisions.labels(decision.target, decision.reason).inc()
+        if status == 403:
+            raise RequestError(
+                403,
+                f"the routing policy refused this request ({decision.reason})",
+                type_="policy_error",
+                code="rejected",
+                reason=decision.reason,
+            )
+        raise RequestError(
+            503,
+            f"no target can answer this request now ({decision.reason}); retry later",
+            type_="service_unavailable",
+            code="unavailable",
+            reason=decision.reason,
+        )
 
     def _failure(
         self, exc: UpstreamError | NoEndpoint | RequestError | None, out: _Outcome

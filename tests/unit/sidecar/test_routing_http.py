@@ -357,3 +357,17 @@ async def test_pii_rules_see_entities_redaction_leaves_alone(
     assert raw.headers["x-clawdbot-reason"] == "rule:ssn-local"
     other = await sc.chat(f"mail {EMAIL}")
     assert other.headers["x-clawdbot-reason"] == "rule:rest-cloud"
+
+
+async def test_a_rule_refusal_wins_over_a_cached_answer(
+    local_url: str, cloud: str, make_sidecar: StartSidecar
+) -> None:
+    deny = {"name": "deny-evil", "match": {"headers": [{"name": "x-tenant", "value": "evil"}]},
+            "target": "reject"}  # fmt: skip
+    spec = policy(cloud, cache={"enabled": True})
+    spec["rules"] = [deny, *spec["rules"]]
+    sc = await make_sidecar(spec, [local_url])
+    await sc.chat("what is the capital of France")
+    assert (await sc.chat("what is the capital of France")).headers["x-clawdbot-target"] == "cache"
+    with pytest.raises(openai.PermissionDeniedError):
+        await sc.chat("what is the capital of France", extra_headers={"x-tenant": "evil"})
