@@ -313,3 +313,67 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
 def _ready_pods(kube: Kubectl) -> list[dict[str, Any]]:
     pods = kube.get("pods", None, "-l", "clawdbot.io/model-deployment=tiny-chat")["items"]
     return [p for p in pods if is_true(p, "Ready") and not p["metadata"].get("deletionTimestamp")]
+
+
+def test_a_failing_revision_is_rolled_back_from_the_sidecars_reports(
+    local_cluster: E2ECluster,
+    kube: Kubectl,
+    operator: Operator,
+    cloud_stub: str,
+    tmp_path: Path,
+) -> None:
+    """Revision 2's server never gets its model ready (kwok still reports the pod Ready, so
+    only traffic can tell): the sidecar falls back to the cloud, so no client request fails,
+    and its load reports make the operator roll back to revision 1."""
+    models = tmp_path / "models"
+    first_pod, client_pod = deploy(kube, cloud_stub, models)
+    broken = tmp_path / "broken"
+    (broken / "tiny-chat" / "1").mkdir(parents=True)
+    (broken / "tiny-chat" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    patch = {"spec": {"rollout": {"autoRollback": {"minRequests": 5, "maxErrorRate": 0.2}}}}
+    kube.run("patch", "md", "tiny-chat", "--type=merge", "-p", json.dumps(patch))
+    getter = kubectl_getter(local_cluster.kubectl)
+    runtime = {"clawdbot-runtime": str(BIN / "clawdbot-runtime")}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            run_pod(first_pod, getter, argv0_map=runtime, image_files={"/models": models})
+        )
+        sidecar_proc = stack.enter_context(run_pod(
+            client_pod, getter, container="clawdbot-sidecar",
+            token=kubectl_token_requester(local_cluster.kubectl), pod_loopback=True,
+            entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
+            extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}",
+                       "CLAWDBOT_SIDECAR_REPORT_INTERVAL_S": "1"},
+        ))  # fmt: skip
+        base = f"http://{client_pod['status']['podIP']}:8088"
+        wait_http_ok(f"{base}/readyz", log_tail=sidecar_proc.log_tail)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+        # A new model version: revision 2, whose server can't load its model.
+        kube.run("patch", "md", "tiny-chat", "--type=merge", "-p",
+                 json.dumps({"spec": {"model": {"version": "2"}}}))  # fmt: skip
+        second = wait_ready_pod(
+            kube, "clawdbot.io/model-deployment=tiny-chat,clawdbot.io/revision=2"
+        )
+        stack.enter_context(run_pod(
+            second, getter, argv0_map=runtime, image_files={"/models": broken}, wait_port=8000,
+        ))  # fmt: skip
+        healthy = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
+        deadline = time.monotonic() + 30
+        targets: list[str] = []
+        while time.monotonic() < deadline:  # bounded: until the rollback shows in status
+            md = kube.get("md", "tiny-chat")
+            if is_true(md, "RolledBack"):
+                break
+            raw = client.chat.completions.with_raw_response.create(
+                model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+            targets.append(raw.headers["x-clawdbot-target"])
+            time.sleep(0.2)
+        md = kube.get("md", "tiny-chat")
+        assert is_true(md, "RolledBack"), json.dumps(md.get("status"), indent=1)[:3000]
+        assert md["status"]["currentRevision"] == 1
+        # Every request was answered; those meant for revision 2 by the cloud.
+        assert "cloud" in targets, (targets, metric(base, healthy), sidecar_proc.log_tail())
+    events = kube.run("get", "events", "--field-selector=involvedObject.name=tiny-chat").stdout
+    assert "RolledBack" in events or "Rollback" in events

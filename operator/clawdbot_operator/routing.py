@@ -49,6 +49,8 @@ from clawdbot_operator.webhook.server import WebhookMetrics, build_app
 
 log = logging.getLogger("clawdbot.operator.routing")
 
+# Tries to set up certificates at start while the API server is unavailable (~1 minute).
+START_ATTEMPTS = 10
 # How often certificates are checked for renewal.
 CERT_CHECK_S = 6 * 3600.0
 # How long a namespace's labels are trusted by the webhook before being read again.
@@ -234,7 +236,7 @@ class RoutingPlane:
         cfg = self.config
         if not (cfg.webhook_port or cfg.discovery_port):
             return
-        await self.ensure_certificates()
+        await self._certificates_at_start()
         if cfg.webhook_port:
             app = build_app(
                 self.sidecar_settings(),
@@ -271,6 +273,21 @@ class RoutingPlane:
             await self._grpc.start()
             log.info("discovery stream on %s:%d (TLS)", bind_address, self.discovery_port)
         self._tasks.append(asyncio.create_task(self._renew()))
+
+    async def _certificates_at_start(self) -> None:
+        """ensure_certificates, retried while the API server is briefly unavailable (a
+        starting control plane answers 429 "storage is (re)initializing" for a while)."""
+        delay = 0.5
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                await self.ensure_certificates()
+                return
+            except KubeError as exc:
+                if attempt == START_ATTEMPTS or not (exc.status == 429 or exc.status >= 500):
+                    raise
+                log.warning("certificates: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     async def _renew(self) -> None:
         while True:

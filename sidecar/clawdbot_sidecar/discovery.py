@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ log = logging.getLogger("clawdbot.sidecar.discovery")
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+# How often load reports go up; CLAWDBOT_SIDECAR_REPORT_INTERVAL_S overrides it.
 DEFAULT_REPORT_INTERVAL_S = 10.0
 
 
@@ -116,7 +118,9 @@ class DiscoveryClient:
         self.version = ""
         self.synced = asyncio.Event()
         """Set once a first snapshot was applied (the sidecar's readiness waits on it)."""
-        self.report_interval_s = DEFAULT_REPORT_INTERVAL_S
+        self.report_interval_s = float(
+            os.environ.get("CLAWDBOT_SIDECAR_REPORT_INTERVAL_S", DEFAULT_REPORT_INTERVAL_S)
+        )
 
     def _channel(self) -> grpc.aio.Channel:
         if self.ca_pem:
@@ -190,6 +194,6 @@ class DiscoveryClient:
     async def _report(self, stub: pb_grpc.DiscoveryStub) -> None:
         try:
             ack = await stub.ReportLoad(self._reports(), metadata=self._metadata())
-            self.report_interval_s = ack.interval_seconds or DEFAULT_REPORT_INTERVAL_S
+            self.report_interval_s = ack.interval_seconds or self.report_interval_s
         except grpc.aio.AioRpcError as exc:
             log.warning("load reports stopped: %s", exc.code().name)
