@@ -14,10 +14,8 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import onnx
 import openai
@@ -25,7 +23,7 @@ import pytest
 
 from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 from e2e.conftest import REPO_ROOT, E2ECluster
-from e2e.harness.kube import Kubectl, is_true
+from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator, run_operator
 from e2e.harness.podrunner import (
     kubectl_getter,
@@ -33,7 +31,7 @@ from e2e.harness.podrunner import (
     run_pod,
     start_pod_process,
 )
-from e2e.harness.waits import wait_http_ok
+from e2e.harness.waits import wait_http_ok, wait_ready_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -60,17 +58,6 @@ def operator(
         yield op
 
 
-def _ready_pod(kube: Kubectl, selector: str, timeout: float = WAIT_S) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pods = kube.get("pods", None, "-l", selector)["items"]
-        ready = [p for p in pods if is_true(p, "Ready")]
-        if ready:
-            return dict(ready[0])
-        time.sleep(0.5)
-    raise TimeoutError(f"no Ready pod for {selector}")
-
-
 # An operator each precision's compressed graph holds.
 QUANTIZED_OP = {"int8": "MatMulInteger", "int4": "MatMulNBits"}
 
@@ -88,7 +75,7 @@ def test_onnx_model_is_compressed_at_start_and_served(
                   "runtime": "onnx", "precision": precision, "accelerator": {"type": "cpu"},
                   "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}}
     )  # fmt: skip
-    pod = _ready_pod(kube, "clawdbot.io/model-deployment=tiny-chat")
+    pod = wait_ready_pod(kube, "clawdbot.io/model-deployment=tiny-chat", timeout=WAIT_S)
     (init,) = pod["spec"]["initContainers"]
     assert init["name"] == "compress-model"
     assert init["image"] == pod["spec"]["containers"][0]["image"]

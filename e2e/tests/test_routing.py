@@ -27,7 +27,7 @@ from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.operator import Operator, free_port, run_operator
-from e2e.harness.podrunner import kubectl_getter, kubectl_token_requester, run_pod
+from e2e.harness.podrunner import RunningPod, kubectl_getter, kubectl_token_requester, run_pod
 from e2e.harness.waits import wait_http_ok, wait_ready_pod
 
 pytestmark = pytest.mark.e2e
@@ -177,6 +177,23 @@ def deploy(kube: Kubectl, cloud_stub: str, models: Path) -> tuple[dict[str, Any]
     return model_pod, client_pod
 
 
+@contextlib.contextmanager
+def sidecar_of(
+    cluster: E2ECluster, client_pod: dict[str, Any], operator: Operator, **env: str
+) -> Iterator[tuple[str, RunningPod]]:
+    """Run the client pod's injected sidecar at its pod IP; once ready, yields its base URL
+    and the process (whose log tail explains failures)."""
+    with run_pod(
+        client_pod, kubectl_getter(cluster.kubectl), container="clawdbot-sidecar",
+        token=kubectl_token_requester(cluster.kubectl), pod_loopback=True,
+        entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
+        extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}", **env},
+    ) as sidecar:  # fmt: skip
+        base = f"http://{client_pod['status']['podIP']}:8088"
+        wait_http_ok(f"{base}/readyz", log_tail=sidecar.log_tail)
+        yield base, sidecar
+
+
 def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     local_cluster: E2ECluster,
     kube: Kubectl,
@@ -192,18 +209,17 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     assert app_env["OPENAI_BASE_URL"] == "http://127.0.0.1:8088/v1"
 
     getter = kubectl_getter(local_cluster.kubectl)
-    token = kubectl_token_requester(local_cluster.kubectl)
-    with run_pod(
-        model_pod, getter, argv0_map={"clawdbot-runtime": str(BIN / "clawdbot-runtime")},
-        image_files={"/models": models}, timeout=60,
-    ) as model, run_pod(
-        client_pod, getter, container="clawdbot-sidecar", token=token, pod_loopback=True,
-        entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
-        extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}"},
-    ) as sidecar_proc:  # fmt: skip
-        ip = client_pod["status"]["podIP"]
-        wait_http_ok(f"http://{ip}:8088/readyz", log_tail=sidecar_proc.log_tail)
-        client = openai.OpenAI(base_url=f"http://{ip}:8088/v1", api_key="unused", max_retries=0)
+    with (
+        run_pod(
+            model_pod,
+            getter,
+            argv0_map={"clawdbot-runtime": str(BIN / "clawdbot-runtime")},
+            image_files={"/models": models},
+            timeout=60,
+        ) as model,
+        sidecar_of(local_cluster, client_pod, operator) as (base, sidecar_proc),
+    ):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
 
         short = client.chat.completions.with_raw_response.create(
             model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8
@@ -255,14 +271,7 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
         first = stack.enter_context(
             run_pod(first_pod, getter, argv0_map=runtime, image_files={"/models": models})
         )
-        sidecar_proc = stack.enter_context(run_pod(
-            client_pod, getter, container="clawdbot-sidecar",
-            token=kubectl_token_requester(local_cluster.kubectl), pod_loopback=True,
-            entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
-            extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}"},
-        ))  # fmt: skip
-        base = f"http://{client_pod['status']['podIP']}:8088"
-        wait_http_ok(f"{base}/readyz", log_tail=sidecar_proc.log_tail)
+        base, sidecar_proc = stack.enter_context(sidecar_of(local_cluster, client_pod, operator))
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         healthy = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
         assert metric(base, healthy) == 1
@@ -338,15 +347,9 @@ def test_a_failing_revision_is_rolled_back_from_the_sidecars_reports(
         stack.enter_context(
             run_pod(first_pod, getter, argv0_map=runtime, image_files={"/models": models})
         )
-        sidecar_proc = stack.enter_context(run_pod(
-            client_pod, getter, container="clawdbot-sidecar",
-            token=kubectl_token_requester(local_cluster.kubectl), pod_loopback=True,
-            entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
-            extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}",
-                       "CLAWDBOT_SIDECAR_REPORT_INTERVAL_S": "1"},
-        ))  # fmt: skip
-        base = f"http://{client_pod['status']['podIP']}:8088"
-        wait_http_ok(f"{base}/readyz", log_tail=sidecar_proc.log_tail)
+        base, sidecar_proc = stack.enter_context(
+            sidecar_of(local_cluster, client_pod, operator, CLAWDBOT_SIDECAR_REPORT_INTERVAL_S="1")
+        )
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
 
         # A new model version: revision 2, whose server can't load its model.
