@@ -361,7 +361,8 @@ class RoutingCore:
         last: UpstreamError | NoEndpoint | RequestError | None = None
         for i, target in enumerate(order):
             if i > 0:
-                if target == "cloud" and not (policy.cloud and self.breaker.allow()):
+                # available(), not allow(): the call itself takes a half-open breaker's probe.
+                if target == "cloud" and not (policy.cloud and self.breaker.available()):
                     break
                 out.fallback_from = order[0]
             try:
