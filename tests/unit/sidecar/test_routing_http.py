@@ -371,3 +371,16 @@ async def test_a_rule_refusal_wins_over_a_cached_answer(
     assert (await sc.chat("what is the capital of France")).headers["x-clawdbot-target"] == "cache"
     with pytest.raises(openai.PermissionDeniedError):
         await sc.chat("what is the capital of France", extra_headers={"x-tenant": "evil"})
+
+
+async def test_cloud_retries_transient_errors_within_max_retries(
+    local_url: str, cloud: str, make_sidecar: StartSidecar
+) -> None:
+    spec = policy(cloud)
+    spec["cloud"]["maxRetries"] = 2
+    sc = await make_sidecar(spec, [local_url])
+    await inject(cloud, status=503, count=2)
+    raw = await sc.chat(LONG_FILLER)
+    assert raw.headers["x-clawdbot-target"] == "cloud"  # the third try succeeded
+    assert raw.headers["x-clawdbot-reason"] == "rule:medium"
+    assert len(await received(cloud)) == 3
