@@ -11,6 +11,7 @@ appended to the report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from e2e.harness.kube import Kubectl, KubectlError, is_true
+from e2e.harness.operator import Operator, run_operator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
@@ -219,6 +221,23 @@ def crds(cluster: E2ECluster) -> None:
         cluster.kubectl.wait_for(
             "crd", name, lambda crd: is_true(crd, "Established"), what="Established"
         )
+
+
+@pytest.fixture
+def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """``clawdbot-operator --namespace NS`` for the test's namespace, stopped by its pid. (Tests
+    that need the routing plane or other flags define their own.)"""
+    assert cluster.kubeconfig, "the operator needs a kubeconfig"
+    with contextlib.ExitStack() as stack:
+        try:
+            op = stack.enter_context(
+                run_operator(
+                    cluster.kubeconfig, namespace, tmp_path / "operator.log", cwd=REPO_ROOT
+                )
+            )
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield op
 
 
 @pytest.fixture(scope="session")

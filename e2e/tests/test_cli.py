@@ -7,11 +7,10 @@ The plugin shim ``cli/kubectl-clawdbot`` runs it the way kubectl would.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,13 @@ import pytest
 
 from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness.kube import Kubectl, is_true
-from e2e.harness.operator import Operator, run_operator
+from e2e.harness.operator import Operator
 
 pytestmark = pytest.mark.e2e
 
 CLAWDBOT = Path(sys.executable).parent / "clawdbot"
 WAIT_S = 60.0
 CLI_TIMEOUT_S = 120.0
-
-
-@pytest.fixture
-def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    assert cluster.kubeconfig
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                run_operator(
-                    cluster.kubeconfig, namespace, tmp_path / "operator.log", cwd=REPO_ROOT
-                )
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
 
 
 def clawdbot(cluster: E2ECluster, *args: str) -> subprocess.CompletedProcess[str]:

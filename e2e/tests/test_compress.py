@@ -10,11 +10,9 @@ tiny fp32 model "baked into the image" at ``/models``; the answer comes through 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -22,9 +20,9 @@ import openai
 import pytest
 
 from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
-from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.conftest import E2ECluster
 from e2e.harness.kube import Kubectl
-from e2e.harness.operator import Operator, run_operator
+from e2e.harness.operator import Operator
 from e2e.harness.podrunner import (
     kubectl_getter,
     plan_pod_process,
@@ -39,23 +37,6 @@ BIN = Path(sys.executable).parent
 WAIT_S = 60.0
 COMPRESS_TIMEOUT_S = 120.0
 COMPRESSED_DIR = "/compressed-models"
-
-
-@pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    assert local_cluster.kubeconfig
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                run_operator(
-                    local_cluster.kubeconfig, namespace, tmp_path / "operator.log", cwd=REPO_ROOT
-                )
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
 
 
 # An operator each precision's compressed graph holds.

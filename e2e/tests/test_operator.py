@@ -8,42 +8,24 @@ the operator copies onto the pods from ``clawdbot.io/pod-annotations``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import ssl
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.conftest import E2ECluster
 from e2e.harness.kube import Kubectl, condition, is_true
-from e2e.harness.operator import Operator, run_operator
+from e2e.harness.operator import Operator
 
 pytestmark = pytest.mark.e2e
 
 # Rollouts here take a second or two; a status condition follows within a resync or two.
 WAIT_S = 60.0
-
-
-@pytest.fixture
-def operator(cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    """``clawdbot-operator --namespace NS`` for this test's namespace, stopped by its pid."""
-    assert cluster.kubeconfig, "the operator needs a kubeconfig"
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                run_operator(
-                    cluster.kubeconfig, namespace, tmp_path / "operator.log", cwd=REPO_ROOT
-                )
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
 
 
 @pytest.fixture

@@ -177,6 +177,17 @@ def deploy(kube: Kubectl, cloud_stub: str, models: Path) -> tuple[dict[str, Any]
     return model_pod, client_pod
 
 
+def model_server(
+    cluster: E2ECluster, pod: dict[str, Any], models: Path, **kw: Any
+) -> contextlib.AbstractContextManager[RunningPod]:
+    """Run a model pod's ONNX runtime at its pod IP, with ``models`` as the image's /models."""
+    runtime = {"clawdbot-runtime": str(BIN / "clawdbot-runtime")}
+    return run_pod(
+        pod, kubectl_getter(cluster.kubectl), argv0_map=runtime, image_files={"/models": models},
+        **kw,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def sidecar_of(
     cluster: E2ECluster, client_pod: dict[str, Any], operator: Operator, **env: str
@@ -208,15 +219,8 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     app_env = {e["name"]: e.get("value") for e in client_pod["spec"]["containers"][0]["env"]}
     assert app_env["OPENAI_BASE_URL"] == "http://127.0.0.1:8088/v1"
 
-    getter = kubectl_getter(local_cluster.kubectl)
     with (
-        run_pod(
-            model_pod,
-            getter,
-            argv0_map={"clawdbot-runtime": str(BIN / "clawdbot-runtime")},
-            image_files={"/models": models},
-            timeout=60,
-        ) as model,
+        model_server(local_cluster, model_pod, models, timeout=60) as model,
         sidecar_of(local_cluster, client_pod, operator) as (base, sidecar_proc),
     ):
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
@@ -265,12 +269,8 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
 ) -> None:
     models = tmp_path / "models"
     first_pod, client_pod = deploy(kube, cloud_stub, models)
-    getter = kubectl_getter(local_cluster.kubectl)
-    runtime = {"clawdbot-runtime": str(BIN / "clawdbot-runtime")}
     with contextlib.ExitStack() as stack:
-        first = stack.enter_context(
-            run_pod(first_pod, getter, argv0_map=runtime, image_files={"/models": models})
-        )
+        first = stack.enter_context(model_server(local_cluster, first_pod, models))
         base, sidecar_proc = stack.enter_context(sidecar_of(local_cluster, client_pod, operator))
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         healthy = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
@@ -284,9 +284,7 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
         second_pod = next(p for p in _ready_pods(kube) if p["metadata"]["name"] !=
                           first_pod["metadata"]["name"])  # fmt: skip
         ready_at = time.monotonic()
-        stack.enter_context(
-            run_pod(second_pod, getter, argv0_map=runtime, image_files={"/models": models})
-        )
+        stack.enter_context(model_server(local_cluster, second_pod, models))
         while metric(base, healthy) < 2 and time.monotonic() - ready_at < 10:
             time.sleep(0.1)
         propagation = time.monotonic() - ready_at
@@ -341,12 +339,8 @@ def test_a_failing_revision_is_rolled_back_from_the_sidecars_reports(
     (broken / "tiny-chat" / "1" / "model.onnx").write_bytes(b"not an onnx model")
     patch = {"spec": {"rollout": {"autoRollback": {"minRequests": 5, "maxErrorRate": 0.2}}}}
     kube.run("patch", "md", "tiny-chat", "--type=merge", "-p", json.dumps(patch))
-    getter = kubectl_getter(local_cluster.kubectl)
-    runtime = {"clawdbot-runtime": str(BIN / "clawdbot-runtime")}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            run_pod(first_pod, getter, argv0_map=runtime, image_files={"/models": models})
-        )
+        stack.enter_context(model_server(local_cluster, first_pod, models))
         base, sidecar_proc = stack.enter_context(
             sidecar_of(local_cluster, client_pod, operator, CLAWDBOT_SIDECAR_REPORT_INTERVAL_S="1")
         )
@@ -358,9 +352,7 @@ def test_a_failing_revision_is_rolled_back_from_the_sidecars_reports(
         second = wait_ready_pod(
             kube, "clawdbot.io/model-deployment=tiny-chat,clawdbot.io/revision=2"
         )
-        stack.enter_context(run_pod(
-            second, getter, argv0_map=runtime, image_files={"/models": broken}, wait_port=8000,
-        ))  # fmt: skip
+        stack.enter_context(model_server(local_cluster, second, broken, wait_port=8000))
         healthy = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
         deadline = time.monotonic() + 30
         targets: list[str] = []
