@@ -196,6 +196,15 @@ class RoutingCore:
         self._cache_scope = cache_scope
         self.pool = LocalPool(config.endpoints, seed=seed)
         self.breaker = CircuitBreaker()
+        # Gauges read at scrape time: nothing to keep in step on the request path.
+        gauges = self.metrics.local_endpoints
+        gauges.labels("healthy").set_function(self.pool.healthy_count)
+        gauges.labels("ejected").set_function(
+            lambda: len(self.pool.states) - self.pool.healthy_count()
+        )
+        self.metrics.cloud_circuit_open.set_function(
+            lambda: float(self.breaker.state == BreakerState.OPEN)
+        )
         self._seed = seed
         self.in_flight = 0
         # Set while no request is in progress; graceful shutdown waits on it.
@@ -232,7 +241,6 @@ class RoutingCore:
             self._replace_cache(build_cache(policy.cache, key_prefix=self._cache_prefix()))
         if old is None or old.policy.budgets != policy.budgets or old.policy.cloud != cloud:
             self.budgets = BudgetTracker(policy.budgets, cloud.pricing if cloud else Pricing())
-        self._update_endpoint_gauges()
 
     def _cache_prefix(self) -> str:
         # Pods of one policy share answers (through Redis); different policies never do.
@@ -258,12 +266,6 @@ class RoutingCore:
         if self.config.policy.cloud is not None:
             names.setdefault(self.config.policy.cloud.model, "cloud")
         return dict(sorted(names.items()))
-
-    def _update_endpoint_gauges(self) -> None:
-        healthy = self.pool.healthy_count()
-        self.metrics.local_endpoints.labels("healthy").set(healthy)
-        self.metrics.local_endpoints.labels("ejected").set(len(self.pool.states) - healthy)
-        self.metrics.cloud_circuit_open.set(int(self.breaker.state == BreakerState.OPEN))
 
     # -- the request path ---------------------------------------------------------------
 
@@ -478,7 +480,6 @@ class RoutingCore:
                 result = await self.upstream.post_json(url, request, {}, limits.local_timeout_s)
             except UpstreamError as exc:
                 self.pool.end(state, started, ok=exc.kind == "status" and exc.status == 400)
-                self._update_endpoint_gauges()
                 if exc.kind != "connect":
                     raise
                 log.warning("local endpoint %s unreachable, trying another", state.endpoint.url)
@@ -521,7 +522,6 @@ class RoutingCore:
         attempt = 0
         while True:
             if not self.breaker.allow():
-                self._update_endpoint_gauges()
                 raise UpstreamError("connect", "the cloud circuit breaker is open")
             started = time.monotonic()
             try:
@@ -552,11 +552,9 @@ class RoutingCore:
     def _cloud_observe(self, elapsed: float, ok: bool) -> None:
         self.breaker.record(ok)
         a = CLOUD_EWMA_ALPHA
-        self.cloud_latency_s = (
-            (1 - a) * self.cloud_latency_s + a * elapsed if ok else (self.cloud_latency_s)
-        )
+        if ok:  # a failure's time says nothing about how fast the cloud answers
+            self.cloud_latency_s = (1 - a) * self.cloud_latency_s + a * elapsed
         self.cloud_error_rate = (1 - a) * self.cloud_error_rate + a * (0.0 if ok else 1.0)
-        self.metrics.cloud_circuit_open.set(int(self.breaker.state == BreakerState.OPEN))
 
     async def _relay(
         self,
@@ -701,7 +699,6 @@ class RoutingCore:
         ):
             r = reward(out.status < 400, elapsed, out.cost_usd, self.config.policy.adaptive)
             self.bandit.update(cast(Arm, decision.target), decision.context, r)
-        self._update_endpoint_gauges()
         self._run_after(out, target, elapsed)
         if self.audit is not None:
             reason = decision.reason if decision else (out.error or "invalid")
