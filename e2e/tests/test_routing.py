@@ -12,197 +12,55 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
-from clawdbot_runtime.tinylm import build_tiny_lm
-from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.conftest import E2ECluster
+from e2e.harness import routing
 from e2e.harness.kube import Kubectl, is_true
-from e2e.harness.operator import Operator, free_port, run_operator
-from e2e.harness.podrunner import RunningPod, kubectl_getter, kubectl_token_requester, run_pod
-from e2e.harness.waits import wait_http_ok, wait_ready_pod
+from e2e.harness.operator import Operator
+from e2e.harness.routing import (
+    deploy,
+    metric,
+    model_server,
+    ready_model_pods,
+    sidecar_of,
+    stub_requests,
+)
+from e2e.harness.waits import wait_ready_pod
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent
-API_KEY = "sk-e2e-cloud-key-0123456789"
-EMAIL = "maria.rossi@example.org"
 LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
-WEBHOOK_CONFIG = "clawdbot-e2e-injector"
-INJECT_LABELS = {"app": "chat", "clawdbot.io/inject": "enabled"}
+EMAIL = "maria.rossi@example.org"
 
 
 @pytest.fixture
 def cloud_stub(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path / "cloud.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN / "clawdbot-sidecar"), "cloud-stub", "--port", str(port), "--api-key", API_KEY],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stub/requests", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("the cloud stub did not start")
-                time.sleep(0.2)
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(routing.cloud_stub(tmp_path / "cloud.log"))
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def stub_requests(url: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{url}/_stub/requests", timeout=5) as resp:
-        data: list[dict[str, Any]] = json.loads(resp.read())
-        return data
-
-
-def webhook_configuration(namespace: str, port: int) -> dict[str, Any]:
-    """The webhook as the chart declares it, but called by URL (the operator is a local
-    process, not behind a Service) and scoped to the test's namespace."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [
-            {
-                "name": "inject.clawdbot.io",
-                "clientConfig": {"url": f"https://localhost:{port}/inject-sidecar"},
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                           "resources": ["pods"], "scope": "Namespaced"}],
-                "namespaceSelector": {
-                    "matchLabels": {"kubernetes.io/metadata.name": namespace}
-                },
-                "objectSelector": {"matchLabels": {"clawdbot.io/inject": "enabled"}},
-                # Fail, not the chart's Ignore: a broken webhook must fail this test.
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 10,
-            }
-        ],
-    }  # fmt: skip
 
 
 @pytest.fixture
 def operator(
     local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
 ) -> Iterator[Operator]:
-    assert local_cluster.kubeconfig
-    op_ns = f"{namespace}-op"
-    local_cluster.kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
-                                 "metadata": {"name": op_ns}})  # fmt: skip
-    # The configuration exists first, so the operator patches its caBundle at start.
-    local_cluster.kubectl.apply(webhook_configuration(namespace, 1))
-    env = {
-        "POD_NAMESPACE": op_ns,
-        "CLAWDBOT_WEBHOOK_CONFIGURATION": WEBHOOK_CONFIG,
-    }
     with contextlib.ExitStack() as stack:
         try:
             op = stack.enter_context(
-                run_operator(local_cluster.kubeconfig, namespace, tmp_path / "operator.log",
-                             routing=True, env=env, cwd=REPO_ROOT)
-            )  # fmt: skip
+                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
+            )
         except RuntimeError as exc:
             pytest.fail(str(exc))
-        # Now point the webhook at the port the operator got (the caBundle stays).
-        config = local_cluster.kubectl.get("mutatingwebhookconfiguration", WEBHOOK_CONFIG)
-        hook = config["webhooks"][0]
-        assert hook["clientConfig"].get("caBundle"), "the operator did not set the caBundle"
-        patch = [{"op": "replace", "path": "/webhooks/0/clientConfig/url",
-                  "value": f"https://localhost:{op.webhook_port}/inject-sidecar"}]  # fmt: skip
-        local_cluster.kubectl.run(
-            "patch", "mutatingwebhookconfiguration", WEBHOOK_CONFIG, "--type=json",
-            "-p", json.dumps(patch),
-        )  # fmt: skip
         yield op
-    local_cluster.kubectl.delete("mutatingwebhookconfiguration", WEBHOOK_CONFIG)
-    local_cluster.kubectl.delete("namespace", op_ns)
-
-
-def deploy(kube: Kubectl, cloud_stub: str, models: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Secret, the ModelDeployment (the project's tiny ONNX model "baked into the image"
-    at /models), the RoutingPolicy and the labelled client pod; (model pod, client pod)."""
-    build_tiny_lm(models)
-    kube.apply(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cloud"},
-         "stringData": {"api-key": API_KEY}}
-    )  # fmt: skip
-    kube.apply(
-        {"apiVersion": "clawdbot.io/v1alpha1", "kind": "ModelDeployment",
-         "metadata": {"name": "tiny-chat"},
-         "spec": {"model": {"name": "tiny-chat", "uri": "file:///models"},
-                  "runtime": "onnx", "precision": "fp16", "accelerator": {"type": "cpu"}}}
-    )  # fmt: skip
-    kube.apply(
-        {"apiVersion": "clawdbot.io/v1alpha1", "kind": "RoutingPolicy",
-         "metadata": {"name": "chat"},
-         "spec": {
-             "podSelector": {"matchLabels": {"app": "chat"}},
-             "localModels": [{"name": "tiny-chat"}],
-             "cloud": {"baseURL": f"{cloud_stub}/v1", "model": "gpt-4o-mini", "maxRetries": 0,
-                       "apiKeySecretRef": {"name": "cloud", "key": "api-key"}},
-             "rules": [{"name": "short", "match": {"maxTokens": 512}, "target": "local"},
-                       {"name": "long", "match": {"maxTokens": 4096}, "target": "cloud"}],
-             "audit": {"enabled": False},
-         }}
-    )  # fmt: skip
-    model_pod = wait_ready_pod(kube, "clawdbot.io/model-deployment=tiny-chat")
-
-    # The client pod: labelled, created through the API server, so the webhook runs.
-    kube.apply(
-        {"apiVersion": "v1", "kind": "Pod",
-         "metadata": {"name": "chat-app", "labels": INJECT_LABELS},
-         "spec": {"containers": [{"name": "app", "image": "shop/chat:1",
-                                  "command": ["sleep", "infinity"]}]}}
-    )  # fmt: skip
-    client_pod = kube.wait_for("pod", "chat-app", lambda p: is_true(p, "Ready"), what="Ready")
-    return model_pod, client_pod
-
-
-def model_server(
-    cluster: E2ECluster, pod: dict[str, Any], models: Path, **kw: Any
-) -> contextlib.AbstractContextManager[RunningPod]:
-    """Run a model pod's ONNX runtime at its pod IP, with ``models`` as the image's /models."""
-    runtime = {"clawdbot-runtime": str(BIN / "clawdbot-runtime")}
-    return run_pod(
-        pod, kubectl_getter(cluster.kubectl), argv0_map=runtime, image_files={"/models": models},
-        **kw,
-    )  # fmt: skip
-
-
-@contextlib.contextmanager
-def sidecar_of(
-    cluster: E2ECluster, client_pod: dict[str, Any], operator: Operator, **env: str
-) -> Iterator[tuple[str, RunningPod]]:
-    """Run the client pod's injected sidecar at its pod IP; once ready, yields its base URL
-    and the process (whose log tail explains failures)."""
-    with run_pod(
-        client_pod, kubectl_getter(cluster.kubectl), container="clawdbot-sidecar",
-        token=kubectl_token_requester(cluster.kubectl), pod_loopback=True,
-        entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
-        extra_env={"CLAWDBOT_DISCOVERY_ADDRESS": f"localhost:{operator.discovery_port}", **env},
-    ) as sidecar:  # fmt: skip
-        base = f"http://{client_pod['status']['podIP']}:8088"
-        wait_http_ok(f"{base}/readyz", log_tail=sidecar.log_tail)
-        yield base, sidecar
 
 
 def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
@@ -252,14 +110,6 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     assert policy["status"]["matchedPods"] == 1
 
 
-def metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name):
-                return float(line.split()[-1])
-    return 0.0
-
-
 def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
     local_cluster: E2ECluster,
     kube: Kubectl,
@@ -279,9 +129,9 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
         # Scale out: the new replica reaches the sidecar over the discovery stream.
         kube.run("scale", "md/tiny-chat", "--replicas=2")
         deadline = time.monotonic() + 60
-        while len(_ready_pods(kube)) < 2 and time.monotonic() < deadline:
+        while len(ready_model_pods(kube)) < 2 and time.monotonic() < deadline:
             time.sleep(0.3)
-        second_pod = next(p for p in _ready_pods(kube) if p["metadata"]["name"] !=
+        second_pod = next(p for p in ready_model_pods(kube) if p["metadata"]["name"] !=
                           first_pod["metadata"]["name"])  # fmt: skip
         ready_at = time.monotonic()
         stack.enter_context(model_server(local_cluster, second_pod, models))
@@ -315,11 +165,6 @@ def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(
         )
         assert long.headers["x-clawdbot-target"] == "cloud"
         assert EMAIL in (long.parse().choices[0].message.content or "")
-
-
-def _ready_pods(kube: Kubectl) -> list[dict[str, Any]]:
-    pods = kube.get("pods", None, "-l", "clawdbot.io/model-deployment=tiny-chat")["items"]
-    return [p for p in pods if is_true(p, "Ready") and not p["metadata"].get("deletionTimestamp")]
 
 
 def test_a_failing_revision_is_rolled_back_from_the_sidecars_reports(

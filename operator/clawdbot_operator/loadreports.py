@@ -88,6 +88,9 @@ class LoadReportStore:
     """In-memory reports, kept for ``window`` (thread-safe: the gRPC server may use threads)."""
 
     window: timedelta = timedelta(minutes=5)
+    gauge_ttl: timedelta = timedelta(seconds=35)
+    """A source's gauges count this long after its last report (a bit over three report
+    intervals): a sidecar that stopped, or an endpoint that went away, stops adding load."""
     _reports: list[LoadReport] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,7 +124,7 @@ class LoadReportStore:
         now = now or datetime.now(UTC)
         totals: dict[str, MetricValue] = {}
         for r in self._latest_per_source(now):
-            if r.namespace != namespace:
+            if r.namespace != namespace or r.timestamp < now - self.gauge_ttl:
                 continue
             value = float(getattr(r, attr))
             found = totals.get(r.model_deployment)

@@ -89,6 +89,7 @@ def load_report(pod: PodIdentity, pool: LocalPool) -> pb.LoadReport:
                 errors=state.errors,
                 latency_p50_ms=pct(0.5),
                 latency_p95_ms=pct(0.95),
+                in_flight_seconds=state.in_flight_seconds(),
             )
         )
     return report

@@ -37,8 +37,23 @@ class EndpointState:
     ejected_until: float = 0.0
     requests: int = 0
     errors: int = 0
+    # Integral of in_flight over time (request-seconds) up to ``_changed``: its growth over
+    # a report interval is the mean concurrency, the autoscaling signal (a snapshot of
+    # in_flight mostly reads 0 or 1 when requests are short).
+    _in_flight_area: float = 0.0
+    _changed: float = 0.0
     # Recent latencies for percentiles in load reports; bounded so memory stays flat.
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+
+    def in_flight_seconds(self, now: float | None = None) -> float:
+        """The in-flight integral up to ``now`` (monotonic seconds)."""
+        now = time.monotonic() if now is None else now
+        return self._in_flight_area + self.in_flight * max(0.0, now - self._changed)
+
+    def _count(self, delta: int, now: float) -> None:
+        self._in_flight_area += self.in_flight * max(0.0, now - self._changed)
+        self._changed = now
+        self.in_flight += delta
 
     def healthy(self, now: float) -> bool:
         """True unless the endpoint is serving an ejection."""
@@ -105,14 +120,16 @@ class LocalPool:
     @staticmethod
     def begin(state: EndpointState) -> float:
         """Count a request as in flight; returns its start time."""
-        state.in_flight += 1
+        now = time.monotonic()
+        state._count(1, now)
         state.requests += 1
-        return time.monotonic()
+        return now
 
     def end(self, state: EndpointState, started: float, ok: bool) -> None:
         """Count a request as done, update latency and ejection state."""
-        state.in_flight -= 1
-        elapsed = time.monotonic() - started
+        now = time.monotonic()
+        state._count(-1, now)
+        elapsed = now - started
         if ok:
             state.consecutive_failures = 0
             state.ejections = 0

@@ -44,7 +44,7 @@ class Snapshot(_message.Message):
     def __init__(self, version: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_spec_json: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., cloud_api_key: _Optional[str] = ...) -> None: ...
 
 class EndpointLoad(_message.Message):
-    __slots__ = ("url", "model_deployment", "revision", "in_flight", "requests", "errors", "latency_p50_ms", "latency_p95_ms")
+    __slots__ = ("url", "model_deployment", "revision", "in_flight", "requests", "errors", "latency_p50_ms", "latency_p95_ms", "in_flight_seconds")
     URL_FIELD_NUMBER: _ClassVar[int]
     MODEL_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class EndpointLoad(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     url: str
     model_deployment: str
     revision: int
@@ -61,7 +62,8 @@ class EndpointLoad(_message.Message):
     errors: int
     latency_p50_ms: float
     latency_p95_ms: float
-    def __init__(self, url: _Optional[str] = ..., model_deployment: _Optional[str] = ..., revision: _Optional[int] = ..., in_flight: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ...) -> None: ...
+    in_flight_seconds: float
+    def __init__(self, url: _Optional[str] = ..., model_deployment: _Optional[str] = ..., revision: _Optional[int] = ..., in_flight: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., in_flight_seconds: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
     __slots__ = ("pod_namespace", "pod_name", "unix_ms", "endpoints")

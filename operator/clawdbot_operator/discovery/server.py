@@ -154,8 +154,8 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         self.reviewer = reviewer
         self.get_pod = get_pod
         self.load_reports = load_reports
-        # (namespace, pod, url) -> (requests, errors) at the previous report.
-        self._counters: dict[tuple[str, str, str], tuple[int, int]] = {}
+        # (namespace, pod, url) -> that endpoint's counters at the previous report.
+        self._counters: dict[tuple[str, str, str], _Counters] = {}
 
     async def _authorize(
         self, context: grpc.aio.ServicerContext[Any, Any], namespace: str, pod_name: str
@@ -246,10 +246,21 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         when = datetime.fromtimestamp(report.unix_ms / 1000, UTC)
         for e in report.endpoints:
             key = (report.pod_namespace, report.pod_name, e.url)
-            prev_requests, prev_errors = self._counters.get(key, (0, 0))
-            if e.requests < prev_requests:  # the sidecar restarted: counters began again
-                prev_requests, prev_errors = 0, 0
-            self._counters[key] = (e.requests, e.errors)
+            now = _Counters(report.unix_ms, e.requests, e.errors, e.in_flight_seconds)
+            prev = self._counters.get(key)
+            self._counters[key] = now
+            if prev is None or e.requests < prev.requests:
+                # First report of this endpoint, or the sidecar restarted and its counters
+                # began again: they cover an unknown span.
+                prev = _Counters(report.unix_ms, 0, 0, 0.0)
+            requests, errors = e.requests - prev.requests, e.errors - prev.errors
+            span_s = (now.unix_ms - prev.unix_ms) / 1000
+            rps, mean_in_flight = 0.0, float(e.in_flight)
+            if span_s > 0:
+                rps = requests / span_s
+                if now.in_flight_seconds:  # 0: a sidecar that doesn't integrate; snapshot
+                    growth = now.in_flight_seconds - prev.in_flight_seconds
+                    mean_in_flight = max(0.0, growth) / span_s
             self.load_reports.add(
                 LoadReport(
                     namespace=report.pod_namespace,
@@ -257,12 +268,23 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                     source=f"{report.pod_name}/{e.url}",
                     timestamp=when,
                     revision=e.revision or None,
-                    inflight_requests=float(e.in_flight),
-                    requests=e.requests - prev_requests,
-                    errors=e.errors - prev_errors,
+                    inflight_requests=float(mean_in_flight),
+                    requests_per_second=rps,
+                    requests=requests,
+                    errors=errors,
                     p95_latency_ms=e.latency_p95_ms or None,
                 )
             )
+
+
+@dataclass(frozen=True)
+class _Counters:
+    """One endpoint's cumulative counters as of one report."""
+
+    unix_ms: int
+    requests: int
+    errors: int
+    in_flight_seconds: float
 
 
 def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:

@@ -27,7 +27,7 @@ from clawdbot_operator.discovery.server import (
     add_to_server,
 )
 from clawdbot_operator.discovery.tokenreview import identity_from_status
-from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.loadreports import LoadReport, LoadReportStore
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity, load_report
 from clawdbot_sidecar.pool import LocalPool
@@ -230,18 +230,62 @@ async def test_sidecar_client_applies_keeps_last_good_and_reconnects(
             await task
 
 
+async def test_load_reports_become_rates_over_the_time_between_reports(
+    operator: Operator,
+) -> None:
+    """Mean in flight = growth of the in-flight integral / elapsed time (a snapshot of
+    in_flight would read 0 between two short requests); requests/s likewise."""
+    url = "http://127.1.0.5:8000/v1"
+    start_ms = int(datetime.now(UTC).timestamp() * 1000) - 4000
+
+    def report(at_ms: int, requests: int, in_flight_s: float, in_flight: int) -> pb.LoadReport:
+        load = pb.EndpointLoad(url=url, model_deployment="llama", revision=2, requests=requests,
+                               in_flight=in_flight, in_flight_seconds=in_flight_s)  # fmt: skip
+        return pb.LoadReport(pod_namespace=NS, pod_name="chat-1", unix_ms=at_ms, endpoints=[load])
+
+    async def reports() -> AsyncIterator[pb.LoadReport]:
+        yield report(start_ms, 100, 50.0, 7)  # first report: only the snapshot is a rate
+        yield report(start_ms + 2000, 140, 56.0, 0)  # 2 s later: 40 requests, 6 request-s
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            reports(), metadata=(("authorization", "Bearer good"),)
+        )
+    (inflight,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
+    assert inflight.value == pytest.approx(3.0)  # 6 request-seconds over 2 s, not the 0 seen
+    (rps,) = operator.store.metric_values(NS, "clawdbot_requests_per_second")
+    assert rps.value == pytest.approx(20.0)
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None and health.requests == 140  # 100 before + 40 since
+
+
+async def test_gauges_of_a_silent_source_stop_counting(operator: Operator) -> None:
+    """A sidecar that stopped reporting (or an endpoint gone with a scale-down) must not hold
+    the autoscaling metric up for the whole report window."""
+    store = operator.store
+    old = datetime.now(UTC) - store.gauge_ttl - timedelta(seconds=1)
+    for source, when, value in (("a/x", old, 9.0), ("b/x", datetime.now(UTC), 2.0)):
+        store.add(LoadReport(namespace=NS, model_deployment="llama", source=source,
+                             timestamp=when, inflight_requests=value))  # fmt: skip
+    (inflight,) = store.metric_values(NS, "clawdbot_inflight_requests")
+    assert inflight.value == 2.0
+
+
 async def test_load_reports_feed_the_store_as_deltas(operator: Operator) -> None:
     pool = LocalPool(SidecarConfig.model_validate({"endpoints": [
         {"url": "http://127.1.0.5:8000/v1", "model": "llama-3-8b", "revision": "2",
          "deployment": "llama"}]}).endpoints)  # fmt: skip
     state = pool.states[0]
-    state.requests, state.errors, state.in_flight = 10, 1, 3
+    for _ in range(3):  # 3 in flight throughout
+        LocalPool.begin(state)
+    state.requests, state.errors = 10, 1
     state.latencies_s.extend([0.1] * 19 + [0.9])
     pod = PodIdentity(NS, "chat-1")
 
     async def reports() -> AsyncIterator[pb.LoadReport]:
         yield load_report(pod, pool)
         state.requests, state.errors = 15, 1
+        await asyncio.sleep(0.2)  # long enough that millisecond timestamps barely matter
         yield load_report(pod, pool)
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
@@ -254,4 +298,4 @@ async def test_load_reports_feed_the_store_as_deltas(operator: Operator) -> None
     assert (health.requests, health.errors) == (15, 1)  # 10 + 5: deltas, not totals
     assert health.p95_latency_ms == pytest.approx(900.0)
     (inflight,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
-    assert inflight.value == 3
+    assert inflight.value == pytest.approx(3, rel=0.05)
