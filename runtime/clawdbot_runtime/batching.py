@@ -5,7 +5,10 @@ Each served model has one :class:`Batcher` with a bounded queue (full -> QueueFu
 first waiting request, gathers more for up to ``max_delay_s`` or until ``max_batch_size``
 rows, runs onnxruntime in the executor so the event loop stays free, and splits the outputs
 back by row. Requests only merge when the model's dim 0 is dynamic and their other
-dimensions and datatypes agree; anything else runs alone through the same queue.
+dimensions and datatypes agree; anything else runs alone through the same queue. A decoder's
+steps (decoder_spec.py) also merge when only their KV cache lengths differ: each is
+left-padded to the longest with entries the attention mask hides, and the padding is cut
+off its presents again, so generations at different lengths share runs.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Batcher:
         self._executor = executor
         self._metrics = metrics
         self.max_batch_size = max_batch_size if model.batchable else 1
+        decoder = model.decoder.spec if model.decoder is not None else None
+        self._cache_merge = decoder if decoder is not None and decoder.pads_cache else None
         self._max_delay_s = max_delay_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue_size)
         self._carry: _Pending | None = None
@@ -89,9 +94,13 @@ class Batcher:
             rows = {array.shape[0] for array in feeds.values()}
             if len(rows) == 1:
                 pending.rows = rows.pop()
-                pending.signature = tuple(
-                    (name, str(a.dtype), tuple(a.shape[1:])) for name, a in sorted(feeds.items())
-                )
+                if self._cache_merge is not None:
+                    pending.signature = self._cache_merge.merge_signature(feeds)
+                else:
+                    pending.signature = tuple(
+                        (name, str(a.dtype), tuple(a.shape[1:]))
+                        for name, a in sorted(feeds.items())
+                    )
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -177,8 +186,11 @@ class Batcher:
         if not live:
             return
         outputs = tuple(dict.fromkeys(name for p in live for name in p.outputs))
+        pads = [0] * len(live)
         if len(live) == 1:
             feeds = live[0].feeds
+        elif self._cache_merge is not None:
+            feeds, pads = self._cache_merge.merge_steps([p.feeds for p in live])
         else:
             feeds = {name: np.concatenate([p.feeds[name] for p in live]) for name in live[0].feeds}
         rows = sum(p.rows or 0 for p in live) if len(live) > 1 else None
@@ -207,9 +219,12 @@ class Batcher:
                         p.future.set_exception(exc)
             return
         start = 0
-        for p in live:
+        for p, pad in zip(live, pads, strict=True):
             stop = start + (p.rows or 0)
-            _resolve(p, {name: value[start:stop] for name, value in results.items()})
+            rows_out = {name: value[start:stop] for name, value in results.items()}
+            if pad and self._cache_merge is not None:
+                rows_out = self._cache_merge.unpad(rows_out, pad)
+            _resolve(p, rows_out)
             start = stop
 
     async def _execute(

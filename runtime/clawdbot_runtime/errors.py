@@ -35,6 +35,12 @@ class InvalidInput(InferenceError):
     openai_type = "invalid_request_error"
 
 
+class ContextLengthExceeded(InvalidInput):
+    """The prompt leaves no room in the model's context for a single generated token."""
+
+    openai_code = "context_length_exceeded"
+
+
 class ModelNotFound(InferenceError):
     """No model (or no such version of it) is in the repository."""
 

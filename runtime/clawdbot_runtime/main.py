@@ -22,6 +22,7 @@ from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.errors import ProviderUnavailable
 from clawdbot_runtime.logs import configure_logging
 from clawdbot_runtime.server import RuntimeServer
+from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
 from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
 log = logging.getLogger("clawdbot_runtime")
@@ -72,11 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     p = sub.add_parser(
         "build-demo-model",
-        help="write the project's tiny chat model into a model repository",
+        help="write one of the project's tiny text models into a model repository",
     )
     p.add_argument("repository", help="model repository folder (created if missing)")
     p.add_argument(
-        "--name", default=DEMO_MODEL_NAME, help=f"model name (default {DEMO_MODEL_NAME})"
+        "--kind",
+        choices=["char", "gpt"],
+        default="char",
+        help=(
+            "char: the character-level chat model (generation.json); gpt: a GPT-style "
+            "decoder with a KV cache laid out like an Optimum export (default char)"
+        ),
+    )
+    p.add_argument(
+        "--name",
+        help=f"model name (default {DEMO_MODEL_NAME} for char, {DEMO_GPT_NAME} for gpt)",
     )
     p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
     return parser
@@ -117,7 +128,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _build_demo_model(args: argparse.Namespace) -> int:
-    folder = build_tiny_lm(Path(args.repository), name=args.name, version=args.version)
+    repository = Path(args.repository)
+    if args.kind == "gpt":
+        folder = build_tiny_gpt(repository, name=args.name or DEMO_GPT_NAME, version=args.version)
+    else:
+        folder = build_tiny_lm(repository, name=args.name or DEMO_MODEL_NAME, version=args.version)
     print(f"wrote {folder}")
     return 0
 

@@ -107,6 +107,13 @@ class RuntimeMetrics:
             buckets=_TOKENS_PER_S_BUCKETS,
             registry=r,
         )
+        self.time_to_first_token = Histogram(
+            "clawdbot_runtime_time_to_first_token_seconds",
+            "Time from a generation's start to its first sampled token (prefill included).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "clawdbot_runtime_in_flight_requests", "Requests being served.", registry=r
         )

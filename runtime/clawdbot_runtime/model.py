@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from clawdbot_runtime.decoder_spec import DECODER_FILES, DecoderSpec
 from clawdbot_runtime.errors import InvalidInput, ModelLoadError
-from clawdbot_runtime.lm_spec import LanguageModelSpec
+from clawdbot_runtime.hf_text import HfTokenizer
+from clawdbot_runtime.lm_spec import GENERATION_FILE, LanguageModelSpec
 from clawdbot_runtime.providers import ProviderChoice
 from clawdbot_runtime.tensors import (
     NUMPY_DTYPES,
@@ -52,8 +54,22 @@ class SessionSettings:
         return options
 
 
+@dataclass(frozen=True)
+class DecoderLM:
+    """A decoder exported to ONNX (decoder_spec.py) with its tokenizer and chat template."""
+
+    spec: DecoderSpec
+    tokenizer: HfTokenizer
+
+
 class OnnxModel:
-    """A model version ready to run: validated feeds in, named numpy outputs back."""
+    """A model version ready to run: validated feeds in, named numpy outputs back.
+
+    Which text contract a version speaks, if any, is decided from its folder at load:
+    ``generation.json`` -> the project's char-level contract (``lm``); else ``config.json``
+    + ``tokenizer.json`` of a causal LM -> the Optimum decoder contract (``decoder``); else
+    none, and the model is served on the v2 tensor routes only.
+    """
 
     def __init__(
         self,
@@ -62,12 +78,15 @@ class OnnxModel:
         folder: Path,
         session: ort.InferenceSession,
         lm: LanguageModelSpec | None,
+        *,
+        decoder: DecoderLM | None = None,
     ) -> None:
         self.name = name
         self.version = version
         self.folder = folder
         self.session = session
         self.lm = lm
+        self.decoder = decoder
         self.inputs = [_spec(arg) for arg in session.get_inputs()]
         self.outputs = [_spec(arg) for arg in session.get_outputs()]
         self._inputs = {spec.name: spec for spec in self.inputs}
@@ -77,16 +96,24 @@ class OnnxModel:
             len(s.shape) >= 1 and s.shape[0] == -1 for s in self.outputs
         )
 
+    @property
+    def generates_text(self) -> bool:
+        """Whether the /v1 text routes serve this model."""
+        return self.lm is not None or self.decoder is not None
+
     @classmethod
     def load(cls, name: str, version: int, folder: Path, settings: SessionSettings) -> OnnxModel:
         """Open ``folder/model.onnx``; ModelLoadError with the cause if it cannot be served."""
         path = folder / MODEL_FILE
+        where = f"model '{name}' version {version}"
         try:
             lm = LanguageModelSpec.read(folder)
         except ValueError as exc:
-            raise ModelLoadError(
-                f"model '{name}' version {version}: bad generation.json: {exc}"
-            ) from exc
+            raise ModelLoadError(f"{where}: bad generation.json: {exc}") from exc
+        try:
+            hf_config = None if lm is not None else DecoderSpec.read_config(folder)
+        except ValueError as exc:
+            raise ModelLoadError(f"{where}: {exc}") from exc
         try:
             session = ort.InferenceSession(
                 str(path),
@@ -104,6 +131,15 @@ class OnnxModel:
             raise ModelLoadError(f"model '{name}' version {version}: {exc}") from exc
         if lm is not None:
             _check_lm(model, lm)
+        elif hf_config is not None and DecoderSpec.applies(hf_config, model.inputs):
+            try:
+                tokenizer = HfTokenizer(folder)
+                spec = DecoderSpec.from_graph(
+                    hf_config, model.inputs, model.outputs, tokenizer.eos_token_ids()
+                )
+            except ValueError as exc:
+                raise ModelLoadError(f"{where}: {exc}") from exc
+            model.decoder = DecoderLM(spec, tokenizer)
         return model
 
     def metadata(self, versions: Sequence[int]) -> dict[str, Any]:
@@ -174,7 +210,9 @@ class OnnxModel:
         return {name: np.asarray(value) for name, value in zip(outputs, results, strict=True)}
 
     def warmup_feeds(self) -> dict[str, Array]:
-        """Zero-filled inputs with every dynamic dimension set to 1."""
+        """Zero-filled inputs with every dynamic dimension set to 1 (a decoder: a prefill)."""
+        if self.decoder is not None:
+            return self.decoder.spec.warmup_feeds()
         feeds: dict[str, Array] = {}
         for spec in self.inputs:
             shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
@@ -223,9 +261,9 @@ def _check_lm(model: OnnxModel, lm: LanguageModelSpec) -> None:
 
 
 def fingerprint(folder: Path) -> str:
-    """Changes whenever the model file or its generation.json changes (for hot reload)."""
+    """Changes whenever the model file or a file describing it changes (for hot reload)."""
     digest = hashlib.sha256()
-    for name in (MODEL_FILE, "generation.json"):
+    for name in (MODEL_FILE, GENERATION_FILE, *DECODER_FILES):
         path = folder / name
         if path.exists():
             stat = path.stat()

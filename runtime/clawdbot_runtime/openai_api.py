@@ -26,15 +26,17 @@ from clawdbot_runtime.generation import (
     GenerationStats,
     SamplingParams,
     TextGenerator,
-    language_model,
+    TextModel,
+    text_model,
 )
 from clawdbot_runtime.repository import ServedModel
 from clawdbot_runtime.rest import DATAPLANE_KEY, error_body, read_json
 
 GENERATOR_KEY = web.AppKey("generator", TextGenerator)
 
-# Upper bound on max_tokens: without a KV cache every token is a model run, and an
-# unbounded request would hold a queue slot for minutes.
+# Upper bound on max_tokens: every token is a model run (a cheap one with a KV cache, a
+# whole window without), and an unbounded request would hold a queue slot for minutes.
+# Decoders are further bounded by their context length.
 MAX_TOKENS_LIMIT = 4096
 # Chat requests without max_tokens mean "until the model stops"; cap them at this.
 DEFAULT_CHAT_MAX_TOKENS = 256
@@ -64,6 +66,9 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    # vLLM's extension (OpenAI has no such field): generate max_tokens whatever the model
+    # says, for benchmarks and load tests that need fixed-length completions.
+    ignore_eos: bool = False
 
     def sampling(self, max_tokens: int, index: int) -> SamplingParams:
         """Sampling parameters for choice ``index`` (seeded choices differ, yet repeat)."""
@@ -83,6 +88,7 @@ class _Sampling(BaseModel):
             top_p=self.top_p,
             seed=None if self.seed is None else self.seed + index,
             stop=tuple(s for s in stops if s),
+            ignore_eos=self.ignore_eos,
         )
 
     @property
@@ -145,10 +151,9 @@ def _parse(model: type[_Body], body: dict[str, Any]) -> _Body:
         raise InvalidInput(f"{name}: {error['msg']}", param=name) from None
 
 
-def _served(request: web.Request, name: str) -> ServedModel:
+def _served(request: web.Request, name: str) -> tuple[ServedModel, TextModel]:
     served = request.app[DATAPLANE_KEY].manager.get(name)
-    language_model(served)
-    return served
+    return served, text_model(served)
 
 
 @dataclass
@@ -335,14 +340,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = _parse(CompletionRequest, await read_json(request))
     if body.logprobs is not None:
         raise InvalidInput("logprobs are not supported", param="logprobs")
-    served = _served(request, body.model)
-    generator = request.app[GENERATOR_KEY]
+    served, text = _served(request, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise InvalidInput("prompt must not be empty", param="prompt")
     choices: list[_Choice] = []
     for p_index, prompt in enumerate(prompts):
-        ids = generator.encode(served, prompt)
+        ids = text.encode(prompt)
+        text.check_prompt(ids, "prompt")
         for c_index in range(body.n):
             index = p_index * body.n + c_index
             params = body.sampling(body.max_tokens, index)
@@ -350,21 +355,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _respond(request, served, choices, body, _CompletionFormat(body.model, "cmpl"))
 
 
-def chat_prompt(template: str, assistant_prefix: str, messages: list[ChatMessage]) -> str:
-    """Render chat messages with the model's template, ending with the assistant's turn."""
-    rendered = "".join(template.format(role=m.role, content=m.text()) for m in messages)
-    return rendered + assistant_prefix
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions."""
     body = _parse(ChatCompletionRequest, await read_json(request))
     if body.logprobs:
         raise InvalidInput("logprobs are not supported", param="logprobs")
-    served = _served(request, body.model)
-    spec = language_model(served)
-    prompt = chat_prompt(spec.chat_template, spec.assistant_prefix, body.messages)
-    ids = request.app[GENERATOR_KEY].encode(served, prompt)
+    served, text = _served(request, body.model)
+    ids = text.chat_ids([{"role": m.role, "content": m.text()} for m in body.messages])
+    text.check_prompt(ids, "messages")
     budget = body.token_budget()
     choices = [_Choice(i, ids, body.sampling(budget, i)) for i in range(body.n)]
     return await _respond(request, served, choices, body, _ChatFormat(body.model, "chatcmpl"))
@@ -374,22 +372,27 @@ async def list_models(request: web.Request) -> web.Response:
     """GET /v1/models: the text generation models being served."""
     manager = request.app[DATAPLANE_KEY].manager
     served = sorted(manager.served(), key=lambda s: s.model.name)
-    data = [_model_card(s) for s in served if s.model.lm is not None]
+    data = [_model_card(s) for s in served if s.model.generates_text]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     """GET /v1/models/{model}."""
-    return web.json_response(_model_card(_served(request, request.match_info["model"])))
+    served, _ = _served(request, request.match_info["model"])
+    return web.json_response(_model_card(served))
 
 
 def _model_card(served: ServedModel) -> dict[str, Any]:
-    return {
+    card: dict[str, Any] = {
         "id": served.model.name,
         "object": "model",
         "created": int(served.loaded_at),
         "owned_by": "clawdbot",
     }
+    if served.model.decoder is not None:
+        # vLLM's field: what a client may size prompt plus completion to.
+        card["max_model_len"] = served.model.decoder.spec.context_length
+    return card
 
 
 def add_routes(app: web.Application, dataplane: DataPlane) -> None:

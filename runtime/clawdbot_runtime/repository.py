@@ -4,6 +4,8 @@ Layout (Triton/KServe style)::
 
     <repository>/<model-name>/<version>/model.onnx      version: a positive integer
     <repository>/<model-name>/<version>/generation.json  optional: makes it a /v1 text model
+    <repository>/<model-name>/<version>/config.json, tokenizer.json, ...
+                                                         or: an Optimum decoder export
 
 The highest version folder of each model is served. A rescan (poll or explicit load) loads
 a newer version, warms it up, then swaps it in while the old one finishes its queue; a
@@ -342,7 +344,7 @@ class ModelManager:
                 "model": name,
                 "version": version,
                 "batching": batcher.max_batch_size > 1,
-                "text_generation": model.lm is not None,
+                "text_generation": model.generates_text,
                 "load_seconds": round(time.perf_counter() - started, 3),
             },
         )

@@ -20,12 +20,9 @@ The embedding and projection are the exact SVD factorisation of the table of smo
 (Witten-Bell) log-probabilities, so the graph has the embedding -> linear head shape of a
 real decoder and its MatMul is something int8/int4 weight quantization can act on.
 
-Why not onnxruntime-genai: it drives models through a ``genai_config.json`` describing a
-transformer exported by its model builder from Hugging Face weights (KV cache inputs, past
-sequence length, tokenizer files). None can be downloaded here, and a hand-built graph
-without a KV cache does not fit its contract; the server instead runs a plain
-onnxruntime session per generated token, which also lets generation steps share the
-dynamic batcher with v2 traffic.
+The project's second demo model, a GPT-style decoder with a KV cache laid out like a
+Hugging Face Optimum export, is in tinygpt.py; docs/runtime.md says why generation runs on
+plain onnxruntime sessions rather than onnxruntime-genai.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from runtime_support import StartServer, write_linear
 
 from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.server import RuntimeServer
+from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
 from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
 
@@ -22,6 +23,14 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo-template")
     build_tiny_lm(root)
     return root / DEMO_MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def gpt_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-style decoder (an Optimum-style export folder), built once per session."""
+    root = tmp_path_factory.mktemp("gpt-template")
+    build_tiny_gpt(root)
+    return root / DEMO_GPT_NAME
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -111,3 +112,47 @@ async def wait_for(condition: Callable[[], bool], *, attempts: int = 500) -> Non
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition never became true")
+
+
+def decoder_session(folder: Path) -> ort.InferenceSession:
+    """A plain onnxruntime session over a decoder folder's model.onnx (CPU)."""
+    return ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+
+
+def full_sequence_logits(
+    session: ort.InferenceSession, ids: list[int], layers: int, kv_heads: int, dim: int
+) -> Array:
+    """Logits [seq, vocab] of ``ids`` run from scratch: an empty cache, every position fed."""
+    total = len(ids)
+    feeds: dict[str, Array] = {
+        "input_ids": np.array([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, total), dtype=np.int64),
+        "position_ids": np.arange(total, dtype=np.int64)[None, :],
+    }
+    for layer in range(layers):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{layer}.{kind}"] = np.zeros(
+                (1, kv_heads, 0, dim), dtype=np.float32
+            )
+    logits: Array = session.run(["logits"], feeds)[0][0]
+    return logits
+
+
+def greedy_without_cache(
+    session: ort.InferenceSession,
+    ids: list[int],
+    steps: int,
+    eos: int,
+    geometry: tuple[int, int, int],
+) -> tuple[list[int], list[Array]]:
+    """The reference: each token recomputes the whole sequence; tokens and their logits."""
+    sequence, tokens, all_logits = list(ids), [], []
+    for _ in range(steps):
+        logits = full_sequence_logits(session, sequence, *geometry)[-1]
+        token = int(np.argmax(logits))
+        tokens.append(token)
+        all_logits.append(logits)
+        if token == eos:
+            break
+        sequence.append(token)
+    return tokens, all_logits
