@@ -12,19 +12,24 @@ over loopback to each of:
   ``--no-litellm``);
 - ``sidecar``: ``clawdbot-sidecar serve`` with rules (a PII rule sends the request to the
   cloud target) and redaction on in pseudonymize mode, so every request is scanned,
-  pseudonymized on the way out and restored on the way back (audit log off);
-- ``sidecar+uvloop``: the same sidecar, unchanged, started on uvloop's event loop (what
-  adopting uvloop would buy; skipped without uvloop, or with ``--no-uvloop``).
+  pseudonymized on the way out and restored on the way back (audit log off); it runs on
+  uvloop's event loop, as it does wherever uvloop is installed;
+- ``sidecar-asyncio``: the same sidecar on the standard library's event loop (what uvloop
+  buys; skipped without uvloop, or with ``--no-asyncio-loop``).
 
 Every proxy is pinned to CPU 0 (``taskset``; nginx runs one worker, LiteLLM one worker); the
 load generator (a small keep-alive HTTP/1.1 client on asyncio protocols) and the upstream
 share CPU 1. Latency is measured at concurrency 1, throughput at ``--concurrency`` (32)
 closed-loop clients; targets take turns in ``--rounds`` rounds so background drift hits all
 alike. ``added`` is the proxy's percentile minus the direct path's; ``req/s`` is the median of
-the rounds, its p50/p99 over all of them.
+the rounds, its p50/p99 over all of them. ``CPU us/req`` is the CPU time (user + system) the
+proxy's processes used during the load phases divided by the requests they answered: unlike
+the timings, it hardly moves when other work shares the machine, and 1e6 / it is the
+throughput one core could give.
 
     .venv/bin/python bench/sidecar_overhead.py [--requests 600] [--load-requests 2000]
-        [--concurrency 32] [--rounds 3] [--no-litellm] [--no-nginx] [--profile]
+        [--concurrency 32] [--rounds 3] [--no-litellm] [--no-nginx] [--no-asyncio-loop]
+        [--profile] [--profile-out FILE]
 
 A load phase stops after 15 s whatever is left of its requests (LiteLLM hits that limit),
 so a default run takes about two and a half minutes, LiteLLM's start included.
@@ -445,20 +450,21 @@ endpoints:
     return conf
 
 
-# The unchanged sidecar on uvloop's event loop (what installing uvloop would buy).
-UVLOOP_MAIN = (
-    "import sys, uvloop; uvloop.install(); "
-    "from clawdbot_sidecar.main import main; sys.exit(main(sys.argv[1:]))"
+# The unchanged sidecar on the standard library's event loop (the serve command picks
+# uvloop wherever it is installed; this replaces that choice).
+ASYNCIO_MAIN = (
+    "import sys; from clawdbot_sidecar import main as m; m._loop_factory = lambda: None; "
+    "sys.exit(m.main(sys.argv[1:]))"
 )
 
 
 def sidecar_cmd(
-    conf: Path, port: int, profile_to: Path | None = None, uvloop: bool = False
+    conf: Path, port: int, profile_to: Path | None = None, stdloop: bool = False
 ) -> list[str]:
     args = ["serve", "--config", str(conf), "--port", str(port), "--grpc-port", "0"]
     args += ["--log-level", "warning"]
-    if uvloop:
-        return [sys.executable, "-c", UVLOOP_MAIN, *args]
+    if stdloop:
+        return [sys.executable, "-c", ASYNCIO_MAIN, *args]
     if profile_to is not None:
         return [
             sys.executable,
@@ -473,13 +479,13 @@ def sidecar_cmd(
     return [sys.executable, "-m", "clawdbot_sidecar.main", *args]
 
 
-def start_sidecar(work: Path, upstream: int, uvloop: bool = False) -> Target | None:
-    if uvloop and importlib.util.find_spec("uvloop") is None:
-        print("sidecar+uvloop: uvloop is not installed; row skipped", flush=True)
+def start_sidecar(work: Path, upstream: int, stdloop: bool = False) -> Target | None:
+    if stdloop and importlib.util.find_spec("uvloop") is None:
+        print("sidecar-asyncio: uvloop is not installed, so `sidecar` is this row", flush=True)
         return None
-    name = "sidecar+uvloop" if uvloop else "sidecar"
+    name = "sidecar-asyncio" if stdloop else "sidecar"
     port = free_port()
-    cmd = sidecar_cmd(sidecar_config(work, upstream), port, uvloop=uvloop)
+    cmd = sidecar_cmd(sidecar_config(work, upstream), port, stdloop=stdloop)
     log = work / f"{name}.log"
     process = _spawn(cmd, PROXY_CPU, log, {"CLAWDBOT_CLOUD_API_KEY": "sk-bench"})
     return Target(name, port, process=process, log=log)
@@ -488,12 +494,37 @@ def start_sidecar(work: Path, upstream: int, uvloop: bool = False) -> Target | N
 # --- the run -----------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, its threads and its live descendants (nginx and
+    LiteLLM serve from child processes)."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return total
+
+
 @dataclass
 class Result:
     c1: list[float] = field(default_factory=list)
     load_latencies: list[float] = field(default_factory=list)
     round_rps: list[float] = field(default_factory=list)
     errors: int = 0
+    load_cpu_s: float = 0.0
+    load_requests: int = 0
+
+    @property
+    def cpu_us(self) -> float | None:
+        """CPU per request under load, in microseconds (None: not measured)."""
+        return self.load_cpu_s / self.load_requests * 1e6 if self.load_requests else None
 
     @property
     def rps(self) -> float:
@@ -515,12 +546,16 @@ def measure(targets: list[Target], args: argparse.Namespace) -> dict[str, Result
             phase = asyncio.run(run_phase(t.port, t.path, 1, args.requests))
             res.c1 += phase.latencies_s
             res.errors += phase.errors
+            cpu0 = cpu_seconds(t.process.pid) if t.process is not None else None
             phase = asyncio.run(run_phase(t.port, t.path, args.concurrency, args.load_requests))
+            if t.process is not None and cpu0 is not None:
+                res.load_cpu_s += cpu_seconds(t.process.pid) - cpu0
+                res.load_requests += len(phase.latencies_s)
             res.load_latencies += phase.latencies_s
             res.round_rps.append(len(phase.latencies_s) / phase.elapsed_s)
             res.errors += phase.errors
             print(
-                f"  round {r + 1}/{args.rounds} {t.name:14s} c=1 p50 {pct(res.c1, 50):.3f} ms"
+                f"  round {r + 1}/{args.rounds} {t.name:15s} c=1 p50 {pct(res.c1, 50):.3f} ms"
                 f"  c={args.concurrency} {res.round_rps[-1]:,.0f} req/s",
                 flush=True,
             )
@@ -532,17 +567,19 @@ def report(results: dict[str, Result], concurrency: int) -> None:
     b50, b99 = pct(base.c1, 50), pct(base.c1, 99)
     print()
     print(
-        f"{'target':14s} | {'c=1 p50 ms':>10s} {'p99 ms':>7s} {'added p50':>9s} {'added p99':>9s}"
-        f" | {'c=' + str(concurrency) + ' req/s':>11s} {'p50 ms':>7s} {'p99 ms':>7s} | errors"
+        f"{'target':15s} | {'c=1 p50 ms':>10s} {'p99 ms':>7s} {'added p50':>9s} {'added p99':>9s}"
+        f" | {'c=' + str(concurrency) + ' req/s':>11s} {'p50 ms':>7s} {'p99 ms':>7s}"
+        f" {'CPU us/req':>10s} | errors"
     )
-    print("-" * 91)
+    print("-" * 103)
     for name, r in results.items():
         a50 = f"{pct(r.c1, 50) - b50:9.3f}" if name != "direct" else f"{'':9s}"
         a99 = f"{pct(r.c1, 99) - b99:9.3f}" if name != "direct" else f"{'':9s}"
+        cpu = f"{r.cpu_us:10,.0f}" if r.cpu_us is not None else f"{'':10s}"
         print(
-            f"{name:14s} | {pct(r.c1, 50):10.3f} {pct(r.c1, 99):7.3f} {a50} {a99}"
+            f"{name:15s} | {pct(r.c1, 50):10.3f} {pct(r.c1, 99):7.3f} {a50} {a99}"
             f" | {r.rps:11,.0f} {pct(r.load_latencies, 50):7.2f} {pct(r.load_latencies, 99):7.2f}"
-            f" | {r.errors}"
+            f" {cpu} | {r.errors}"
         )
     side = results.get("sidecar")
     if side is None:
@@ -550,7 +587,10 @@ def report(results: dict[str, Result], concurrency: int) -> None:
     print()
     added = pct(side.c1, 50) - b50
     if "litellm" in results:
-        print(f"sidecar req/s / litellm req/s: {side.rps / results['litellm'].rps:.1f}x")
+        lite = results["litellm"]
+        print(f"sidecar req/s / litellm req/s: {side.rps / lite.rps:.1f}x")
+        if side.cpu_us and lite.cpu_us:
+            print(f"litellm CPU per request / sidecar's: {lite.cpu_us / side.cpu_us:.1f}x")
     if "nginx" in results:
         nginx_added = pct(results["nginx"].c1, 50) - b50
         print(
@@ -596,7 +636,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-litellm", action="store_true")
     p.add_argument("--no-nginx", action="store_true")
-    p.add_argument("--no-uvloop", action="store_true", help="skip the sidecar+uvloop row")
+    p.add_argument("--no-asyncio-loop", action="store_true", help="skip the sidecar-asyncio row")
     p.add_argument("--profile", action="store_true", help="then profile the sidecar")
     p.add_argument("--profile-out", type=Path, help="with --profile: keep the cProfile data")
     p.add_argument("--_upstream", type=int, help=argparse.SUPPRESS)
@@ -621,8 +661,8 @@ def main() -> None:
             if not args.no_litellm:
                 candidates.append(lambda: start_litellm(work, upstream.port))
             candidates.append(lambda: start_sidecar(work, upstream.port))
-            if not args.no_uvloop:
-                candidates.append(lambda: start_sidecar(work, upstream.port, uvloop=True))
+            if not args.no_asyncio_loop:
+                candidates.append(lambda: start_sidecar(work, upstream.port, stdloop=True))
             for start in candidates:
                 t = start()
                 if t is None:

@@ -14,9 +14,9 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NoReturn, cast
@@ -28,11 +28,17 @@ from clawdbot_sidecar.cache import CachedResponse, ResponseCache, build_cache, c
 from clawdbot_sidecar.cloud import BreakerState, BudgetTracker, CircuitBreaker
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.decision import Arm, Bandit, Decision, Signals, decide, reward
-from clawdbot_sidecar.features import Features, complexity, estimate_tokens, prompt_text
+from clawdbot_sidecar.features import Features, complexity, estimate_tokens, prompt_parts
 from clawdbot_sidecar.metrics import SidecarMetrics
 from clawdbot_sidecar.plugins import AfterResponse, BeforeRoute, PluginRequest, PluginResult
 from clawdbot_sidecar.pool import EndpointState, LocalPool, NoEndpoint
-from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor, Restorer
+from clawdbot_sidecar.redaction import (
+    BUILTIN_ENTITIES,
+    FindingsMemo,
+    RedactionConfig,
+    Redactor,
+    Restorer,
+)
 from clawdbot_sidecar.upstream import StreamHandle, Upstream, UpstreamError, backoff_delay
 
 log = logging.getLogger("clawdbot.sidecar")
@@ -122,6 +128,8 @@ class _Outcome:
     plugin_request: PluginRequest | None = None
     endpoint: EndpointState | None = None
     error: str | None = None
+    # Detection results per prompt text: the routing scan fills it, redaction reuses it.
+    findings: FindingsMemo = field(default_factory=dict)
 
 
 def _validate(kind: ApiKind, body: Any) -> dict[str, Any]:
@@ -206,6 +214,8 @@ class RoutingCore:
             lambda: float(self.breaker.state == BreakerState.OPEN)
         )
         self._seed = seed
+        # Request ids: 128 random bits, like a uuid4's hex, without a system call for each.
+        self._ids = random.Random()
         self.in_flight = 0
         # Set while no request is in progress; graceful shutdown waits on it.
         self.idle = asyncio.Event()
@@ -285,7 +295,7 @@ class RoutingCore:
         self.metrics.in_flight.inc()
         lowered = {k.lower(): v for k, v in headers.items()}
         out = _Outcome(
-            request_id=lowered.get(REQUEST_ID_HEADER) or uuid.uuid4().hex,
+            request_id=lowered.get(REQUEST_ID_HEADER) or f"{self._ids.getrandbits(128):032x}",
             kind=kind,
             model="",
             started=time.monotonic(),
@@ -295,10 +305,15 @@ class RoutingCore:
         try:
             body = _validate(kind, raw)
             out.model, out.stream = body["model"], bool(body.get("stream"))
-            out.plugin_request = PluginRequest(out.request_id, kind.value, out.model, body, lowered)
-            for plugin in self._before:
-                await self._run_before(plugin, out.plugin_request)
-            answer = await self._route(body, out.plugin_request.headers, out)
+            route_headers = lowered
+            if self._before or self._after:
+                out.plugin_request = PluginRequest(
+                    out.request_id, kind.value, out.model, body, lowered
+                )
+                for plugin in self._before:
+                    await self._run_before(plugin, out.plugin_request)
+                route_headers = out.plugin_request.headers
+            answer = await self._route(body, route_headers, out)
             streaming = answer.stream is not None
             if answer.stream is not None:
                 answer.stream = self._finish_stream(answer.stream, out)
@@ -314,12 +329,12 @@ class RoutingCore:
 
     async def _route(self, body: dict[str, Any], headers: dict[str, str], out: _Outcome) -> Answer:
         policy = self.config.policy
-        text, turns = prompt_text(body)
-        pii = self.redactor.scan(text) if text else {}
-        if text and self._rules_check_pii:
-            # Redaction off or narrower than the rules: rules still see every entity.
-            for entity in self.redactor.contains_pii(text, self._pii_entities):
-                pii.setdefault(entity, 1)
+        parts, turns = prompt_parts(body)
+        text = "\n".join(parts)
+        # Redaction off or narrower than the rules: rules still see every entity. The
+        # findings are kept for the redaction of a cloud-bound copy (one detection pass).
+        also = self._pii_entities if self._rules_check_pii else ()
+        pii = self.redactor.scan_parts(parts, out.findings, also) if text else {}
         out.pii = pii
         features = Features(
             model=out.model,
@@ -495,7 +510,7 @@ class RoutingCore:
         if cloud is None:
             raise NoEndpoint("no cloud endpoint is configured")
         redaction = self.config.policy.redaction
-        result = self.redactor.redact_request(body)
+        result = self.redactor.redact_request(body, memo=out.findings)
         if result.is_blocked:
             raise RequestError(
                 400,
@@ -563,7 +578,7 @@ class RoutingCore:
         out: _Outcome,
         body: Mapping[str, Any],
         finish: Callable[[bool], None] | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Re-emit the upstream's SSE events, restored, hiding usage chunks not asked for.
 
         ``finish(ok)`` runs once when the stream ends (local endpoints count it as done).
@@ -594,6 +609,7 @@ class RoutingCore:
                            "param": None, "code": "stream_broken"}}
             )  # fmt: skip
         finally:
+            handle.close()  # also when the app left: the upstream stops generating for it
             if finish is not None:
                 finish(ok)
         yield b"data: [DONE]\n\n"
@@ -609,6 +625,9 @@ class RoutingCore:
             raise
         finally:
             self._done(out)
+            # An app that left mid-stream: close the relay (and its upstream call) now.
+            if isinstance(stream, AsyncGenerator):
+                await stream.aclose()
 
     # -- caching ------------------------------------------------------------------------
 
@@ -655,7 +674,7 @@ class RoutingCore:
             log.exception("plugin %s failed before routing; ignored", type(plugin).__name__)
 
     def _run_after(self, out: _Outcome, target: str, elapsed: float) -> None:
-        if out.plugin_request is None:
+        if out.plugin_request is None or not self._after:
             return
         result = PluginResult(
             target=target,

@@ -20,6 +20,15 @@ _HARD_WORDS = re.compile(
 )
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|#include|=>|\{\s*\n")
 _MATH = re.compile(r"[∑∫√≤≥≠]|\\frac|\\sum|\b\d+\s*[\^*/]\s*\d+")
+# Prefilters for ASCII text: each pattern's matches contain one of these (the hard words in
+# lower case), so a text with none skips the regex. Non-ASCII text always runs it: case-
+# insensitive matching also folds a few non-ASCII letters onto ASCII ones (the long s).
+_HARD_STEMS = (
+    "prove", "deriv", "analy", "step by step", "explain why", "compar", "optimi", "refactor",
+    "debug", "architecture", "trade", "theorem", "algorithm", "complexity",
+)  # fmt: skip
+_CODE_NEEDLES = ("```", "def ", "class ", "function", "#include", "=>", "{")
+_MATH_NEEDLES = ("^", "*", "/", "\\")
 
 
 def estimate_tokens(text: str) -> int:
@@ -31,16 +40,31 @@ def estimate_tokens(text: str) -> int:
 def complexity(text: str, turns: int) -> float:
     """A score in [0, 1]: reasoning words, code, math, long multi-turn context."""
     sample = text[-8000:]  # the latest part carries the question; bound the regex work
+    ascii_only = sample.isascii()
+    lowered = sample.lower() if ascii_only else ""
     score = 0.0
-    score += min(len(_HARD_WORDS.findall(sample)), 3) * 0.15
-    score += 0.25 if _CODE.search(sample) else 0.0
-    score += 0.15 if _MATH.search(sample) else 0.0
+    if not ascii_only or _any_in(lowered, _HARD_STEMS):
+        score += min(len(_HARD_WORDS.findall(sample)), 3) * 0.15
+    if (not ascii_only or _any_in(sample, _CODE_NEEDLES)) and _CODE.search(sample):
+        score += 0.25
+    if (not ascii_only or _any_in(sample, _MATH_NEEDLES)) and _MATH.search(sample):
+        score += 0.15
     score += min(turns, 10) * 0.015
     return min(score, 1.0)
 
 
+def _any_in(text: str, needles: tuple[str, ...]) -> bool:
+    return any(n in text for n in needles)
+
+
 def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
     """The text of a chat/completions/embeddings body, and its number of turns."""
+    parts, turns = prompt_parts(body)
+    return "\n".join(parts), turns
+
+
+def prompt_parts(body: dict[str, Any]) -> tuple[list[str], int]:
+    """The texts that :func:`prompt_text` joins with newlines, and the number of turns."""
     if "messages" in body:
         parts: list[str] = []
         for msg in body["messages"]:
@@ -53,14 +77,14 @@ def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
                     for p in content
                     if isinstance(p, dict) and isinstance(p.get("text"), str)
                 )
-        return "\n".join(parts), len(body["messages"])
+        return parts, len(body["messages"])
     for key in ("prompt", "input"):
         value = body.get(key)
         if isinstance(value, str):
-            return value, 1
+            return [value], 1
         if isinstance(value, list):
-            return "\n".join(v for v in value if isinstance(v, str)), 1
-    return "", 0
+            return [v for v in value if isinstance(v, str)], 1
+    return [], 0
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity
 from clawdbot_sidecar.grpc_front import GrpcFront
 from clawdbot_sidecar.metrics import SidecarMetrics
 from clawdbot_sidecar.plugins import PluginError, load_plugins
-from clawdbot_sidecar.rest import DRAINING, SYNCED, build_app
+from clawdbot_sidecar.rest import RestFront
 from clawdbot_sidecar.upstream import Upstream
 
 log = logging.getLogger("clawdbot.sidecar")
@@ -171,7 +171,7 @@ async def serve(args: argparse.Namespace) -> int:
         cache_scope=scope,
         plugins=plugins,
     )
-    app = build_app(core)
+    front = RestFront(core)
     client = None
     if args.discovery:
         client = DiscoveryClient(
@@ -183,21 +183,18 @@ async def serve(args: argparse.Namespace) -> int:
             pool=core.pool,
             ca_pem=_discovery_ca(args.discovery_ca),
         )
-        app[SYNCED] = client.synced
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
+        front.synced = client.synced
+    await front.start(args.host, args.port)
     log.info(
         "routing on http://%s:%d/v1 (%d local endpoints, cloud %s)",
         args.host,
-        args.port,
+        front.port,
         len(config.endpoints),
         "configured" if config.policy.cloud else "off",
     )
     grpc_front = GrpcFront(core, args.host, args.grpc_port) if args.grpc_port else None
     if grpc_front is not None:
-        await grpc_front.start(app[SYNCED])
+        await grpc_front.start(front.synced)
         log.info("gRPC on %s:%d", args.host, grpc_front.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,7 +206,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
 
     # Drain: fail readiness so no new traffic is sent, let requests in progress finish.
-    app[DRAINING][0] = True
+    front.draining = True
     if grpc_front is not None:
         await grpc_front.drain()
     with contextlib.suppress(TimeoutError):
@@ -222,7 +219,7 @@ async def serve(args: argparse.Namespace) -> int:
             await watcher
     if grpc_front is not None:
         await grpc_front.stop(GRPC_STOP_GRACE_S)
-    await runner.cleanup()
+    await front.close()
     await core.close()
     await upstream.close()
     return 0

@@ -7,10 +7,47 @@ Prompt text, model answers and redacted values never become label values.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any, TypeVar
+
+import prometheus_client
+from prometheus_client import CollectorRegistry
 
 # Latency buckets from a cached answer (ms) to a long generation (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+_M = TypeVar("_M", bound="_MemoLabels")
+
+
+class _MemoLabels:
+    """``labels(*values)`` answered from a dict after the first call per label set.
+
+    prometheus_client checks, converts and locks on every ``labels()`` call, several times
+    the cost of the ``inc()`` that follows; the sidecar calls it a dozen times a request with
+    a bounded set of values (see the module docstring), and never removes a child.
+    """
+
+    _memo: dict[tuple[Any, ...], Any]
+
+    def labels(self: _M, *labelvalues: Any, **labelkwargs: Any) -> _M:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc, no-any-return]
+        memo = self.__dict__.setdefault("_memo", {})
+        child = memo.get(labelvalues)
+        if child is None:
+            child = memo[labelvalues] = super().labels(*labelvalues)  # type: ignore[misc]
+        return child  # type: ignore[no-any-return]
+
+
+class Counter(_MemoLabels, prometheus_client.Counter):
+    """A Counter whose label children are memoized."""
+
+
+class Gauge(_MemoLabels, prometheus_client.Gauge):
+    """A Gauge whose label children are memoized."""
+
+
+class Histogram(_MemoLabels, prometheus_client.Histogram):
+    """A Histogram whose label children are memoized."""
 
 
 class SidecarMetrics:

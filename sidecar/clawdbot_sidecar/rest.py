@@ -3,124 +3,141 @@
 Apps point their OpenAI SDK at it (``OPENAI_BASE_URL=http://127.0.0.1:<port>/v1``). Errors
 use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so SDKs raise their
 usual exceptions. Besides the API: ``/healthz`` (live), ``/readyz`` (ready, false while
-draining) and ``/metrics`` (Prometheus).
+draining) and ``/metrics`` (Prometheus). It runs on the sidecar's own small HTTP/1.1 server
+(:mod:`clawdbot_sidecar.httpserver`), which costs a fraction of a framework's CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from clawdbot_sidecar.core import ApiKind, RequestError, RoutingCore
+from clawdbot_sidecar.httpserver import HttpServer, Refusals, Request, Response, StreamingResponse
+from clawdbot_sidecar.upstream import dumps, loads
 
 log = logging.getLogger("clawdbot.sidecar")
 
-CORE: web.AppKey[RoutingCore] = web.AppKey("core", RoutingCore)
-DRAINING: web.AppKey[list[bool]] = web.AppKey("draining", list)
-# Set once the sidecar holds a configuration (at once for a file; with the discovery stream,
-# after the first snapshot).
-SYNCED: web.AppKey[asyncio.Event] = web.AppKey("synced", asyncio.Event)
+TEXT = "text/plain; charset=utf-8"
+# Seconds an app should wait before retrying a 429 (overloaded) or 503 (no target now).
+RETRY_AFTER_S = "1"
+
+Route = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
 
-def error_response(exc: RequestError, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(exc: RequestError, headers: dict[str, str] | None = None) -> Response:
+    """A RequestError as an HTTP answer in OpenAI's error shape."""
     extra = dict(headers or {})
     if exc.status in (429, 503):
-        extra["Retry-After"] = "1"
-    return web.json_response(exc.body(), status=exc.status, headers=extra)
+        extra["Retry-After"] = RETRY_AFTER_S
+    return Response(exc.status, dumps(exc.body()), headers=extra.items())
 
 
-async def _read_body(request: web.Request) -> Any:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        request.app[CORE].metrics.rejected.labels("too_large").inc()
-        raise RequestError(
-            413,
-            "the request body is larger than the sidecar's limit of "
-            f"{request.app[CORE].config.limits.max_body_bytes} bytes",
-            code="request_too_large",
-        ) from exc
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise RequestError(400, f"the request body is not valid JSON: {exc}") from exc
+class RestFront:
+    """The HTTP front of one routing core: routes, request parsing and answer encoding."""
 
-
-def _handler(kind: ApiKind) -> Any:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        core = request.app[CORE]
-        try:
-            body = await _read_body(request)
-            answer = await core.handle(kind, body, request.headers)
-        except RequestError as exc:
-            return error_response(exc)
-        if answer.stream is None:
-            return web.json_response(answer.body, status=answer.status, headers=answer.headers)
-        resp = web.StreamResponse(
-            status=answer.status,
-            headers={
-                **answer.headers,
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-            },
+    def __init__(self, core: RoutingCore) -> None:
+        self.core = core
+        # Set on SIGTERM: /readyz fails so no new traffic is sent while requests finish.
+        self.draining = False
+        # Set once the sidecar holds a configuration (at once for a file; with the discovery
+        # stream, after the first snapshot, whose client replaces this event).
+        self.synced = asyncio.Event()
+        self.synced.set()
+        self._routes: dict[tuple[str, str], Route] = {
+            ("POST", "/v1/chat/completions"): self._api(ApiKind.CHAT),
+            ("POST", "/v1/completions"): self._api(ApiKind.COMPLETIONS),
+            ("POST", "/v1/embeddings"): self._api(ApiKind.EMBEDDINGS),
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/healthz"): self._healthz,
+            ("GET", "/readyz"): self._readyz,
+            ("GET", "/metrics"): self._metrics,
+        }
+        self.server = HttpServer(
+            self._dispatch,
+            # Read per request: a reloaded policy's limit applies at once.
+            max_body_bytes=lambda: self.core.config.limits.max_body_bytes,
+            refusals=Refusals(
+                too_large=self._too_large,
+                bad_request=lambda message: error_response(RequestError(400, message)),
+                internal_error=self._internal_error,
+            ),
         )
-        await resp.prepare(request)
-        async for chunk in answer.stream:
-            await resp.write(chunk)
-        await resp.write_eof()
-        return resp
 
-    return handle
+    async def start(self, host: str, port: int) -> None:
+        """Serve on ``host:port`` (0 picks a free port: see :attr:`port`)."""
+        await self.server.start(host, port)
 
+    @property
+    def port(self) -> int:
+        return self.server.port
 
-async def _models(request: web.Request) -> web.Response:
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": f"clawdbot-{where}"}
-        for name, where in request.app[CORE].models().items()
-    ]
-    return web.json_response({"object": "list", "data": data})
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Stop serving; answers in progress get ``grace_s`` to finish."""
+        await self.server.close(grace_s)
 
+    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self._routes.get((method, request.path))
+        if route is None:
+            exc = RequestError(
+                404, f"unknown path {request.path}; this is an OpenAI-compatible API"
+            )
+            return error_response(exc)
+        return await route(request)
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
+    def _internal_error(self) -> Response:
+        exc = RequestError(
+            500, "the sidecar failed on this request; see its log", type_="server_error"
+        )
+        return error_response(exc)
 
+    def _too_large(self, limit: int) -> Response:
+        self.core.metrics.rejected.labels("too_large").inc()
+        return error_response(
+            RequestError(
+                413,
+                f"the request body is larger than the sidecar's limit of {limit} bytes",
+                code="request_too_large",
+            )
+        )
 
-async def _readyz(request: web.Request) -> web.Response:
-    if request.app[DRAINING][0]:
-        return web.Response(status=503, text="draining")
-    if not request.app[SYNCED].is_set():
-        return web.Response(status=503, text="waiting for the first discovery snapshot")
-    return web.Response(text="ok")
+    def _api(self, kind: ApiKind) -> Route:
+        async def handle(request: Request) -> Response | StreamingResponse:
+            try:
+                try:
+                    body: Any = loads(request.body)
+                except ValueError as exc:
+                    raise RequestError(400, f"the request body is not valid JSON: {exc}") from exc
+                answer = await self.core.handle(kind, body, request.headers)
+            except RequestError as exc:
+                return error_response(exc)
+            if answer.stream is None:
+                return Response(answer.status, dumps(answer.body), headers=answer.headers.items())
+            return StreamingResponse(answer.status, answer.stream, headers=answer.headers.items())
 
+        return handle
 
-async def _metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[CORE].metrics.registry)
-    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _models(self, request: Request) -> Response:
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": f"clawdbot-{where}"}
+            for name, where in self.core.models().items()
+        ]
+        return Response(200, dumps({"object": "list", "data": data}))
 
+    async def _healthz(self, request: Request) -> Response:
+        return Response(200, b"ok", TEXT)
 
-async def _not_found(request: web.Request) -> web.Response:
-    exc = RequestError(404, f"unknown path {request.path}; this is an OpenAI-compatible API")
-    return error_response(exc)
+    async def _readyz(self, request: Request) -> Response:
+        if self.draining:
+            return Response(503, b"draining", TEXT)
+        if not self.synced.is_set():
+            return Response(503, b"waiting for the first discovery snapshot", TEXT)
+        return Response(200, b"ok", TEXT)
 
-
-def build_app(core: RoutingCore) -> web.Application:
-    """The HTTP app; the body limit comes from the core's config."""
-    app = web.Application(client_max_size=core.config.limits.max_body_bytes)
-    app[CORE] = core
-    app[DRAINING] = [False]
-    app[SYNCED] = asyncio.Event()
-    app[SYNCED].set()
-    app.router.add_post("/v1/chat/completions", _handler(ApiKind.CHAT))
-    app.router.add_post("/v1/completions", _handler(ApiKind.COMPLETIONS))
-    app.router.add_post("/v1/embeddings", _handler(ApiKind.EMBEDDINGS))
-    app.router.add_get("/v1/models", _models)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_route("*", "/{tail:.*}", _not_found)
-    return app
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, generate_latest(self.core.metrics.registry), CONTENT_TYPE_LATEST)

@@ -17,6 +17,8 @@ from .config import BUILTIN_ENTITIES, CustomEntity, Entity, RedactionConfig, Red
 from .detectors import Span
 from .engine import (
     PLACEHOLDER_RE,
+    Findings,
+    FindingsMemo,
     PseudonymMap,
     RedactionResult,
     Redactor,
@@ -34,6 +36,8 @@ __all__ = [
     "ChunkRestorer",
     "CustomEntity",
     "Entity",
+    "Findings",
+    "FindingsMemo",
     "PseudonymMap",
     "RedactionConfig",
     "RedactionMode",

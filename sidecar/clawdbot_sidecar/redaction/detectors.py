@@ -52,6 +52,15 @@ class Detector:
     # Needles are compared against the lower-cased text (for case-insensitive patterns).
     needles_casefold: bool = False
     check: Check | None = None
+    # Every match contains one of these too (compared as they are): a second prefilter.
+    requires: tuple[str, ...] = ()
+    # Every match has a needle at most this many characters after its start (None: no such
+    # bound), so its search can begin that far before the first needle in the text.
+    needle_lead: int | None = None
+    # Every match has an ASCII digit at most this many characters after its start (None:
+    # digits are optional). Texts without a digit skip the pattern; others are searched
+    # from that far before their first digit.
+    digit_lead: int | None = None
 
 
 # --- validators bound to matches -------------------------------------------------------
@@ -288,51 +297,67 @@ CUSTOM_PRIORITY: Final = 0  # the policy author's own definition wins ties
 def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
     """Detectors for the given built-in entity names, in a fixed order."""
     table: dict[str, list[Detector]] = {
-        "EMAIL": [Detector("EMAIL", _EMAIL, PRIORITY["EMAIL"], needles=("@",))],
+        # The local part before the "@" is 1 to 64 characters long.
+        "EMAIL": [Detector("EMAIL", _EMAIL, PRIORITY["EMAIL"], ("@",), needle_lead=64)],
         "PHONE": [
-            Detector("PHONE", _PHONE_INTL, PRIORITY["PHONE"], ("+",), check=_check_phone_intl),
-            Detector("PHONE", _PHONE_NANP, PRIORITY["PHONE"]),
-            Detector("PHONE", _PHONE_TRUNK, PRIORITY["PHONE"], ("0",), check=_check_phone_trunk),
+            Detector(
+                "PHONE", _PHONE_INTL, PRIORITY["PHONE"], ("+",), check=_check_phone_intl,
+                needle_lead=0, digit_lead=1,
+            ),
+            Detector("PHONE", _PHONE_NANP, PRIORITY["PHONE"], digit_lead=1),  # "(" first
+            Detector(
+                "PHONE", _PHONE_TRUNK, PRIORITY["PHONE"], ("0",), check=_check_phone_trunk,
+                needle_lead=1, digit_lead=1,
+            ),
         ],
         "CREDIT_CARD": [
-            Detector("CREDIT_CARD", _CREDIT_CARD, PRIORITY["CREDIT_CARD"], check=_check_credit_card)
+            Detector(
+                "CREDIT_CARD", _CREDIT_CARD, PRIORITY["CREDIT_CARD"], check=_check_credit_card,
+                digit_lead=0,
+            )
         ],
-        "IBAN": [Detector("IBAN", _IBAN, PRIORITY["IBAN"], check=_check_iban)],
+        "IBAN": [Detector("IBAN", _IBAN, PRIORITY["IBAN"], check=_check_iban, digit_lead=2)],
         "IP_ADDRESS": [
-            Detector("IP_ADDRESS", _IPV4, PRIORITY["IP_ADDRESS"], (".",), check=_check_ipv4),
-            Detector("IP_ADDRESS", _IPV6, PRIORITY["IP_ADDRESS"], (":",), check=_check_ipv6),
+            Detector(
+                "IP_ADDRESS", _IPV4, PRIORITY["IP_ADDRESS"], (".",), check=_check_ipv4,
+                needle_lead=3, digit_lead=0,
+            ),
+            Detector(
+                "IP_ADDRESS", _IPV6, PRIORITY["IP_ADDRESS"], (":",), check=_check_ipv6,
+                needle_lead=4,
+            ),
         ],
-        "US_SSN": [Detector("US_SSN", _US_SSN, PRIORITY["US_SSN"], check=_check_ssn)],
+        "US_SSN": [
+            Detector("US_SSN", _US_SSN, PRIORITY["US_SSN"], check=_check_ssn, digit_lead=0)
+        ],
         "CN_RESIDENT_ID": [
-            Detector("CN_RESIDENT_ID", _CN_ID, PRIORITY["CN_RESIDENT_ID"], check=_check_cn_id)
+            Detector(
+                "CN_RESIDENT_ID", _CN_ID, PRIORITY["CN_RESIDENT_ID"], check=_check_cn_id,
+                digit_lead=0,
+            )
         ],
         "API_KEY": [
             Detector(
-                "API_KEY",
-                _API_KEY_PREFIXED,
-                PRIORITY["API_KEY"],
+                "API_KEY", _API_KEY_PREFIXED, PRIORITY["API_KEY"],
                 ("sk-", "gh", "glpat-", "_live_", "hf_", "AKIA", "ASIA", "xox", "AIza", "eyJ"),
                 check=_check_prefixed_key,
+                needle_lead=2,  # "_live_" follows "sk" or "rk"; the others open the key
             ),
-            Detector("API_KEY", _PEM, PRIORITY["API_KEY"], ("-----BEGIN",)),
+            Detector("API_KEY", _PEM, PRIORITY["API_KEY"], ("-----BEGIN",), needle_lead=0),
             Detector(
-                "API_KEY",
-                _BEARER,
-                PRIORITY["API_KEY"],
-                ("bearer",),
-                needles_casefold=True,
-                check=lambda _t, m: m.span(1),
+                "API_KEY", _BEARER, PRIORITY["API_KEY"], ("bearer",), needles_casefold=True,
+                check=lambda _t, m: m.span(1), needle_lead=0,
             ),
             Detector(
-                "API_KEY",
-                _ASSIGNMENT,
-                PRIORITY["API_KEY"],
+                "API_KEY", _ASSIGNMENT, PRIORITY["API_KEY"],
                 ("pass", "pwd", "secret", "token", "key", "credential"),
                 needles_casefold=True,
                 check=_check_assignment,
+                requires=(":", "="),  # the separator the pattern insists on
+                needle_lead=8,  # "key" in "private_key"
             ),
         ],
-    }
+    }  # fmt: skip
     chosen = set(entities)
     return [d for name, ds in table.items() if name in chosen for d in ds]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -13,6 +14,7 @@ from .detectors import Detector, Span, builtin_detectors, custom_detector, resol
 
 __all__ = [
     "PLACEHOLDER_RE",
+    "Findings",
     "PseudonymMap",
     "RedactionResult",
     "Redactor",
@@ -106,6 +108,26 @@ class RedactionResult:
         return bool(self.blocked)
 
 
+@dataclass(frozen=True, slots=True)
+class Findings:
+    """What detection found in one text: the spans to rewrite (overlaps merged) and every
+    entity with at least one confirmed match, nested ones included."""
+
+    spans: list[Span]
+    present: frozenset[str]
+
+
+# Findings per text string, for one request: routing and redaction then look at each text
+# once. Keyed by value, so equal texts (a repeated system prompt) are detected once too.
+FindingsMemo = dict[str, Findings]
+
+_NOTHING: Final = Findings([], frozenset())
+_ANY_DIGIT: Final = re.compile(r"[0-9]")
+# The only built-in pattern that can match across a line break (a PEM block); texts joined
+# by newlines hold the findings of their parts unless this opens one.
+_MULTILINE_NEEDLE: Final = "-----BEGIN"
+
+
 class Redactor:
     """Finds sensitive values and rewrites text and OpenAI requests per a RedactionConfig."""
 
@@ -118,7 +140,9 @@ class Redactor:
         detectors += [custom_detector(c.name, c.pattern) for c in config.custom]
         self._all_detectors = tuple(detectors)
         self._detectors = tuple(d for d in detectors if d.entity in active)
-        self._needs_lower = any(d.needles_casefold for d in detectors)
+        # Detectors of entities detection leaves out; routing rules may still ask about them.
+        self._inactive = tuple(d for d in detectors if d.entity not in active)
+        self._has_custom = bool(config.custom)
         self._modes = {name: config.mode_for(name) for name in active}
         self._order = BUILTIN_ENTITIES + tuple(c.name for c in config.custom)
 
@@ -133,13 +157,88 @@ class Redactor:
         Detection works whether or not redaction is enabled: routing rules on PII presence
         still need it when nothing is rewritten.
         """
+        return self.inspect(text).spans
+
+    def inspect(self, text: str, memo: FindingsMemo | None = None) -> Findings:
+        """Spans and present entities of `text` (active entities), looked up in or added
+        to `memo` when given."""
+        if memo is not None:
+            found = memo.get(text)
+            if found is None:
+                found = memo[text] = self._inspect(text, self._detectors)
+            return found
+        return self._inspect(text, self._detectors)
+
+    def _inspect(self, text: str, detectors: Iterable[Detector]) -> Findings:
         if not text:
-            return []
+            return _NOTHING
         found: list[tuple[int, int, int, str]] = []
-        for det in self._candidates(text, self._detectors):
-            for span in _findings(det, text):
+        present: set[str] = set()
+        for det, start in self._candidates(text, detectors):
+            m = det.regex.search(text, start)
+            if m is None:  # the common case: no match at all
+                continue
+            for span in _findings(det, text, m):
                 found.append((span[0], span[1], det.priority, det.entity))
-        return resolve_overlaps(found)
+                present.add(det.entity)
+        if not found:
+            return _NOTHING
+        return Findings(resolve_overlaps(found), frozenset(present))
+
+    def scan_parts(
+        self,
+        parts: Sequence[str],
+        memo: FindingsMemo | None = None,
+        also: Iterable[str] = (),
+    ) -> dict[str, int]:
+        """What `scan` gives for the newline-joined `parts`, from the parts' own findings
+        (so redaction reuses them through `memo`), plus each entity of `also` present in
+        the text as `contains_pii` sees it (counted as 1 when detection found none).
+
+        Findings of the parts add up to those of the joined text because no built-in
+        pattern but the PEM block crosses a line break, and a line break satisfies each
+        pattern's boundary checks as the start or end of the text does. Texts that a custom
+        pattern (it may cross lines) or a PEM header could join are scanned whole.
+        """
+        wanted = tuple(also)
+        if len(parts) != 1 and (self._has_custom or any(_MULTILINE_NEEDLE in p for p in parts)):
+            text = "\n".join(parts)
+            counts = self.scan(text)
+            if text and wanted:
+                for entity in self.contains_pii(text, wanted):
+                    counts.setdefault(entity, 1)
+            return counts
+        counts = {}
+        present: set[str] = set()
+        for part in parts:
+            found = self.inspect(part, memo)
+            for span in found.spans:
+                counts[span.entity] = counts.get(span.entity, 0) + 1
+            present |= found.present
+        if wanted:
+            chosen = set(wanted)
+            inactive = [d for d in self._inactive if d.entity in chosen]
+            if inactive:
+                for part in parts:
+                    present |= self._present(part, inactive, present)
+            for entity in self._order:
+                if entity in present and entity in chosen:
+                    counts.setdefault(entity, 1)
+        return counts
+
+    def _present(
+        self, text: str, detectors: Iterable[Detector], known: AbstractSet[str] = frozenset()
+    ) -> set[str]:
+        """Entities of `detectors` with a confirmed match in `text`, each stopping at its
+        first; those in `known` are not looked for again."""
+        present: set[str] = set()
+        for det, start in self._candidates(text, detectors):
+            if det.entity in present or det.entity in known:
+                continue
+            m = det.regex.search(text, start)
+            if m is not None and next(_findings(det, text, m), None) is not None:
+                present.add(det.entity)
+        return present
 
     def contains_pii(self, text: str, entities: Iterable[str] = ()) -> list[str]:
         """Names of the entities (of `entities`, or else all active ones) present in `text`.
@@ -150,21 +249,55 @@ class Redactor:
         """
         wanted = set(entities) or set(self._modes)
         chosen = [d for d in self._all_detectors if d.entity in wanted]
-        present: set[str] = set()
-        for det in self._candidates(text, chosen):
-            if det.entity not in present and next(_findings(det, text), None) is not None:
-                present.add(det.entity)
+        present = self._present(text, chosen)
         return [name for name in self._order if name in present]
 
-    def _candidates(self, text: str, detectors: Iterable[Detector]) -> Iterator[Detector]:
-        """Those of `detectors` whose needles occur in `text` (needle-less ones always)."""
-        lowered = text.lower() if self._needs_lower else text
+    @staticmethod
+    def _candidates(text: str, detectors: Iterable[Detector]) -> Iterator[tuple[Detector, int]]:
+        """Those of `detectors` whose prefilters pass on `text`, each with the position its
+        search can start from.
+
+        A detector runs only if one of its needles occurs, one of its required characters
+        occurs and, for a pattern that needs one, a digit occurs: each is necessary for a
+        match. No match can start earlier than the lead before the first needle or digit,
+        so the search starts there; lookbehinds still see the text before that position.
+        """
+        lowered: str | None = None
+        first_digit = -2  # not looked for yet; -1: none
         for det in detectors:
+            start = 0
             if det.needles:
-                haystack = lowered if det.needles_casefold else text
-                if not any(n in haystack for n in det.needles):
+                if det.needles_casefold:
+                    if lowered is None:
+                        lowered = text.lower()
+                    haystack = lowered
+                else:
+                    haystack = text
+                first = -1
+                for needle in det.needles:
+                    i = haystack.find(needle)
+                    if i != -1 and (first == -1 or i < first):
+                        first = i
+                if first == -1:
                     continue
-            yield det
+                # Lower-casing may change the length of non-ASCII text, and with it the
+                # positions: such text is searched from its start.
+                if det.needle_lead is not None and (haystack is text or text.isascii()):
+                    start = max(0, first - det.needle_lead)
+            if det.requires:
+                for needle in det.requires:
+                    if needle in text:
+                        break
+                else:
+                    continue
+            if det.digit_lead is not None:
+                if first_digit == -2:
+                    m = _ANY_DIGIT.search(text)
+                    first_digit = m.start() if m is not None else -1
+                if first_digit == -1:
+                    continue
+                start = max(start, first_digit - det.digit_lead)
+            yield det, start
 
     def scan(self, text: str) -> dict[str, int]:
         """Counts per entity found in `text`, without rewriting it."""
@@ -189,11 +322,15 @@ class Redactor:
         return TextRedaction(out, dict(counts), frozenset(blocked))
 
     def redact_request(
-        self, request: Mapping[str, Any], mapping: PseudonymMap | None = None
+        self,
+        request: Mapping[str, Any],
+        mapping: PseudonymMap | None = None,
+        memo: FindingsMemo | None = None,
     ) -> RedactionResult:
         """Redact the texts of a chat, completions or embeddings request, returning a copy.
 
-        Pass the conversation's `mapping` to keep placeholders stable across its requests.
+        Pass the conversation's `mapping` to keep placeholders stable across its requests,
+        and the `memo` routing filled (`scan_parts`) to reuse its findings.
         """
         mapping = PseudonymMap() if mapping is None else mapping
         if not self._config.enabled:
@@ -204,13 +341,18 @@ class Redactor:
             mapping.reserve_literals(text)
         counts: Counter[str] = Counter()
         blocked: set[str] = set()
-        copy = map_request_texts(request, lambda t: self._apply(t, mapping, counts, blocked))
+        copy = map_request_texts(request, lambda t: self._apply(t, mapping, counts, blocked, memo))
         return RedactionResult(copy, mapping, dict(counts), frozenset(blocked))
 
     def _apply(
-        self, text: str, mapping: PseudonymMap, counts: Counter[str], blocked: set[str]
+        self,
+        text: str,
+        mapping: PseudonymMap,
+        counts: Counter[str],
+        blocked: set[str],
+        memo: FindingsMemo | None = None,
     ) -> str:
-        spans = self.detect(text)
+        spans = self.inspect(text, memo).spans
         if not spans:
             return text
         parts: list[str] = []
@@ -231,8 +373,11 @@ class Redactor:
         return "".join(parts)
 
 
-def _findings(det: Detector, text: str) -> Iterator[tuple[int, int]]:
-    """The confirmed (start, end) spans of one detector in `text`, lazily.
+def _findings(
+    det: Detector, text: str, first: re.Match[str] | None = None
+) -> Iterator[tuple[int, int]]:
+    """The confirmed (start, end) spans of one detector in `text`, lazily (`first`: the
+    detector's first match in `text`, when the caller has it already).
 
     The search resumes where a confirmed span ends, not where the regex match ended: a
     check that trims a match (a phone number running into the next one) or rejects it
@@ -240,16 +385,19 @@ def _findings(det: Detector, text: str) -> Iterator[tuple[int, int]]:
     """
     check = det.check
     pos = 0
+    m = first
     while pos <= len(text):
-        m = det.regex.search(text, pos)
         if m is None:
-            return
+            m = det.regex.search(text, pos)
+            if m is None:
+                return
         span = check(text, m) if check is not None else m.span()
         if span is not None and span[1] > span[0]:
             yield span
             pos = max(span[1], m.start() + 1)
         else:
             pos = m.start() + 1
+        m = None
 
 
 _BUILTIN_ONLY: Final = Redactor(RedactionConfig())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from bisect import bisect_left
 from collections.abc import Mapping
@@ -58,15 +57,20 @@ class Restorer:
         return ChunkRestorer(self)
 
     def restore_response(self, response: Mapping[str, Any]) -> dict[str, Any]:
-        """A copy of a chat/completions response with its choices' texts restored."""
-        out: dict[str, Any] = copy.deepcopy(dict(response))
-        for choice in _choices(out):
+        """A copy of a chat/completions response with its choices' texts restored.
+
+        Only the objects on the way to a rewritten text are copied (the choices, their
+        messages, tool calls and functions); the rest is shared with `response`, which is
+        left as it was.
+        """
+        out, choices = _copy_choices(response)
+        for choice in choices:
             message = choice.get("message")
             if isinstance(message, dict):
+                message = choice["message"] = dict(message)
                 if isinstance(message.get("content"), str):
                     message["content"] = self.restore(message["content"])
-                for call in _tool_calls(message):
-                    function = call["function"]
+                for function in _copy_tool_calls(message):
                     function["arguments"] = self.restore(function["arguments"])
             if isinstance(choice.get("text"), str):
                 choice["text"] = self.restore(choice["text"])
@@ -118,15 +122,18 @@ class ChunkRestorer:
         return found
 
     def feed(self, chunk: Mapping[str, Any]) -> dict[str, Any]:
-        """A restored copy of one chunk; a choice's held-back text is released on finish."""
-        out: dict[str, Any] = copy.deepcopy(dict(chunk))
-        for choice in _choices(out):
+        """A restored copy of one chunk; a choice's held-back text is released on finish.
+
+        As with `Restorer.restore_response`, only what is rewritten is copied."""
+        out, choices = _copy_choices(chunk)
+        for choice in choices:
             index = choice.get("index", 0)
             if not isinstance(index, int):
                 continue
             finished = choice.get("finish_reason") is not None
             delta = choice.get("delta")
             if isinstance(delta, dict):
+                delta = choice["delta"] = dict(delta)
                 self._feed_delta(index, delta, finished)
             if isinstance(choice.get("text"), str) or (
                 finished and (index, "text", 0) in self._streams
@@ -142,15 +149,13 @@ class ChunkRestorer:
             stream = self._stream(key)
             text = stream.feed(delta.get("content") or "")
             delta["content"] = text + stream.flush() if finished else text
-        calls = _tool_calls(delta)
         seen: set[int] = set()
-        for call in calls:
+        for call, function in _copy_tool_call_pairs(delta):
             tool_index = call.get("index", 0)
             if not isinstance(tool_index, int):
                 continue
             seen.add(tool_index)
             stream = self._stream((index, "tool", tool_index))
-            function = call["function"]
             text = stream.feed(function["arguments"])
             function["arguments"] = text + stream.flush() if finished else text
         if finished:
@@ -186,21 +191,42 @@ class ChunkRestorer:
         return out
 
 
-def _choices(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _copy_choices(obj: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A copy of `obj` whose choices list and choice objects are copies too (to rewrite),
+    and those copied choices."""
+    out = dict(obj)
     choices = obj.get("choices")
     if not isinstance(choices, list):
-        return []
-    return [c for c in choices if isinstance(c, dict)]
+        return out, []
+    copied = [dict(c) if isinstance(c, dict) else c for c in choices]
+    out["choices"] = copied
+    return out, [c for c in copied if isinstance(c, dict)]
 
 
-def _tool_calls(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _copy_tool_call_pairs(message: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Replaces the tool calls of `message` (itself a copy) with copies down to each call's
+    function; returns (call, function) for those whose arguments are text."""
     calls = message.get("tool_calls")
     if not isinstance(calls, list):
         return []
-    return [
-        c
-        for c in calls
-        if isinstance(c, dict)
-        and isinstance(c.get("function"), dict)
-        and isinstance(c["function"].get("arguments"), str)
-    ]
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    copied: list[Any] = []
+    for call in calls:
+        if (
+            isinstance(call, dict)
+            and isinstance(call.get("function"), dict)
+            and isinstance(call["function"].get("arguments"), str)
+        ):
+            function = dict(call["function"])
+            copy = {**call, "function": function}
+            pairs.append((copy, function))
+            copied.append(copy)
+        else:
+            copied.append(call)
+    message["tool_calls"] = copied
+    return pairs
+
+
+def _copy_tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The functions of `_copy_tool_call_pairs`."""
+    return [function for _, function in _copy_tool_call_pairs(message)]

@@ -6,7 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,16 @@ from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.core import RequestError, RoutingCore
 from clawdbot_sidecar.metrics import SidecarMetrics
 from clawdbot_sidecar.plugins import PluginError, PluginRequest, load_plugins
-from clawdbot_sidecar.rest import build_app
 from clawdbot_sidecar.upstream import Upstream
 from tests.support.servers import (
     STUB_API_KEY,
     free_port,
-    serve_app,
     stop_process,
     wait_ready,
 )
 
 REPO = Path(__file__).resolve().parents[3]
+ServeFront = Callable[[RoutingCore], contextlib.AbstractAsyncContextManager[str]]
 LONG = "Summarise this in detail, please, paragraph by paragraph. " * 60
 
 
@@ -69,7 +68,9 @@ class Broken:
 
 
 @contextlib.asynccontextmanager
-async def sidecar(local_url: str, cloud: str, plugins: list[object]) -> AsyncIterator[Any]:
+async def sidecar(
+    local_url: str, cloud: str, plugins: list[object], serve_front: ServeFront
+) -> AsyncIterator[Any]:
     metrics = SidecarMetrics()
     config = SidecarConfig.model_validate(
         {"policy": spec(cloud), "endpoints": [{"url": local_url, "model": "tiny-chat"}]}
@@ -77,7 +78,7 @@ async def sidecar(local_url: str, cloud: str, plugins: list[object]) -> AsyncIte
     upstream = Upstream.create(connect_timeout_s=1.0)
     core = RoutingCore(config, upstream, metrics=metrics, plugins=plugins)
     try:
-        async with serve_app(build_app(core)) as url:
+        async with serve_front(core) as url:
             yield openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0), metrics
     finally:
         await core.close()
@@ -98,9 +99,12 @@ def test_unknown_plugin_names_the_installed_ones() -> None:
 
 
 async def test_before_route_hooks_add_headers_refuse_and_fail_safely(
-    local_url: str, cloud: str
+    local_url: str, cloud: str, serve_front: ServeFront
 ) -> None:
-    async with sidecar(local_url, cloud, [Broken(), TierFromUser(), Quota()]) as (client, _):
+    async with sidecar(local_url, cloud, [Broken(), TierFromUser(), Quota()], serve_front) as (
+        client,
+        _,
+    ):
         assert (await chat(client, "bob")).headers["x-clawdbot-target"] == "local"
         vip = await chat(client, "alice")
         assert vip.headers["x-clawdbot-reason"] == "rule:vip-cloud"
@@ -109,10 +113,12 @@ async def test_before_route_hooks_add_headers_refuse_and_fail_safely(
         assert "over quota" in err.value.message
 
 
-async def test_token_accounting_plugin_from_its_entry_point(local_url: str, cloud: str) -> None:
+async def test_token_accounting_plugin_from_its_entry_point(
+    local_url: str, cloud: str, serve_front: ServeFront
+) -> None:
     metrics_registry = SidecarMetrics()
     (plugin,) = load_plugins(["token-accounting"], metrics_registry.registry)
-    async with sidecar(local_url, cloud, [plugin]) as (client, _):
+    async with sidecar(local_url, cloud, [plugin], serve_front) as (client, _):
         await chat(client, "carol", extra_headers={"x-tenant": "team-a"})
         await client.chat.completions.create(
             model="tiny-chat", messages=[{"role": "user", "content": LONG}], user="dave"

@@ -205,3 +205,30 @@ def test_restorer_counts_what_it_put_back() -> None:
     stream.feed("<EMAIL_1> and <US_SS")
     stream.feed("N_1>")
     assert restorer.restored == 2
+
+
+def test_restoring_copies_what_it_rewrites_and_leaves_the_input_alone() -> None:
+    call = {"index": 0, "function": {"name": "send", "arguments": '{"to": "<EMAIL_1>"}'}}
+    response = {
+        "id": "r",
+        "usage": {"prompt_tokens": 3},
+        "choices": [
+            {"index": 0, "message": {"content": "<EMAIL_1>", "tool_calls": [call, "odd"]}},
+            "not a choice",
+        ],
+    }
+    chunk = _chat_chunk(0, {"content": "<US_SSN_1>", "tool_calls": [call]}, finish="stop")
+    before = copy.deepcopy((response, chunk))
+    out = RESTORER.restore_response(response)
+    restored = RESTORER.chunks().feed(chunk)
+    assert (response, chunk) == before
+    message = out["choices"][0]["message"]
+    assert message["content"] == EMAIL
+    assert message["tool_calls"][0]["function"] == {
+        "name": "send",
+        "arguments": f'{{"to": "{EMAIL}"}}',
+    }
+    assert message["tool_calls"][1] == "odd" and out["choices"][1] == "not a choice"
+    assert out["usage"] == {"prompt_tokens": 3}
+    delta = restored["choices"][0]["delta"]
+    assert delta["content"] == SSN and EMAIL in delta["tool_calls"][0]["function"]["arguments"]

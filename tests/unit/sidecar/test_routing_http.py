@@ -18,9 +18,8 @@ import pytest
 from clawdbot_sidecar import audit
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.core import RoutingCore
-from clawdbot_sidecar.rest import build_app
 from clawdbot_sidecar.upstream import Upstream
-from tests.support.servers import STUB_API_KEY, free_port, serve_app
+from tests.support.servers import STUB_API_KEY, free_port
 
 API_KEY = STUB_API_KEY
 EMAIL = "jane.doe@example.com"
@@ -63,10 +62,11 @@ class Sidecar:
 
 
 StartSidecar = Callable[..., Awaitable[Sidecar]]
+ServeFront = Callable[[RoutingCore], contextlib.AbstractAsyncContextManager[str]]
 
 
 @pytest.fixture
-async def make_sidecar() -> AsyncIterator[StartSidecar]:
+async def make_sidecar(serve_front: ServeFront) -> AsyncIterator[StartSidecar]:
     """Start sidecars for a policy and endpoint list; all stop after the test."""
     async with contextlib.AsyncExitStack() as stack:
 
@@ -82,7 +82,7 @@ async def make_sidecar() -> AsyncIterator[StartSidecar]:
             stack.push_async_callback(upstream.close)
             core = RoutingCore(config, upstream, seed=1)
             stack.push_async_callback(core.close)
-            url = await stack.enter_async_context(serve_app(build_app(core)))
+            url = await stack.enter_async_context(serve_front(core))
             return Sidecar(url, core)
 
         yield start
