@@ -57,6 +57,15 @@ class Kubectl:
             cmd.append(f"--namespace={self.namespace}")
         return cmd
 
+    def command(self, *args: str) -> list[str]:
+        """The argv of ``kubectl ARGS`` with this client's flags (for a long-running kubectl,
+        e.g. a watch, started with :meth:`environ`)."""
+        return [*self._base(), *args]
+
+    def environ(self) -> dict[str, str]:
+        """The environment kubectl runs with (never the developer's KUBECONFIG)."""
+        return {**_inherited_env(), **self.env}
+
     def run(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:

@@ -37,6 +37,12 @@ class Operator:
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def kill(self) -> int:
+        """SIGKILL the process, as an OOM kill or a lost node would end it: no shutdown
+        handlers run, requests in flight are cut. Returns its exit status once reaped."""
+        self.proc.send_signal(signal.SIGKILL)
+        return self.proc.wait(timeout=10)
+
 
 @contextlib.contextmanager
 def run_operator(

@@ -13,32 +13,40 @@ import ssl
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from e2e.conftest import E2ECluster
 from e2e.harness.kube import Kubectl, condition, is_true
+from e2e.harness.modeldeployment import (
+    NEVER_READY,
+    POD_ANNOTATIONS,
+    enforce_restricted,
+    events,
+    md_status,
+    model_deployment,
+    owned_by,
+    ready_at,
+    revision_phases,
+    transition_time,
+)
 from e2e.harness.operator import Operator
+from e2e.harness.watch import PodWatch, revision_of, serving_at
 
 pytestmark = pytest.mark.e2e
 
 # Rollouts here take a second or two; a status condition follows within a resync or two.
 WAIT_S = 60.0
+# How late past a deadline the operator may act: two resyncs (2s each here), plus the
+# Deployment controller's and the API server's reaction, with room for a loaded machine.
+NOTICE_S = 10.0
 
 
 @pytest.fixture
 def restricted(cluster: E2ECluster, namespace: str) -> None:
     """Enforce the ``restricted`` Pod Security Standard on the test namespace."""
-    cluster.kubectl.run(
-        "label",
-        "namespace",
-        namespace,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-        "--overwrite",
-    )
+    enforce_restricted(cluster.kubectl, namespace)
 
 
 def metrics_api(operator: Operator, path: str, report: dict[str, Any] | None = None) -> Any:
@@ -56,61 +64,7 @@ def metrics_api(operator: Operator, path: str, report: dict[str, Any] | None = N
         return json.loads(resp.read())
 
 
-def model_deployment(
-    name: str, annotations: dict[str, str] | None = None, **spec: Any
-) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "model": {"name": "llama-7b", "uri": "file:///models/llama-7b", "version": "1"},
-        "runtime": "vllm",
-        "precision": "bf16",
-        "accelerator": {"type": "nvidia", "count": 1, "memoryFraction": 0.8},
-        "replicas": 2,
-        "rollout": {"progressDeadlineSeconds": 30},
-    }
-    base.update(spec)
-    meta: dict[str, Any] = {"name": name}
-    if annotations:
-        meta["annotations"] = annotations
-    return {
-        "apiVersion": "clawdbot.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": meta,
-        "spec": base,
-    }
-
-
-def _status(obj: dict[str, Any]) -> dict[str, Any]:
-    status: dict[str, Any] = obj.get("status") or {}
-    return status
-
-
-def ready_at(revision: int, replicas: int) -> Callable[[dict[str, Any]], bool]:
-    def check(md: dict[str, Any]) -> bool:
-        st = _status(md)
-        return (
-            is_true(md, "Ready")
-            and st.get("currentRevision") == revision
-            and st.get("readyReplicas") == replicas
-            and st.get("phase") == "Available"
-            and st.get("observedGeneration") == md["metadata"]["generation"]
-        )
-
-    return check
-
-
-def owned_by(obj: dict[str, Any], md: dict[str, Any]) -> bool:
-    refs = obj["metadata"].get("ownerReferences") or []
-    return any(
-        r["kind"] == "ModelDeployment"
-        and r["uid"] == md["metadata"]["uid"]
-        and r.get("controller") is True
-        for r in refs
-    )
-
-
-def events(kube: Kubectl, reason: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = kube.get("events")["items"]
-    return [e for e in found if e.get("reason") == reason]
+_status = md_status
 
 
 def test_model_deployment_lifecycle(kube: Kubectl, operator: Operator, restricted: None) -> None:
@@ -185,54 +139,86 @@ def test_model_deployment_lifecycle(kube: Kubectl, operator: Operator, restricte
 def test_revision_that_never_becomes_ready_is_rolled_back(
     kube: Kubectl, operator: Operator, restricted: None
 ) -> None:
-    kube.apply(model_deployment("phi", replicas=1))
-    kube.wait_for("md", "phi", ready_at(1, 1), timeout=WAIT_S, what="Ready at revision 1")
+    replicas, deadline, max_unavailable = 2, 30, 0
+    rollout = {"progressDeadlineSeconds": deadline, "maxUnavailable": max_unavailable}
+    kube.apply(model_deployment("phi", replicas=replicas, rollout=rollout))
+    kube.wait_for("md", "phi", ready_at(1, replicas), timeout=WAIT_S, what="Ready at revision 1")
+    # The rollout may take maxUnavailable of the old pods out of service (the
+    # PodDisruptionBudget, maxUnavailable 1, is the looser floor); nothing more, ever.
+    floor = replicas - max_unavailable
 
-    # Revision 2: pods that run but never pass readiness (see e2e/cluster/kwok-stages.yaml).
-    never_ready = json.dumps({"clawdbot.io/e2e-never-ready": "true"})
-    kube.apply(
-        model_deployment(
-            "phi",
-            annotations={"clawdbot.io/pod-annotations": never_ready},
-            replicas=1,
-            model={"name": "llama-7b", "uri": "file:///models/llama-7b", "version": "2"},
+    # Every change to the pods is recorded from here on, so a dip can't hide between polls.
+    with PodWatch(kube, "clawdbot.io/model-deployment=phi") as watch:
+        watch.wait_until(
+            lambda pods: serving_at(1)(pods) == replicas, timeout=WAIT_S, what="revision 1 up"
         )
+        start = watch.mark()
+        # Revision 2: pods that run but never pass readiness (see e2e/cluster/kwok-stages.yaml).
+        kube.apply(
+            model_deployment(
+                "phi",
+                annotations={POD_ANNOTATIONS: json.dumps({NEVER_READY: "true"})},
+                replicas=replicas,
+                rollout=rollout,
+                model={"name": "llama-7b", "uri": "file:///models/llama-7b", "version": "2"},
+            )
+        )
+        md = kube.wait_for(
+            "md",
+            "phi",
+            lambda md: _status(md).get("currentRevision") == 2 and is_true(md, "Progressing"),
+            timeout=WAIT_S,
+            what="revision 2 rolling out",
+        )
+        began = transition_time(md, "Progressing")
+        md = kube.wait_for(
+            "md",
+            "phi",
+            lambda md: is_true(md, "RolledBack") and _status(md).get("currentRevision") == 1,
+            timeout=deadline + WAIT_S,
+            what="rolled back to revision 1",
+        )
+        rolled_back_after = (transition_time(md, "RolledBack") - began).total_seconds()
+        # The Deployment runs revision 1's template again, its pods ready, revision 2's gone.
+        kube.wait_for(
+            "deployment",
+            "phi",
+            lambda d: (
+                d["spec"]["template"]["metadata"]["labels"]["clawdbot.io/revision"] == "1"
+                and d["status"].get("readyReplicas") == replicas
+                and d["status"].get("updatedReplicas") == replicas
+                and d["status"].get("replicas") == replicas
+            ),
+            timeout=WAIT_S,
+            what="revision 1 serving again",
+        )
+        watch.wait_until(
+            lambda pods: all(revision_of(p) == "1" for p in pods.values()),
+            timeout=WAIT_S,
+            what="revision 2's pods deleted",
+        )
+        states = watch.states(since=start)
+
+    # At its deadline (plus a resync or two to notice), not merely eventually.
+    assert deadline <= rolled_back_after <= deadline + NOTICE_S, (
+        f"rolled back {rolled_back_after:.0f}s after revision 2 started (deadline {deadline}s)"
     )
-    kube.wait_for(
-        "md",
-        "phi",
-        lambda md: _status(md).get("currentRevision") == 2,
-        timeout=WAIT_S,
-        what="revision 2 rolling out",
+    assert any(
+        serving_at(2)(s) == 0 and any(revision_of(p) == "2" for p in s.values()) for s in states
+    ), "no revision 2 pod was ever seen: the watch missed the rollout"
+    lowest = min(serving_at(1)(s) for s in states)
+    assert lowest >= floor, (
+        f"revision 1 dropped to {lowest} serving pods (floor {floor}) during the failed rollout"
     )
-    md = kube.wait_for(
-        "md",
-        "phi",
-        lambda md: is_true(md, "RolledBack") and _status(md).get("currentRevision") == 1,
-        timeout=30 + WAIT_S,
-        what="rolled back to revision 1",
-    )
+
     rolled = condition(md, "RolledBack")
     assert rolled is not None and rolled["reason"] == "ProgressDeadlineExceeded"
-    phases = {r["revision"]: r["phase"] for r in _status(md)["revisions"]}
-    assert phases == {1: "Healthy", 2: "RolledBack"}
+    assert revision_phases(md) == {1: "Healthy", 2: "RolledBack"}
     assert _status(md)["phase"] == "Degraded"
     assert is_true(md, "Available")
     warning = events(kube, "RolledBack")
     assert warning and warning[0]["type"] == "Warning"
     assert "revision 1" in warning[0]["message"]
-    # The Deployment runs revision 1's template again, and its pods become ready.
-    kube.wait_for(
-        "deployment",
-        "phi",
-        lambda d: (
-            d["spec"]["template"]["metadata"]["labels"]["clawdbot.io/revision"] == "1"
-            and d["status"].get("readyReplicas") == 1
-            and d["status"].get("updatedReplicas") == 1
-        ),
-        timeout=WAIT_S,
-        what="revision 1 serving again",
-    )
 
 
 def test_autoscaled_onnx_model_gets_an_hpa_and_metrics_from_load_reports(

@@ -8,6 +8,9 @@ named by ``CLAWDBOT_OPERATOR_CONFIG`` (same keys, lower case, without the prefix
 
 An image set to the empty string marks that runtime/accelerator pair as unsupported: a
 ModelDeployment asking for it gets ``Ready=False, reason InvalidSpec`` instead of pods.
+
+A list setting (``gpu_node_labels``) is a YAML list in the file, or comma-separated in the
+environment: ``CLAWDBOT_GPU_NODE_LABELS=nvidia.com/gpu.present,example.com/gpu``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +40,30 @@ DEFAULT_IMAGES: Final[Mapping[tuple[Runtime, AcceleratorType], str]] = {
     (Runtime.ONNX, AcceleratorType.AMD): "clawdbot/runtime-onnx-rocm:0.1.0",
     (Runtime.ONNX, AcceleratorType.CPU): "clawdbot/runtime-onnx:0.1.0",
 }
+
+
+DEFAULT_GPU_NODE_LABELS: Final = (
+    # NVIDIA GPU feature discovery (part of the GPU operator and of the device plugin's chart).
+    "nvidia.com/gpu.present",
+    # Node Feature Discovery: a PCI display or accelerator device of NVIDIA (10de) or AMD (1002).
+    "feature.node.kubernetes.io/pci-10de.present",
+    "feature.node.kubernetes.io/pci-1002.present",
+    # AMD's node labeller (ROCm k8s-device-plugin).
+    "amd.com/gpu.family",
+)
+"""Node labels that mark a GPU node, as the usual discovery add-ons set them."""
+
+
+class GpuNodeAvoidance(StrEnum):
+    """How pods of ``accelerator: cpu`` models keep off GPU nodes."""
+
+    PREFERRED = "preferred"
+    """A preferred node affinity: GPU nodes score lower, and still take CPU pods when nothing
+    else fits (better a running model than a Pending one)."""
+    REQUIRED = "required"
+    """A required node affinity: CPU pods never run on a node with a GPU label."""
+    OFF = "off"
+    """No affinity: the scheduler places CPU pods anywhere (taints alone keep them off)."""
 
 
 def image_key(runtime: Runtime, accelerator: AcceleratorType) -> str:
@@ -86,6 +114,19 @@ class OperatorConfig:
     """gRPC (TLS) port of the discovery stream the sidecars subscribe to; 0 disables it."""
     discovery_service: str = "clawdbot-discovery"
     """Service in front of the discovery stream (what injected sidecars dial)."""
+    peer_selector: str = ""
+    """Label selector of the operator's own pods (in its namespace): each replica relays the
+    load reports its sidecars send to the others, so every replica's metrics API and the
+    leader's rollback check see them all. Empty: no relay (one replica)."""
+    peer_token_file: str = "/var/run/secrets/clawdbot/token"
+    """Projected service-account token (audience ``clawdbot``) presented to peers."""
+    gpu_node_avoidance: GpuNodeAvoidance = GpuNodeAvoidance.PREFERRED
+    """Whether CPU model pods avoid nodes with any of ``gpu_node_labels`` (``preferred``,
+    ``required`` or ``off``). GPUs are scarce: a CPU model on a GPU node takes the CPU and
+    memory a GPU model there needs. GPU nodes tainted ``nvidia.com/gpu`` or ``amd.com/gpu``
+    keep CPU pods off anyway; this covers clusters that only label them."""
+    gpu_node_labels: tuple[str, ...] = DEFAULT_GPU_NODE_LABELS
+    """Node labels (keys) that mark a GPU node, for ``gpu_node_avoidance``."""
 
     def image_for(self, runtime: Runtime, accelerator: AcceleratorType) -> str:
         """The configured image, or "" when the pair is unsupported."""
@@ -121,6 +162,21 @@ class OperatorConfig:
         for f in fields(cls):
             if f.name == "images" or f.name not in values:
                 continue
-            default = getattr(config, f.name)
-            changes[f.name] = type(default)(values[f.name])
+            changes[f.name] = _convert(f.name, getattr(config, f.name), values[f.name])
         return replace(config, **changes)
+
+
+def _convert(key: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of the setting's default; ValueError naming the setting."""
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError(f"setting {key}: expected a list or comma-separated text")
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    try:
+        return type(default)(value)
+    except ValueError as exc:
+        choices = ""
+        if isinstance(default, StrEnum):
+            choices = f"; use one of {', '.join(m.value for m in type(default))}"
+        raise ValueError(f"setting {key}: {value!r} is not valid ({exc}){choices}") from exc

@@ -28,6 +28,7 @@ from clawdbot_operator.builders import build_children
 from clawdbot_operator.builders.deployment import desired_replicas
 from clawdbot_operator.builders.hpa import build_hpa
 from clawdbot_operator.builders.meta import (
+    ANNOTATION_REVISION_HASH,
     LABEL_REVISION,
     name_of,
     namespace_of,
@@ -118,6 +119,12 @@ def _previous_status(body: Obj) -> ModelDeploymentStatus | None:
 
 def _owned_by(obj: Obj, uid: str | None) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _snapshot_hash(cr: Obj) -> str:
+    """The revision hash a ControllerRevision records (its annotation, else its data's)."""
+    annotations = cr["metadata"].get("annotations") or {}
+    return str(annotations.get(ANNOTATION_REVISION_HASH) or revision_hash(cr["data"]))
 
 
 def _mark(revisions: list[Revision], n: int, phase: RevisionPhase, reason: str) -> list[Revision]:
@@ -231,9 +238,9 @@ class Reconciler:
         snap = snapshot(md, self.config)
         desired_hash = revision_hash(snap)
         crs = await self.kube.list("apps/v1", "ControllerRevision", ns, selector_string(md))
-        snapshots: dict[int, dict[str, Any]] = {
-            int(cr["revision"]): cr["data"] for cr in crs if _owned_by(cr, md.metadata.uid)
-        }
+        owned = [cr for cr in crs if _owned_by(cr, md.metadata.uid)]
+        snapshots: dict[int, dict[str, Any]] = {int(cr["revision"]): cr["data"] for cr in owned}
+        snapshot_hashes = {int(cr["revision"]): _snapshot_hash(cr) for cr in owned}
         plan = plan_revisions(
             history=prev.revisions,
             current=prev.current_revision,
@@ -253,6 +260,18 @@ class Reconciler:
         revisions, current, stable = plan.revisions, plan.current, plan.stable
         cur = find(revisions, current)
         assert cur is not None
+        if (
+            plan.create is not None
+            and plan.create in snapshots
+            and snapshot_hashes[plan.create] != cur.hash
+        ):
+            # A run that died between writing this number's ControllerRevision and recording
+            # it in status left a snapshot of a spec that has changed since. Its data is
+            # immutable: replace it, or the pods would run the old settings as this revision.
+            log.info("%s/%s: replacing a stale snapshot of revision %s", ns, name, current)
+            cr_name = controller_revision_name(md, plan.create)
+            await self.kube.delete("apps/v1", "ControllerRevision", ns, cr_name)
+            del snapshots[plan.create]
         if current not in snapshots and cur.hash == desired_hash:
             # New, or its ControllerRevision was deleted by hand: (re)write it from the spec.
             await self.kube.apply(build_controller_revision(md, current, snap))

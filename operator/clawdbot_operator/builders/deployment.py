@@ -31,7 +31,7 @@ from clawdbot_operator.builders.runtimes import (
     server_env,
     server_ports,
 )
-from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.config import GpuNodeAvoidance, OperatorConfig
 
 # Model pods run as this unprivileged user; the images don't need root (caches and
 # temporary files go to emptyDirs), and runAsNonRoot can't verify a named user.
@@ -39,6 +39,8 @@ RUN_AS_USER: Final = 1000
 STARTUP_PERIOD_S: Final = 10
 # Kept small: the operator keeps its own revision history (ControllerRevisions).
 DEPLOYMENT_HISTORY: Final = 2
+# The most a preferred scheduling term can weigh: avoiding GPU nodes outweighs spreading.
+MAX_PREFERENCE_WEIGHT: Final = 100
 DEFAULT_MEMORY: Final[dict[Runtime, str]] = {Runtime.VLLM: "16Gi", Runtime.ONNX: "2Gi"}
 DEFAULT_CPU: Final[dict[Runtime, int]] = {Runtime.VLLM: 2, Runtime.ONNX: 1}
 FETCH_RESOURCES: Final[Manifest] = {
@@ -164,12 +166,43 @@ def probes(md: ModelDeployment) -> Manifest:
 
 
 def tolerations(md: ModelDeployment) -> list[Manifest]:
-    """The spec's tolerations, plus the usual taint of the accelerator's GPU nodes."""
+    """The spec's tolerations, plus the usual taint of the accelerator's GPU nodes: the
+    resource name with any value, NoSchedule (``nvidia.com/gpu=present:NoSchedule`` as GKE
+    sets it, or what the ExtendedResourceToleration admission plugin tolerates)."""
     out = [t.to_manifest() for t in md.spec.tolerations]
     gpu = GPU_RESOURCE.get(md.spec.accelerator.type)
     if gpu and not any(t.get("key") == gpu for t in out):
         out.append({"key": gpu, "operator": "Exists", "effect": "NoSchedule"})
     return out
+
+
+def node_affinity(md: ModelDeployment, config: OperatorConfig) -> Manifest | None:
+    """For a CPU model: keep off nodes labelled as GPU nodes (``config.gpu_node_avoidance``).
+
+    GPU pods need nothing here: their GPU request already limits them to GPU nodes, and
+    :func:`tolerations` lets them onto tainted ones. A CPU pod fits a GPU node's CPU and
+    memory, and would take what the GPU models there need. One term whose expressions are
+    ANDed: the node has none of the labels.
+    """
+    mode = config.gpu_node_avoidance
+    if (
+        md.spec.accelerator.type != AcceleratorType.CPU
+        or mode == GpuNodeAvoidance.OFF
+        or not config.gpu_node_labels
+    ):
+        return None
+    term = {
+        "matchExpressions": [
+            {"key": key, "operator": "DoesNotExist"} for key in config.gpu_node_labels
+        ]
+    }
+    if mode == GpuNodeAvoidance.REQUIRED:
+        return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+    return {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": MAX_PREFERENCE_WEIGHT, "preference": term}
+        ]
+    }
 
 
 def pod_spec(md: ModelDeployment, config: OperatorConfig) -> Manifest:
@@ -244,6 +277,9 @@ def pod_spec(md: ModelDeployment, config: OperatorConfig) -> Manifest:
     tols = tolerations(md)
     if tols:
         spec["tolerations"] = tols
+    affinity = node_affinity(md, config)
+    if affinity is not None:
+        spec["affinity"] = {"nodeAffinity": affinity}
     return spec
 
 

@@ -88,7 +88,8 @@ def policy_for_pod(
     return None
 
 
-def _ready(pod: Manifest) -> bool:
+def pod_ready(pod: Manifest) -> bool:
+    """Ready, with an IP, and not being deleted: a pod that may take traffic."""
     status = pod.get("status") or {}
     if not status.get("podIP") or (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
@@ -115,7 +116,7 @@ def endpoints_for(
     for pod in model_pods:
         labels = (pod.get("metadata") or {}).get("labels") or {}
         md = labels.get(LABEL_MODEL_DEPLOYMENT)
-        if md not in wanted or not _ready(pod):
+        if md not in wanted or not pod_ready(pod):
             continue
         revision = labels.get(LABEL_REVISION, "0")
         found.append(

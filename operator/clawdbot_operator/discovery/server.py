@@ -22,6 +22,7 @@ import grpc
 from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.discovery.relay import PeerRelay, relayed_by
 from clawdbot_operator.discovery.resolve import Resolved, resolve
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
 
@@ -145,10 +146,17 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         reviewer: TokenReviewer,
         get_pod: PodGetter,
         load_reports: LoadReportStore,
+        *,
         get_secret: SecretGetter | None = None,
+        relay: PeerRelay | None = None,
+        peer_account: tuple[str, str] | None = None,
     ) -> None:
         """``get_secret``: reads the policy's cloud API key to send down; pass it only when the
-        stream is served over TLS (None: sidecars get their key elsewhere)."""
+        stream is served over TLS (None: sidecars get their key elsewhere). ``relay``
+        forwards sidecars' reports to the other replicas; ``peer_account`` (namespace,
+        service account) is whose tokens may send relayed reports (None: nobody's)."""
+        self.relay = relay
+        self.peer_account = peer_account
         self.get_secret = get_secret
         self.state = state
         self.reviewer = reviewer
@@ -233,6 +241,11 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         request_iterator: AsyncIterator[pb.LoadReport],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.ReportAck:
+        if relayed_by(context.invocation_metadata()) is not None:
+            await self._authorize_peer(context)
+            async for report in request_iterator:
+                self._record(report)  # never relayed again
+            return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
         authorized: tuple[str, str] | None = None
         async for report in request_iterator:
             who = (report.pod_namespace, report.pod_name)
@@ -240,7 +253,24 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 await self._authorize(context, *who)
                 authorized = who
             self._record(report)
+            if self.relay is not None:
+                self.relay.offer(report)
         return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
+
+    async def _authorize_peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Relayed reports come from another replica: its token must be the operator's own
+        service account's, or anyone could feed the autoscaler and the rollback check."""
+        token = _bearer(context)
+        identity = await self.reviewer.review(token) if token else None
+        if identity is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected by TokenReview")
+        assert identity is not None
+        if self.peer_account != (identity.namespace, identity.service_account):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "relayed load reports are accepted only from the operator's own service "
+                f"account, not {identity.namespace}/{identity.service_account}",
+            )
 
     def _record(self, report: pb.LoadReport) -> None:
         when = datetime.fromtimestamp(report.unix_ms / 1000, UTC)

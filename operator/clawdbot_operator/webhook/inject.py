@@ -13,7 +13,7 @@ by the policies' pod selectors).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -42,6 +42,7 @@ class Outcome(StrEnum):
     ALREADY_INJECTED = "already-injected"
     HOST_NETWORK = "host-network"
     PROTECTED_NAMESPACE = "protected-namespace"
+    NOT_WATCHED = "not-watched"
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,19 @@ def decide(
     namespace: str,
     namespace_labels: Mapping[str, str],
     operator_namespace: str,
+    watched: Collection[str] | None = None,
 ) -> Outcome:
-    """Whether to inject the sidecar into ``pod`` (see the module docstring)."""
+    """Whether to inject the sidecar into ``pod`` (see the module docstring). ``watched``:
+    the namespaces the operator watches (None: all); elsewhere no RoutingPolicy is resolved,
+    so an injected sidecar would never get a policy, and the pod is left alone."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     spec = pod.get("spec") or {}
     if namespace in PROTECTED_NAMESPACES or namespace == operator_namespace:
         return Outcome.PROTECTED_NAMESPACE
+    if watched is not None and namespace not in watched:
+        return Outcome.NOT_WATCHED
     if labels.get(INJECT_LABEL) == "disabled":
         return Outcome.OPTED_OUT
     if labels.get(INJECT_LABEL) != "enabled" and namespace_labels.get(INJECT_LABEL) != "enabled":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -55,8 +55,10 @@ def build_app(
     operator_namespace: str,
     metrics: WebhookMetrics | None = None,
     path: str = MUTATE_PATH,
+    watched: Collection[str] | None = None,
 ) -> web.Application:
-    """The webhook app; serve it over TLS (the API server only calls HTTPS webhooks)."""
+    """The webhook app; serve it over TLS (the API server only calls HTTPS webhooks).
+    ``watched``: the operator's namespaces (None: every namespace); see ``decide``."""
     counters = metrics or WebhookMetrics()
 
     async def mutate(request: web.Request) -> web.Response:
@@ -73,7 +75,8 @@ def build_app(
                 return web.json_response(review_response(uid, None))
             pod = req["object"]
             namespace = req.get("namespace") or (pod.get("metadata") or {}).get("namespace", "")
-            outcome = decide(pod, namespace, await namespace_labels(namespace), operator_namespace)
+            labels = await namespace_labels(namespace)
+            outcome = decide(pod, namespace, labels, operator_namespace, watched)
             counters.outcomes.labels(outcome.value).inc()
             if outcome != Outcome.INJECTED:
                 return web.json_response(review_response(uid, None))

@@ -7,7 +7,9 @@ maps fixed tokens to identities.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.discovery.relay import PeerRelay, service_account_of
 from clawdbot_operator.discovery.resolve import policy_for_pod, resolve
 from clawdbot_operator.discovery.server import (
     DiscoveryServicer,
@@ -34,6 +37,7 @@ from clawdbot_sidecar.pool import LocalPool
 from tests.support.servers import free_port
 
 NS = "shop"
+PEER_ACCOUNT = ("clawdbot-system", "clawdbot")
 CHAT_POD = {
     "metadata": {"name": "chat-1", "namespace": NS, "labels": {"app": "chat"}},
     "spec": {"serviceAccountName": "chat", "containers": [{"name": "app"}]},
@@ -102,6 +106,8 @@ class Reviewer:
         "other-pod": Identity(NS, "chat", "chat-2"),
         "unbound": Identity(NS, "chat", None),
         "other-account": Identity(NS, "intruder", "chat-1"),
+        "operator-a": Identity("clawdbot-system", "clawdbot", "clawdbot-a"),
+        "operator-b": Identity("clawdbot-system", "clawdbot", "clawdbot-b"),
     }
 
     async def review(self, token: str) -> Identity | None:
@@ -109,18 +115,21 @@ class Reviewer:
 
 
 class Operator:
-    def __init__(self) -> None:
+    def __init__(self, relay: PeerRelay | None = None) -> None:
         self.state = DiscoveryState()
         self.store = LoadReportStore(window=timedelta(hours=1))
         self.port = free_port()
         self.server: grpc.aio.Server | None = None
+        self.relay = relay
 
     async def start(self) -> None:
         async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
             return CHAT_POD if (ns, name) == (NS, "chat-1") else None
 
         self.server = grpc.aio.server()
-        add_to_server(self.server, DiscoveryServicer(self.state, Reviewer(), get_pod, self.store))
+        servicer = DiscoveryServicer(self.state, Reviewer(), get_pod, self.store,
+                                     relay=self.relay, peer_account=PEER_ACCOUNT)  # fmt: skip
+        add_to_server(self.server, servicer)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
 
@@ -299,3 +308,107 @@ async def test_load_reports_feed_the_store_as_deltas(operator: Operator) -> None
     assert health.p95_latency_ms == pytest.approx(900.0)
     (inflight,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
     assert inflight.value == pytest.approx(3, rel=0.05)
+
+
+def _report(pod: str, requests: int) -> pb.LoadReport:
+    load = pb.EndpointLoad(url="http://127.1.0.5:8000/v1", model_deployment="llama", revision=2,
+                           requests=requests, in_flight=1)  # fmt: skip
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    return pb.LoadReport(pod_namespace=NS, pod_name=pod, unix_ms=now_ms, endpoints=[load])
+
+
+def _relay(name: str, token_file: Path, peers: list[str]) -> PeerRelay:
+    async def list_peers() -> list[str]:
+        return peers
+
+    return PeerRelay(name, list_peers, grpc.aio.insecure_channel, token_file, refresh_s=0.1)
+
+
+async def _send_reports(port: int, token: str, *reports: pb.LoadReport,
+                        relay_from: str | None = None) -> None:  # fmt: skip
+    metadata = [("authorization", f"Bearer {token}")]
+    if relay_from:
+        metadata.append(("x-clawdbot-relay", relay_from))
+
+    async def stream() -> AsyncIterator[pb.LoadReport]:
+        for r in reports:
+            yield r
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await pb_grpc.DiscoveryStub(channel).ReportLoad(stream(), metadata=tuple(metadata))
+
+
+async def _wait(check: Any, what: str) -> None:
+    for _ in range(100):  # bounded: 5 s
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within 5 s")
+
+
+async def test_replicas_relay_sidecar_reports_to_each_other_once(tmp_path: Path) -> None:
+    """A sidecar's report reaches one replica; the other replica's metrics API and rollback
+    check see it too, and nothing loops back."""
+    (tmp_path / "a").write_text("operator-a")
+    (tmp_path / "b").write_text("operator-b")
+    a_port, b_port = free_port(), free_port()
+    a = Operator(_relay("clawdbot-a", tmp_path / "a", [f"127.0.0.1:{b_port}"]))
+    b = Operator(_relay("clawdbot-b", tmp_path / "b", [f"127.0.0.1:{a_port}"]))
+    a.port, b.port = a_port, b_port
+    for op in (a, b):
+        await op.start()
+        assert op.relay is not None
+        op.relay.start()
+    try:
+        await _wait(lambda: a.relay and a.relay.peers and b.relay and b.relay.peers, "peering")
+        await _send_reports(a.port, "good", _report("chat-1", 10))
+
+        def seen_by_b() -> bool:
+            h = b.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+            return h is not None and h.requests == 10
+
+        await _wait(seen_by_b, "the report relayed to the other replica")
+        (inflight,) = b.store.metric_values(NS, "clawdbot_inflight_requests")
+        assert inflight.value == 1
+        await asyncio.sleep(0.3)  # time for a (wrong) relay back to A to show
+        health_a = a.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+        assert health_a is not None and health_a.requests == 10  # once, not relayed back
+        assert b.relay is not None and b.relay.relayed == 0
+    finally:
+        for op in (a, b):
+            assert op.relay is not None
+            await op.relay.stop()
+            await op.stop()
+
+
+async def test_relayed_reports_need_the_operators_own_account(operator: Operator) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _send_reports(operator.port, "good", _report("chat-1", 5), relay_from="chat-1")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "operator's own service account" in (err.value.details() or "")
+    assert operator.store.revision_health(NS, "llama", 2, datetime.now(UTC)) is None
+    # A peer may relay another pod's report (it was authorized where it arrived).
+    await _send_reports(operator.port, "operator-b", _report("chat-9", 5), relay_from="b")
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None and health.requests == 5
+
+
+async def test_a_dead_peer_costs_a_bounded_queue(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("operator-a")
+    relay = _relay("clawdbot-a", tmp_path / "t", [f"127.0.0.1:{free_port()}"])  # nobody there
+    relay.queue_size = 3
+    await relay.refresh()
+    try:
+        for i in range(10):
+            relay.offer(_report("chat-1", i))
+        assert relay.dropped >= 6  # the sender may have taken one or two before failing
+    finally:
+        await relay.stop()
+
+
+def test_own_identity_comes_from_the_token_claims() -> None:
+    claims = {"kubernetes.io": {"namespace": "clawdbot-system",
+                                "serviceaccount": {"name": "clawdbot", "uid": "1"}}}  # fmt: skip
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert service_account_of(f"e30.{payload}.sig") == ("clawdbot-system", "clawdbot")
+    assert service_account_of("not-a-jwt") is None

@@ -14,7 +14,12 @@ from clawdbot_operator.builders import build_children
 from clawdbot_operator.builders.deployment import build_deployment
 from clawdbot_operator.builders.pdb import build_pdb
 from clawdbot_operator.builders.service import build_service, endpoint_url
-from clawdbot_operator.config import DEFAULT_IMAGES, OperatorConfig
+from clawdbot_operator.config import (
+    DEFAULT_GPU_NODE_LABELS,
+    DEFAULT_IMAGES,
+    GpuNodeAvoidance,
+    OperatorConfig,
+)
 from clawdbot_operator.validation import check_supported
 
 CONFIG = OperatorConfig()
@@ -71,8 +76,16 @@ def test_deployment_per_runtime_accelerator_precision(
     if gpu:
         assert limits[gpu] == "1"
         assert {"key": gpu, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        # The GPU request already limits the pod to GPU nodes.
+        assert "affinity" not in pod
     else:
         assert not any(k.endswith("/gpu") for k in limits)
+        # Off GPU nodes: no GPU toleration, and GPU-labelled nodes avoided.
+        assert "tolerations" not in pod
+        affinity = pod["affinity"]["nodeAffinity"]
+        assert [
+            p["weight"] for p in affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+        ] == [100]
     assert server["resources"]["requests"]["cpu"] and limits["memory"]
 
     if runtime == Runtime.VLLM:
@@ -292,3 +305,88 @@ def test_onnx_command_line_is_what_the_runtime_parses(accel: str) -> None:
     assert (parsed.host, parsed.http_port, parsed.grpc_port) == ("0.0.0.0", 8000, 8001)
     assert (parsed.accelerator, parsed.cpu_threads) == (accel, 4)
     assert (parsed.max_batch_size, parsed.max_queue_delay_ms) == (16, 7.0)
+
+
+def _pod(md: Any, config: OperatorConfig = CONFIG) -> dict[str, Any]:
+    pod: dict[str, Any] = build_deployment(md, config, 1, "h")["spec"]["template"]["spec"]
+    return pod
+
+
+CPU_MODELS = [
+    {"runtime": "onnx", "precision": "fp16", "accelerator": {"type": "cpu"}},
+    {"runtime": "vllm", "precision": "bf16", "accelerator": {"type": "cpu"}},
+]
+
+
+@pytest.mark.parametrize("spec", CPU_MODELS, ids=lambda s: s["runtime"])
+def test_cpu_pods_prefer_nodes_without_gpu_labels(spec: dict[str, Any]) -> None:
+    pod = _pod(model_deployment(**spec))
+    assert pod["affinity"] == {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "preference": {
+                        "matchExpressions": [
+                            {"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"},
+                            {
+                                "key": "feature.node.kubernetes.io/pci-10de.present",
+                                "operator": "DoesNotExist",
+                            },
+                            {
+                                "key": "feature.node.kubernetes.io/pci-1002.present",
+                                "operator": "DoesNotExist",
+                            },
+                            {"key": "amd.com/gpu.family", "operator": "DoesNotExist"},
+                        ]
+                    },
+                }
+            ]
+        }
+    }
+    assert "tolerations" not in pod
+    assert restricted_violations(pod) == []
+
+
+def test_gpu_node_avoidance_can_be_required_or_off() -> None:
+    md = model_deployment(**CPU_MODELS[0])
+    required = OperatorConfig.from_mapping(
+        {"gpu_node_avoidance": "required", "gpu_node_labels": "example.com/gpu, other/gpu"}
+    )
+    affinity = _pod(md, required)["affinity"]["nodeAffinity"]
+    assert affinity == {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "example.com/gpu", "operator": "DoesNotExist"},
+                        {"key": "other/gpu", "operator": "DoesNotExist"},
+                    ]
+                }
+            ]
+        }
+    }
+    off = OperatorConfig.from_mapping({"gpu_node_avoidance": "off"})
+    assert "affinity" not in _pod(md, off)
+    no_labels = OperatorConfig.from_mapping({"gpu_node_labels": ""})
+    assert no_labels.gpu_node_labels == ()
+    assert "affinity" not in _pod(md, no_labels)
+    # A GPU model gets no affinity whatever the setting: its GPU request places it.
+    assert "affinity" not in _pod(model_deployment(), required)
+
+
+def test_the_spec_node_selector_and_tolerations_stay_with_the_affinity() -> None:
+    md = model_deployment(
+        **CPU_MODELS[0],
+        nodeSelector={"pool": "inference"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ai"}],
+    )
+    pod = _pod(md)
+    assert pod["nodeSelector"] == {"pool": "inference"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ai"}]
+    assert "nodeAffinity" in pod["affinity"]
+
+
+def test_default_gpu_labels_and_avoidance() -> None:
+    assert CONFIG.gpu_node_avoidance == GpuNodeAvoidance.PREFERRED
+    assert CONFIG.gpu_node_labels == DEFAULT_GPU_NODE_LABELS

@@ -87,7 +87,7 @@ def test_latest_report_per_source_replaces_its_gauges() -> None:
     s.add(
         LoadReport("ai", "m", "a", datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC), inflight_requests=2)
     )
-    now = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+    now = datetime(2026, 1, 1, 0, 0, 20, tzinfo=UTC)  # within the gauge TTL of the last
     assert [v.value for v in s.metric_values("ai", "clawdbot_inflight_requests", now)] == [2.0]
 
 

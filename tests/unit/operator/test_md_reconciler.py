@@ -248,3 +248,92 @@ async def test_autoscaling_off_removes_the_hpa(kube: FakeKube) -> None:
     await rec.reconcile_named("ai", "llama")
     assert ("HorizontalPodAutoscaler", "ai", "llama") not in kube.objects
     assert "Deleted" in kube.reasons()
+
+
+async def _healthy_then_version_2(kube: FakeKube, clock: Clock) -> None:
+    rec = Reconciler(kube, OperatorConfig(), LoadReportStore(), clock)
+    await rec.reconcile_named("ai", "llama")
+    kube.roll_out()
+    await rec.reconcile_named("ai", "llama")
+    kube.set_spec(model={"name": "llama-7b", "uri": "pvc://models/llama", "version": "2"})
+    await rec.reconcile_named("ai", "llama")
+    assert kube.md()["status"]["currentRevision"] == 2
+    kube.reasons()
+
+
+async def test_a_restarted_operator_keeps_the_rollouts_deadline(kube: FakeKube) -> None:
+    """The deadline runs from when the revision started (recorded in status), not from when
+    this process started: a restart late in the window still rolls back on time."""
+    clock = Clock()
+    await _healthy_then_version_2(kube, clock)
+    kube.roll_out(ready=False)
+    clock.now += timedelta(seconds=50)  # of 60
+    restarted = Reconciler(kube, OperatorConfig(), LoadReportStore(), clock)
+    await restarted.reconcile_named("ai", "llama")
+    assert kube.md()["status"]["currentRevision"] == 2
+    clock.now += timedelta(seconds=11)
+    await restarted.reconcile_named("ai", "llama")
+    status = kube.md()["status"]
+    assert status["currentRevision"] == 1
+    assert [(r["revision"], r["phase"]) for r in status["revisions"]] == [
+        (1, "Healthy"),
+        (2, "RolledBack"),
+    ]
+    assert kube.reasons() == ["RolledBack"]
+
+
+async def test_a_restarted_operator_finishes_the_rollout_without_duplicates(
+    kube: FakeKube,
+) -> None:
+    clock = Clock()
+    await _healthy_then_version_2(kube, clock)
+    before = sorted(kube.objects)
+    restarted = Reconciler(kube, OperatorConfig(), LoadReportStore(), clock)
+    await restarted.reconcile_named("ai", "llama")
+    assert sorted(kube.objects) == before  # nothing created again
+    assert kube.reasons() == []  # no second NewRevision, no Created
+    kube.roll_out()
+    await restarted.reconcile_named("ai", "llama")
+    status = kube.md()["status"]
+    assert (status["phase"], status["currentRevision"], status["stableRevision"]) == (
+        "Available",
+        2,
+        2,
+    )
+    assert [(r["revision"], r["phase"]) for r in status["revisions"]] == [
+        (1, "Healthy"),
+        (2, "Healthy"),
+    ]
+    assert kube.reasons() == ["RevisionHealthy"]
+
+
+async def test_a_snapshot_left_by_a_run_that_died_is_replaced_when_the_spec_moved_on(
+    kube: FakeKube,
+) -> None:
+    """A run wrote revision 2's ControllerRevision and died before recording it; the spec
+    then changed. The next run's revision 2 must run the new spec, not the snapshot."""
+    clock = Clock()
+    rec = Reconciler(kube, OperatorConfig(), LoadReportStore(), clock)
+    await rec.reconcile_named("ai", "llama")
+    kube.roll_out()
+    await rec.reconcile_named("ai", "llama")
+    recorded = copy.deepcopy(kube.md()["status"])
+    kube.set_spec(model={"name": "llama-7b", "uri": "pvc://models/llama", "version": "2"})
+    await rec.reconcile_named("ai", "llama")
+    kube.md()["status"] = recorded  # the status write that never happened
+    kube.set_spec(model={"name": "llama-7b", "uri": "pvc://models/llama", "version": "3"})
+
+    restarted = Reconciler(kube, OperatorConfig(), LoadReportStore(), clock)
+    await restarted.reconcile_named("ai", "llama")
+    status = kube.md()["status"]
+    assert [(r["revision"], r["modelVersion"]) for r in status["revisions"]] == [
+        (1, "1"),
+        (2, "3"),
+    ]
+    cr = kube.objects[("ControllerRevision", "ai", "llama-r2")]
+    assert cr["data"]["spec"]["model"]["version"] == "3"
+    assert (
+        cr["metadata"]["annotations"]["clawdbot.io/revision-hash"] == status["revisions"][1]["hash"]
+    )
+    template = kube.deployment()["spec"]["template"]["metadata"]
+    assert template["labels"]["app.kubernetes.io/version"] == "3"

@@ -38,7 +38,8 @@ SETTINGS = SidecarSettings()
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    outcome = decide(case["pod"], case["namespace"], case["namespaceLabels"], OPERATOR_NS)
+    outcome = decide(case["pod"], case["namespace"], case["namespaceLabels"], OPERATOR_NS,
+                     case.get("watchNamespaces"))  # fmt: skip
     pod = inject(case["pod"], SETTINGS) if outcome.value == "injected" else case["pod"]
     return {"outcome": outcome.value, "pod": pod}
 

@@ -1,0 +1,70 @@
+"""RoutingPolicy conditions, as a pure function of what the operator found.
+
+* ``Ready``: the policy is in force: its spec is valid, the cloud Secret and every local
+  ModelDeployment it names exist. False (``InvalidReference``) lists what is missing.
+* ``Degraded``: it is in force but some local model has no Ready endpoint, so its requests
+  go to the cloud (``fallback.localToCloud``) or fail. Unknown while the policy is not Ready.
+
+``lastTransitionTime`` moves only when a condition's status changes, as Kubernetes
+conventions ask, so a status rewritten with the same verdict does not look like news.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from clawdbot_api.v1alpha1 import RoutingPolicySpec
+
+
+def models_without_endpoints(
+    spec: RoutingPolicySpec, models_with_endpoints: Iterable[str]
+) -> list[str]:
+    """The policy's local ModelDeployments that have no Ready endpoint, in spec order."""
+    serving = set(models_with_endpoints)
+    return [m.name for m in spec.local_models if m.name not in serving]
+
+
+def policy_conditions(
+    *,
+    spec: RoutingPolicySpec | None,
+    problems: Sequence[str],
+    idle_models: Sequence[str],
+    generation: int | None,
+    previous: Iterable[Mapping[str, Any]],
+    now: str,
+) -> list[dict[str, Any]]:
+    """Ready and Degraded for a policy with these ``problems`` (invalid spec, missing
+    references) and ``idle_models`` (local models without a Ready endpoint)."""
+    ready = not problems
+    conditions: list[dict[str, Any]] = [
+        {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": "Resolved" if ready else "InvalidReference",
+            "message": "policy in force" if ready else "; ".join(problems),
+        }
+    ]
+    if not ready:
+        degraded = ("Unknown", "NotReady", "the policy is not in force (see Ready)")
+    elif idle_models:
+        where = (
+            "go to the cloud (fallback.localToCloud)"
+            if spec is not None and spec.cloud is not None and spec.fallback.local_to_cloud
+            else "fail until one is Ready"
+        )
+        names = ", ".join(idle_models)
+        message = f"no Ready endpoint for local model(s) {names}: their requests {where}"
+        degraded = ("True", "NoReadyEndpoints", message)
+    else:
+        degraded = ("False", "EndpointsReady", "every local model has a Ready endpoint")
+    status, reason, message = degraded
+    conditions.append({"type": "Degraded", "status": status, "reason": reason,
+                       "message": message})  # fmt: skip
+    before = {c.get("type"): c for c in previous}
+    for c in conditions:
+        c["observedGeneration"] = generation
+        old = before.get(c["type"])
+        same = old is not None and old.get("status") == c["status"]
+        c["lastTransitionTime"] = old.get("lastTransitionTime") if old and same else now
+    return conditions

@@ -1,0 +1,71 @@
+"""RoutingPolicy conditions: Ready and Degraded from what the operator found."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
+def spec(**extra: Any) -> RoutingPolicySpec:
+    return RoutingPolicySpec.model_validate(
+        {"localModels": [{"name": "llama"}, {"name": "qwen"}],
+         "cloud": {"baseURL": "https://llm.example.com/v1", "model": "big"}, **extra}
+    )  # fmt: skip
+
+
+def by_type(conditions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in conditions}
+
+
+def test_all_endpoints_ready() -> None:
+    s = spec()
+    idle = models_without_endpoints(s, ["qwen", "llama", "llama"])
+    got = by_type(policy_conditions(spec=s, problems=[], idle_models=idle, generation=3,
+                                    previous=[], now=T0))  # fmt: skip
+    assert got["Ready"]["status"] == "True" and got["Ready"]["reason"] == "Resolved"
+    assert got["Degraded"]["status"] == "False"
+    assert all(c["observedGeneration"] == 3 and c["lastTransitionTime"] == T0
+               for c in got.values())  # fmt: skip
+
+
+def test_a_model_without_endpoints_degrades_and_names_it_and_the_fallback() -> None:
+    s = spec()
+    idle = models_without_endpoints(s, ["llama"])
+    assert idle == ["qwen"]
+    got = by_type(policy_conditions(spec=s, problems=[], idle_models=idle, generation=1,
+                                    previous=[], now=T0))  # fmt: skip
+    degraded = got["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "NoReadyEndpoints")
+    assert "qwen" in degraded["message"] and "cloud" in degraded["message"]
+    assert got["Ready"]["status"] == "True"  # still in force
+
+    no_fallback = spec(fallback={"localToCloud": False})
+    got = by_type(policy_conditions(spec=no_fallback, problems=[], idle_models=idle,
+                                    generation=1, previous=[], now=T0))  # fmt: skip
+    assert "fail" in got["Degraded"]["message"]
+
+
+def test_not_ready_makes_degraded_unknown() -> None:
+    got = by_type(policy_conditions(spec=spec(), problems=["localModels: ModelDeployment qwen "
+                                    "not found"], idle_models=["qwen"], generation=1,
+                                    previous=[], now=T0))  # fmt: skip
+    assert got["Ready"]["status"] == "False" and "qwen" in got["Ready"]["message"]
+    assert got["Degraded"]["status"] == "Unknown"
+
+
+def test_transition_time_moves_only_when_the_status_changes() -> None:
+    s = spec()
+    first = policy_conditions(spec=s, problems=[], idle_models=[], generation=1, previous=[],
+                              now=T0)  # fmt: skip
+    same = by_type(policy_conditions(spec=s, problems=[], idle_models=[], generation=2,
+                                     previous=first, now=T1))  # fmt: skip
+    assert same["Ready"]["lastTransitionTime"] == T0
+    assert same["Degraded"]["lastTransitionTime"] == T0
+    changed = by_type(policy_conditions(spec=s, problems=[], idle_models=["llama"],
+                                        generation=2, previous=first, now=T1))  # fmt: skip
+    assert changed["Ready"]["lastTransitionTime"] == T0
+    assert changed["Degraded"]["lastTransitionTime"] == T1
