@@ -8,7 +8,8 @@ back by row. Requests only merge when the model's dim 0 is dynamic and their oth
 dimensions and datatypes agree; anything else runs alone through the same queue. A decoder's
 steps (decoder_spec.py) also merge when only their KV cache lengths differ: each is
 left-padded to the longest with entries the attention mask hides, and the padding is cut
-off its presents again, so generations at different lengths share runs.
+off its presents again, so generations at different lengths share runs. An encoder's
+requests (embedding_spec.py) merge across text lengths the same way, right-padded.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -31,6 +33,28 @@ from clawdbot_runtime.tensors import Array
 log = logging.getLogger(__name__)
 
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+
+
+class RowMerger(Protocol):
+    """How a model's requests merge although their shapes differ beyond dim 0 (padding)."""
+
+    def merge_signature(self, feeds: dict[str, Array], outputs: Sequence[str]) -> Signature:
+        """What requests must share to merge into one run."""
+
+    def merge_steps(self, steps: list[dict[str, Array]]) -> tuple[dict[str, Array], list[int]]:
+        """The merged feeds, and the padding each request got."""
+
+    def unpad(self, outputs: dict[str, Array], pad: int) -> dict[str, Array]:
+        """One request's outputs without its padding."""
+
+
+def row_merger(model: OnnxModel) -> RowMerger | None:
+    """The model's padding merger: a decoder's cache padding, an encoder's text padding."""
+    if model.decoder is not None and model.decoder.spec.pads_cache:
+        return model.decoder.spec
+    if model.embedding is not None:
+        return model.embedding.spec
+    return None
 
 
 @dataclass
@@ -60,8 +84,7 @@ class Batcher:
         self._executor = executor
         self._metrics = metrics
         self.max_batch_size = max_batch_size if model.batchable else 1
-        decoder = model.decoder.spec if model.decoder is not None else None
-        self._cache_merge = decoder if decoder is not None and decoder.pads_cache else None
+        self._merger = row_merger(model)
         self._max_delay_s = max_delay_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue_size)
         self._carry: _Pending | None = None
@@ -94,8 +117,8 @@ class Batcher:
             rows = {array.shape[0] for array in feeds.values()}
             if len(rows) == 1:
                 pending.rows = rows.pop()
-                if self._cache_merge is not None:
-                    pending.signature = self._cache_merge.merge_signature(feeds)
+                if self._merger is not None:
+                    pending.signature = self._merger.merge_signature(feeds, pending.outputs)
                 else:
                     pending.signature = tuple(
                         (name, str(a.dtype), tuple(a.shape[1:]))
@@ -189,8 +212,8 @@ class Batcher:
         pads = [0] * len(live)
         if len(live) == 1:
             feeds = live[0].feeds
-        elif self._cache_merge is not None:
-            feeds, pads = self._cache_merge.merge_steps([p.feeds for p in live])
+        elif self._merger is not None:
+            feeds, pads = self._merger.merge_steps([p.feeds for p in live])
         else:
             feeds = {name: np.concatenate([p.feeds[name] for p in live]) for name in live[0].feeds}
         rows = sum(p.rows or 0 for p in live) if len(live) > 1 else None
@@ -222,8 +245,8 @@ class Batcher:
         for p, pad in zip(live, pads, strict=True):
             stop = start + (p.rows or 0)
             rows_out = {name: value[start:stop] for name, value in results.items()}
-            if pad and self._cache_merge is not None:
-                rows_out = self._cache_merge.unpad(rows_out, pad)
+            if pad and self._merger is not None:
+                rows_out = self._merger.unpad(rows_out, pad)
             _resolve(p, rows_out)
             start = stop
 

@@ -22,6 +22,7 @@ feeding the presents back as the next step's past: the KV cache.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +161,10 @@ class DecoderSpec(BaseModel):
         return self.has_position_ids
 
     def merge_signature(
-        self, feeds: dict[str, Array]
+        self, feeds: dict[str, Array], outputs: Sequence[str] = ()
     ) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-        """What steps must share to merge: everything but the cache length."""
+        """What steps must share to merge: everything but the cache length (every step asks
+        for the same outputs, so they do not count)."""
         ids = feeds[INPUT_IDS]
         cache = feeds[self.past_names[0]]
         return (

@@ -266,6 +266,12 @@ def text_model(served: ServedModel) -> TextModel:
         return _DecoderText(model.decoder)
     if model.lm is not None:
         return _CharText(model.lm)
+    if model.embedding is not None:
+        raise InvalidInput(
+            f"model '{model.name}' is an embedding model, not a text generation model; send "
+            "its requests to /v1/embeddings",
+            param="model",
+        )
     raise InvalidInput(
         f"model '{model.name}' is not a text generation model (its version folder has "
         "neither generation.json nor the config.json and tokenizer.json of a causal LM)",

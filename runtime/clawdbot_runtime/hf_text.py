@@ -103,6 +103,11 @@ class HfTokenizer:
             self._tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         except Exception as exc:  # tokenizers raises its own Exception subclass
             raise ValueError(f"{TOKENIZER_FILE} could not be loaded: {exc}") from exc
+        # Exports often save a truncation length and a padding strategy in tokenizer.json;
+        # the server checks lengths itself (a 400 instead of silently dropped text) and pads
+        # batches with the attention mask, so both are turned off here.
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
         config: dict[str, Any] = {}
         config_path = folder / TOKENIZER_CONFIG_FILE
         if config_path.is_file():
@@ -151,6 +156,12 @@ class HfTokenizer:
         """Token ids of ``text``; ``add_special_tokens`` applies the tokenizer's post-processor
         (e.g. a leading BOS), which a rendered chat template already spells out itself."""
         return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text with the special tokens (e.g. BERT's [CLS] ... [SEP]);
+        the tokenizer works on the texts in parallel, outside the GIL."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return [list(encoding.ids) for encoding in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens left out."""

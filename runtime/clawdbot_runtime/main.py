@@ -22,6 +22,7 @@ from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.errors import ProviderUnavailable
 from clawdbot_runtime.logs import configure_logging
 from clawdbot_runtime.server import RuntimeServer
+from clawdbot_runtime.tinyembed import DEMO_EMBED_NAME, build_tiny_embed
 from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
 from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
@@ -78,16 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repository", help="model repository folder (created if missing)")
     p.add_argument(
         "--kind",
-        choices=["char", "gpt"],
+        choices=["char", "gpt", "embed"],
         default="char",
         help=(
             "char: the character-level chat model (generation.json); gpt: a GPT-style "
-            "decoder with a KV cache laid out like an Optimum export (default char)"
+            "decoder with a KV cache laid out like an Optimum export; embed: a BERT-style "
+            "text encoder laid out like a sentence-transformers export (default char)"
         ),
     )
     p.add_argument(
         "--name",
-        help=f"model name (default {DEMO_MODEL_NAME} for char, {DEMO_GPT_NAME} for gpt)",
+        help=(
+            f"model name (default {DEMO_MODEL_NAME} for char, {DEMO_GPT_NAME} for gpt, "
+            f"{DEMO_EMBED_NAME} for embed)"
+        ),
     )
     p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
     return parser
@@ -131,6 +136,10 @@ def _build_demo_model(args: argparse.Namespace) -> int:
     repository = Path(args.repository)
     if args.kind == "gpt":
         folder = build_tiny_gpt(repository, name=args.name or DEMO_GPT_NAME, version=args.version)
+    elif args.kind == "embed":
+        folder = build_tiny_embed(
+            repository, name=args.name or DEMO_EMBED_NAME, version=args.version
+        )
     else:
         folder = build_tiny_lm(repository, name=args.name or DEMO_MODEL_NAME, version=args.version)
     print(f"wrote {folder}")

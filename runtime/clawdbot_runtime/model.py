@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clawdbot_runtime.decoder_spec import DECODER_FILES, DecoderSpec
+from clawdbot_runtime.embedding_spec import EMBEDDING_FILES, EmbeddingSpec
 from clawdbot_runtime.errors import InvalidInput, ModelLoadError
 from clawdbot_runtime.hf_text import HfTokenizer
 from clawdbot_runtime.lm_spec import GENERATION_FILE, LanguageModelSpec
@@ -62,13 +63,22 @@ class DecoderLM:
     tokenizer: HfTokenizer
 
 
+@dataclass(frozen=True)
+class EncoderLM:
+    """A text encoder exported to ONNX (embedding_spec.py) with its tokenizer."""
+
+    spec: EmbeddingSpec
+    tokenizer: HfTokenizer
+
+
 class OnnxModel:
     """A model version ready to run: validated feeds in, named numpy outputs back.
 
     Which text contract a version speaks, if any, is decided from its folder at load:
     ``generation.json`` -> the project's char-level contract (``lm``); else ``config.json``
     + ``tokenizer.json`` of a causal LM -> the Optimum decoder contract (``decoder``); else
-    none, and the model is served on the v2 tensor routes only.
+    the same two files and a feature-extraction graph -> the embedding contract
+    (``embedding``); else none, and the model is served on the v2 tensor routes only.
     """
 
     def __init__(
@@ -80,6 +90,7 @@ class OnnxModel:
         lm: LanguageModelSpec | None,
         *,
         decoder: DecoderLM | None = None,
+        embedding: EncoderLM | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -87,6 +98,7 @@ class OnnxModel:
         self.session = session
         self.lm = lm
         self.decoder = decoder
+        self.embedding = embedding
         self.inputs = [_spec(arg) for arg in session.get_inputs()]
         self.outputs = [_spec(arg) for arg in session.get_outputs()]
         self._inputs = {spec.name: spec for spec in self.inputs}
@@ -140,6 +152,15 @@ class OnnxModel:
             except ValueError as exc:
                 raise ModelLoadError(f"{where}: {exc}") from exc
             model.decoder = DecoderLM(spec, tokenizer)
+        elif hf_config is not None and EmbeddingSpec.applies(model.inputs, model.outputs):
+            try:
+                tokenizer = HfTokenizer(folder)
+                embedding = EmbeddingSpec.from_folder(
+                    folder, hf_config, model.inputs, model.outputs, tokenizer.vocab_size
+                )
+            except ValueError as exc:
+                raise ModelLoadError(f"{where}: {exc}") from exc
+            model.embedding = EncoderLM(embedding, tokenizer)
         return model
 
     def metadata(self, versions: Sequence[int]) -> dict[str, Any]:
@@ -213,6 +234,8 @@ class OnnxModel:
         """Zero-filled inputs with every dynamic dimension set to 1 (a decoder: a prefill)."""
         if self.decoder is not None:
             return self.decoder.spec.warmup_feeds()
+        if self.embedding is not None:
+            return self.embedding.spec.warmup_feeds()
         feeds: dict[str, Array] = {}
         for spec in self.inputs:
             shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
@@ -263,7 +286,7 @@ def _check_lm(model: OnnxModel, lm: LanguageModelSpec) -> None:
 def fingerprint(folder: Path) -> str:
     """Changes whenever the model file or a file describing it changes (for hot reload)."""
     digest = hashlib.sha256()
-    for name in (MODEL_FILE, GENERATION_FILE, *DECODER_FILES):
+    for name in (MODEL_FILE, GENERATION_FILE, *DECODER_FILES, *EMBEDDING_FILES):
         path = folder / name
         if path.exists():
             stat = path.stat()

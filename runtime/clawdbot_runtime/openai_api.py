@@ -1,13 +1,15 @@
-"""OpenAI-compatible ``/v1`` routes for the text generation models of the repository.
+"""OpenAI-compatible ``/v1`` routes for the text models of the repository.
 
 ``/v1/completions`` and ``/v1/chat/completions`` (with ``stream: true`` as server-sent
-events in OpenAI's chunk format, ending ``data: [DONE]``, and ``usage``) and ``/v1/models``,
-so the routing sidecar sends the same requests to an ONNX pod as to a vLLM pod. Prompt and
-completion text are never logged.
+events in OpenAI's chunk format, ending ``data: [DONE]``, and ``usage``) for the models that
+generate text, ``/v1/embeddings`` for the encoders, and ``/v1/models``, so the routing
+sidecar sends the same requests to an ONNX pod as to a vLLM pod. Prompt, completion and
+input text are never logged.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 import uuid
@@ -21,6 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clawdbot_runtime.dataplane import DataPlane
+from clawdbot_runtime.embeddings import Embedder, parse_input
 from clawdbot_runtime.errors import InferenceError, InvalidInput
 from clawdbot_runtime.generation import (
     GenerationStats,
@@ -33,6 +36,7 @@ from clawdbot_runtime.repository import ServedModel
 from clawdbot_runtime.rest import DATAPLANE_KEY, error_body, read_json
 
 GENERATOR_KEY = web.AppKey("generator", TextGenerator)
+EMBEDDER_KEY = web.AppKey("embedder", Embedder)
 
 # Upper bound on max_tokens: every token is a model run (a cheap one with a KV cache, a
 # whole window without), and an unbounded request would hold a queue slot for minutes.
@@ -140,6 +144,19 @@ class ChatCompletionRequest(_Sampling):
             if value is not None:
                 return value
         return DEFAULT_CHAT_MAX_TOKENS
+
+
+class EmbeddingRequest(BaseModel):
+    """Body of ``POST /v1/embeddings``; ``user`` and unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    # A string, strings, token ids or lists of token ids: embeddings.parse_input checks it,
+    # so each mistake gets its own message rather than a union's list of failures.
+    input: Any
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
 
 
 def _parse(model: type[_Body], body: dict[str, Any]) -> _Body:
@@ -368,17 +385,52 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _respond(request, served, choices, body, _ChatFormat(body.model, "chatcmpl"))
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    """POST /v1/embeddings."""
+    body = _parse(EmbeddingRequest, await read_json(request))
+    inputs = parse_input(body.input)
+    dataplane = request.app[DATAPLANE_KEY]
+    async with dataplane.request_scope(body.model, "openai"):
+        served = dataplane.manager.get(body.model)
+        result = await request.app[EMBEDDER_KEY].embed(served, inputs, body.dimensions)
+    if body.encoding_format == "base64":
+        # What OpenAI sends and its SDKs decode: the float32 values' little-endian bytes.
+        data: list[Any] = [
+            base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in result.vectors
+        ]
+    else:
+        data = list(result.vectors)  # float32 rows: orjson writes their shortest form
+    document = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": value} for i, value in enumerate(data)
+        ],
+        "model": body.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+    return web.Response(
+        body=orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY),
+        content_type="application/json",
+    )
+
+
+def _listed(served: ServedModel) -> bool:
+    return served.model.generates_text or served.model.embedding is not None
+
+
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the text generation models being served."""
+    """GET /v1/models: the text generation and embedding models being served."""
     manager = request.app[DATAPLANE_KEY].manager
     served = sorted(manager.served(), key=lambda s: s.model.name)
-    data = [_model_card(s) for s in served if s.model.generates_text]
+    data = [_model_card(s) for s in served if _listed(s)]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """GET /v1/models/{model}."""
-    served, _ = _served(request, request.match_info["model"])
+    """GET /v1/models/{model}: 400 for a model the /v1 routes do not serve."""
+    served = request.app[DATAPLANE_KEY].manager.get(request.match_info["model"])
+    if served.model.embedding is None:
+        text_model(served)  # raises, saying what the model is not
     return web.json_response(_model_card(served))
 
 
@@ -392,13 +444,17 @@ def _model_card(served: ServedModel) -> dict[str, Any]:
     if served.model.decoder is not None:
         # vLLM's field: what a client may size prompt plus completion to.
         card["max_model_len"] = served.model.decoder.spec.context_length
+    elif served.model.embedding is not None:
+        card["max_model_len"] = served.model.embedding.spec.max_tokens
     return card
 
 
 def add_routes(app: web.Application, dataplane: DataPlane) -> None:
     """Register the /v1 routes on the REST application."""
     app[GENERATOR_KEY] = TextGenerator(dataplane)
+    app[EMBEDDER_KEY] = Embedder(dataplane)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)

@@ -5,7 +5,7 @@ Layout (Triton/KServe style)::
     <repository>/<model-name>/<version>/model.onnx      version: a positive integer
     <repository>/<model-name>/<version>/generation.json  optional: makes it a /v1 text model
     <repository>/<model-name>/<version>/config.json, tokenizer.json, ...
-                                                         or: an Optimum decoder export
+                                                         or: an Optimum decoder or encoder export
 
 The highest version folder of each model is served. A rescan (poll or explicit load) loads
 a newer version, warms it up, then swaps it in while the old one finishes its queue; a
@@ -345,6 +345,7 @@ class ModelManager:
                 "version": version,
                 "batching": batcher.max_batch_size > 1,
                 "text_generation": model.generates_text,
+                "embeddings": model.embedding is not None,
                 "load_seconds": round(time.perf_counter() - started, 3),
             },
         )

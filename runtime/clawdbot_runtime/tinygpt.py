@@ -133,8 +133,8 @@ def bigram_table(sequences: list[list[int]], vocab: int) -> tuple[np.ndarray, np
     return logp, follows
 
 
-class _Graph:
-    """Accumulates nodes and initializers with unique names."""
+class GraphBuilder:
+    """Accumulates nodes and initializers with unique names (the tiny models share it)."""
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -160,7 +160,7 @@ class _Graph:
         return output
 
 
-def _rms_norm(g: _Graph, x: str, weight: np.ndarray) -> str:
+def _rms_norm(g: GraphBuilder, x: str, weight: np.ndarray) -> str:
     square = g.op("Mul", [x, x])
     mean = g.op("ReduceMean", [square], axes=[-1], keepdims=1)
     eps = g.const("eps", np.array(RMS_EPS, dtype=np.float32))
@@ -172,7 +172,7 @@ def build_graph(
     weights: dict[str, np.ndarray], vocab: int, *, with_past: bool = True
 ) -> onnx.ModelProto:
     """The decoder graph; ``with_past=False`` gives the cache-less export (no past inputs)."""
-    g = _Graph()
+    g = GraphBuilder()
     i64, f32 = np.int64, np.float32
     rep = HEADS // KV_HEADS
     # Sizes: S new tokens, T = past + S attended positions, P = T - S cached ones.

@@ -13,6 +13,7 @@ from runtime_support import StartServer, write_linear
 
 from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.server import RuntimeServer
+from clawdbot_runtime.tinyembed import DEMO_EMBED_NAME, build_tiny_embed
 from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
 from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
@@ -31,6 +32,14 @@ def gpt_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("gpt-template")
     build_tiny_gpt(root)
     return root / DEMO_GPT_NAME
+
+
+@pytest.fixture(scope="session")
+def embed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT-style encoder (a sentence-transformers style export), built once."""
+    root = tmp_path_factory.mktemp("embed-template")
+    build_tiny_embed(root)
+    return root / DEMO_EMBED_NAME
 
 
 @pytest.fixture

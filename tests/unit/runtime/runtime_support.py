@@ -156,3 +156,17 @@ def greedy_without_cache(
             break
         sequence.append(token)
     return tokens, all_logits
+
+
+def encoder_reference(session: ort.InferenceSession, ids: list[int]) -> Array:
+    """One input's embedding computed by hand: the encoder run on it alone (no padding),
+    its last_hidden_state mean-pooled over every token, scaled to unit length."""
+    feeds = {
+        "input_ids": np.array([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+        "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64),
+    }
+    hidden = session.run(["last_hidden_state"], feeds)[0][0]
+    mean = hidden.mean(axis=0)
+    result: Array = (mean / np.linalg.norm(mean)).astype(np.float32)
+    return result
