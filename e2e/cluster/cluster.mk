@@ -40,12 +40,20 @@ clean-cache: ## Delete the cached binaries (the next cluster-build rebuilds them
 IMAGE_TAG ?= dev
 # images/<name>.Dockerfile -> clawdbot/<name>:$(IMAGE_TAG); the GPU variants are large.
 IMAGES ?= operator sidecar runtime-cpu
+# vllm-cpu builds vLLM from source (see images/README.md): where its git sources and
+# PyTorch's CPU wheel index are, e.g. your mirrors of them.
+VLLM_REPOSITORY ?=
+TORCH_INDEX_URL ?=
 
 .PHONY: images
-images: ## Build the container images with Docker (IMAGES="operator sidecar runtime-cpu runtime-cuda runtime-rocm").
+images: ## Build the container images with Docker (IMAGES="operator sidecar runtime-cpu runtime-cuda runtime-rocm vllm-cpu").
 	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
 	for image in $(IMAGES); do \
-		docker build -f images/$$image.Dockerfile -t clawdbot/$$image:$(IMAGE_TAG) . || exit 1; \
+		args=""; \
+		if [ "$$image" = vllm-cpu ]; then \
+			args="--build-arg VLLM_REPOSITORY=$(VLLM_REPOSITORY) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)"; \
+		fi; \
+		docker build $$args -f images/$$image.Dockerfile -t clawdbot/$$image:$(IMAGE_TAG) . || exit 1; \
 	done
 
 ##@ End-to-end tests
