@@ -224,16 +224,26 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
     async def _snapshot(self, pod: Manifest) -> pb.Snapshot:
         resolved = self.state.resolve(pod)
         snapshot = to_snapshot(resolved)
-        cloud = resolved.policy.cloud if resolved.policy else None
-        if self.get_secret is not None and cloud and cloud.api_key_secret_ref:
-            ref = cloud.api_key_secret_ref
-            ns = (pod.get("metadata") or {}).get("namespace", "")
+        policy = resolved.policy
+        if self.get_secret is None or policy is None:
+            return snapshot
+        ns = (pod.get("metadata") or {}).get("namespace", "")
+        secrets = hashlib.sha256()
+        if policy.cloud and policy.cloud.api_key_secret_ref:
+            ref = policy.cloud.api_key_secret_ref
             key = await self.get_secret(ns, ref.name, ref.key)
             if key:
                 snapshot.cloud_api_key = key
-                # A rotated key is a change: fold its digest into the version.
-                digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-                snapshot.version = f"{snapshot.version}-{digest}"
+                secrets.update(b"cloud:" + key.encode())
+        if policy.audit.hmac_key_secret_ref:
+            ref = policy.audit.hmac_key_secret_ref
+            key = await self.get_secret(ns, ref.name, ref.key)
+            if key:
+                snapshot.audit_hmac_key = key.encode()
+                secrets.update(b"audit:" + key.encode())
+        if snapshot.cloud_api_key or snapshot.audit_hmac_key:
+            # A rotated key is a change: fold a digest of the keys into the version.
+            snapshot.version = f"{snapshot.version}-{secrets.hexdigest()[:8]}"
         return snapshot
 
     async def ReportLoad(

@@ -27,6 +27,11 @@ TOKEN_DIR = "/var/run/secrets/clawdbot"
 # The audience the operator's discovery stream checks through TokenReview.
 TOKEN_AUDIENCE = "clawdbot"
 TOKEN_EXPIRATION_S = 3600
+# Where an injected sidecar may write its audit log when the policy's audit sink is a file
+# (the root filesystem is read-only): an emptyDir, so the file lives as long as the pod.
+AUDIT_VOLUME = "clawdbot-audit"
+AUDIT_DIR = "/var/log/clawdbot"
+AUDIT_VOLUME_LIMIT = "256Mi"
 # Namespaces whose pods are never touched, whatever their labels say.
 PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 
@@ -151,7 +156,10 @@ def sidecar_container(settings: SidecarSettings, policy: str | None) -> Manifest
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": AUDIT_VOLUME, "mountPath": AUDIT_DIR},
+        ],
     }
 
 
@@ -190,7 +198,7 @@ def _app_env(container: Manifest, settings: SidecarSettings) -> None:
 
 
 def inject(pod: Mapping[str, Any], settings: SidecarSettings) -> Manifest:
-    """A copy of ``pod`` with the sidecar, its token volume and the app env."""
+    """A copy of ``pod`` with the sidecar, its token and audit volumes and the app env."""
     out: Manifest = copy.deepcopy(dict(pod))
     meta = out.setdefault("metadata", {})
     annotations = meta.get("annotations") or {}
@@ -202,7 +210,8 @@ def inject(pod: Mapping[str, Any], settings: SidecarSettings) -> Manifest:
         sidecar_container(settings, policy),
         *(spec.get("initContainers") or []),
     ]
-    spec["volumes"] = [*(spec.get("volumes") or []), _token_volume()]
+    audit_volume = {"name": AUDIT_VOLUME, "emptyDir": {"sizeLimit": AUDIT_VOLUME_LIMIT}}
+    spec["volumes"] = [*(spec.get("volumes") or []), _token_volume(), audit_volume]
     for container in spec.get("containers") or []:
         _app_env(container, settings)
     return out

@@ -55,6 +55,7 @@ def build_app(
     operator_namespace: str,
     metrics: WebhookMetrics | None = None,
     path: str = MUTATE_PATH,
+    *,
     watched: Collection[str] | None = None,
 ) -> web.Application:
     """The webhook app; serve it over TLS (the API server only calls HTTPS webhooks).

@@ -115,19 +115,27 @@ class Reviewer:
 
 
 class Operator:
-    def __init__(self, relay: PeerRelay | None = None) -> None:
+    def __init__(
+        self, relay: PeerRelay | None = None, secrets: dict[tuple[str, str], str] | None = None
+    ) -> None:
         self.state = DiscoveryState()
         self.store = LoadReportStore(window=timedelta(hours=1))
         self.port = free_port()
         self.server: grpc.aio.Server | None = None
         self.relay = relay
+        self.secrets = secrets  # (secret, key) -> value; None: keys are not sent down
 
     async def start(self) -> None:
         async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
             return CHAT_POD if (ns, name) == (NS, "chat-1") else None
 
         self.server = grpc.aio.server()
+
+        async def get_secret(ns: str, name: str, key: str) -> str | None:
+            return (self.secrets or {}).get((name, key)) if ns == NS else None
+
         servicer = DiscoveryServicer(self.state, Reviewer(), get_pod, self.store,
+                                     get_secret=get_secret if self.secrets is not None else None,
                                      relay=self.relay, peer_account=PEER_ACCOUNT)  # fmt: skip
         add_to_server(self.server, servicer)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
@@ -173,6 +181,37 @@ async def test_subscribe_pushes_changes_and_only_changes(operator: Operator) -> 
         assert len(second.endpoints) == 2
         assert second.version != first.version
         stream.cancel()
+
+
+async def test_keys_from_secrets_go_down_the_stream_and_rotate() -> None:
+    """The cloud key and the audit chain's HMAC key reach the sidecar from their Secrets;
+    rotating one is a new snapshot."""
+    op = Operator(secrets={("cloud", "api-key"): "sk-1", ("audit", "hmac"): "chain-key-1"})
+    policy = RoutingPolicySpec.model_validate({
+        "podSelector": {"matchLabels": {"app": "chat"}}, "localModels": [{"name": "llama"}],
+        "cloud": {"baseURL": "https://llm.example.com/v1", "model": "big",
+                  "apiKeySecretRef": {"name": "cloud", "key": "api-key"}},
+        "audit": {"hmacKeySecretRef": {"name": "audit", "key": "hmac"}},
+    })  # fmt: skip
+    await op.state.set_policy(NS, "chat", policy)
+    await op.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{op.port}") as channel:
+            stream = pb_grpc.DiscoveryStub(channel).Subscribe(
+                pb.SubscribeRequest(pod_namespace=NS, pod_name="chat-1"),
+                metadata=(("authorization", "Bearer good"),),
+            )
+            first = await next_snapshot(stream)
+            assert (first.cloud_api_key, first.audit_hmac_key) == ("sk-1", b"chain-key-1")
+            assert op.secrets is not None
+            op.secrets[("audit", "hmac")] = "chain-key-2"
+            await op.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
+            second = await next_snapshot(stream)
+            assert second.audit_hmac_key == b"chain-key-2"
+            assert second.version != first.version
+            stream.cancel()
+    finally:
+        await op.stop()
 
 
 @pytest.mark.parametrize(
