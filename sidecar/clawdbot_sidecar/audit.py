@@ -8,8 +8,10 @@ is the old file's last hash, so a set of rotated files verifies as one chain. Wi
 key (the RoutingPolicy's `audit.hmacKeySecretRef`) the hashes are HMAC-SHA256, and a forger
 without the key cannot recompute them after an edit.
 
-Records carry decision metadata only. `AuditRecord` has no field for prompt or answer text,
-and entity counts are keyed by entity names, so sensitive values have nowhere to go.
+Records carry decision metadata only: target, reason, tokens, latency, redaction counts, the
+final HTTP status and whether a fallback answered. `AuditRecord` has no field for prompt or
+answer text, and entity counts are keyed by entity names, so sensitive values have nowhere
+to go.
 
 Appends never block the event loop: `AuditLog.append` queues the record and a writer thread
 hashes, writes and fsyncs in batches (group commit).
@@ -96,6 +98,11 @@ class AuditRecord:
     cache_hit: bool = False
     time: float | None = None
     """Unix time of the decision; the log's clock at append when unset."""
+    status: int = 200
+    """The HTTP status the app got. A stream that started with 200 and was then cut off
+    records how it ended: 499 (the app left) or 502 (the upstream broke off)."""
+    fallback: bool = False
+    """The answer (or the last failure) came from the other target after the first failed."""
 
     def fields(self, now: float) -> dict[str, Any]:
         """The record's JSON fields, checked in the caller's thread so the writer can't fail."""
@@ -117,6 +124,8 @@ class AuditRecord:
             "latency_ms": round(float(self.latency_ms), 3),
             "redacted": {k: int(v) for k, v in sorted(self.redacted.items())},
             "cache_hit": bool(self.cache_hit),
+            "status": int(self.status),
+            "fallback": bool(self.fallback),
         }
 
 

@@ -9,8 +9,9 @@ tests) and records every request it received, so tests can assert what left the 
     clawdbot-sidecar cloud-stub --port 9099 --api-key sk-test
 
 Faults for tests: ``POST /_stub/faults {"status": 503, "count": 2, "delayS": 0.5}`` makes the
-next ``count`` requests fail with ``status`` (0: just delay); ``GET /_stub/requests`` lists
-what was received; ``DELETE /_stub/requests`` clears it. Not for production use.
+next ``count`` requests fail with ``status`` (0: just delay), with a ``Retry-After`` header
+when the faults give ``retryAfter``; ``GET /_stub/requests`` lists what was received;
+``DELETE /_stub/requests`` clears it. Not for production use.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Faults:
     status: int = 0
     count: int = 0
     delay_s: float = 0.0
+    retry_after: str | None = None
 
 
 @dataclass
@@ -87,7 +89,10 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
         if faults.status:
-            return _error(faults.status, "The server is overloaded (injected).", "server_error")
+            answer = _error(faults.status, "The server is overloaded (injected).", "server_error")
+            if faults.retry_after is not None:
+                answer.headers["Retry-After"] = faults.retry_after
+            return answer
     return await handler(request)  # type: ignore[no-any-return]
 
 
@@ -177,6 +182,7 @@ async def _set_faults(request: web.Request) -> web.Response:
         status=int(data.get("status", 0)),
         count=int(data.get("count", 1)),
         delay_s=float(data.get("delayS", 0.0)),
+        retry_after=None if data.get("retryAfter") is None else str(data["retryAfter"]),
     )
     return web.json_response({})
 

@@ -47,7 +47,12 @@ class Limits(_Model):
     max_concurrency: int = 256
     """Requests in progress at once; above it the sidecar answers 429 (backpressure)."""
     local_connect_timeout_s: float = 1.0
-    """A local endpoint that does not accept a connection within this is tried no more."""
+    """A local endpoint that does not accept a connection within this counts as unreachable:
+    the request goes to another endpoint (pod IPs on the cluster network connect in
+    milliseconds; a second covers a lost SYN's first retransmission)."""
+    cloud_connect_timeout_s: float = 5.0
+    """The cloud endpoint's name lookup, TCP and TLS handshakes within this, or the attempt
+    fails as unreachable and is retried (leaves room for a slow lookup and two lost SYNs)."""
     local_timeout_s: float = 300.0
     """Whole-request limit for a local model (long generations)."""
     drain_timeout_s: float = 20.0

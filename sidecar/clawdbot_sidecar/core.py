@@ -162,6 +162,10 @@ def _validate(kind: ApiKind, body: Any) -> dict[str, Any]:
     return body
 
 
+# Reject reasons answered at once, before the cache: the policy refuses the request itself.
+_REFUSALS = ("rule:", "default", "embeddings:no-cloud-model", "redaction-block:")
+
+
 def _usage(body: Mapping[str, Any]) -> tuple[int, int]:
     usage = body.get("usage")
     if not isinstance(usage, dict):
@@ -213,10 +217,12 @@ class RoutingCore:
         self.metrics.cloud_circuit_open.set_function(
             lambda: float(self.breaker.state == BreakerState.OPEN)
         )
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self._seed = seed
         # Request ids: 128 random bits, like a uuid4's hex, without a system call for each.
         self._ids = random.Random()
         self.in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Set while no request is in progress; graceful shutdown waits on it.
         self.idle = asyncio.Event()
         self.idle.set()
@@ -273,8 +279,11 @@ class RoutingCore:
     def models(self) -> dict[str, str]:
         """Model name -> "local" or "cloud": what the sidecar can route to (/v1/models)."""
         names = {s.endpoint.model: "local" for s in self.pool.states}
-        if self.config.policy.cloud is not None:
-            names.setdefault(self.config.policy.cloud.model, "cloud")
+        cloud = self.config.policy.cloud
+        if cloud is not None:
+            names.setdefault(cloud.model, "cloud")
+            if cloud.embedding_model is not None:
+                names.setdefault(cloud.embedding_model, "cloud")
         return dict(sorted(names.items()))
 
     # -- the request path ---------------------------------------------------------------
@@ -292,7 +301,6 @@ class RoutingCore:
             )
         self.in_flight += 1
         self.idle.clear()
-        self.metrics.in_flight.inc()
         lowered = {k.lower(): v for k, v in headers.items()}
         out = _Outcome(
             request_id=lowered.get(REQUEST_ID_HEADER) or f"{self._ids.getrandbits(128):032x}",
@@ -323,9 +331,18 @@ class RoutingCore:
             if exc.status == 400:
                 self.metrics.rejected.labels("invalid").inc()
             raise
+        except Exception:
+            out.status, out.error = 500, "internal-error"  # what the front answers
+            raise
         finally:
             if not streaming:
-                self._done(out)
+                # Accounted once the front has written the answer (it does so before this
+                # task yields again): metrics, budgets, the bandit and the audit are not on
+                # the app's wait.
+                loop = self._loop
+                if loop is None:  # one loop for the core's life; a lookup costs a getpid
+                    loop = self._loop = asyncio.get_running_loop()
+                loop.call_soon(self._done, out)
 
     async def _route(self, body: dict[str, Any], headers: dict[str, str], out: _Outcome) -> Answer:
         policy = self.config.policy
@@ -347,10 +364,10 @@ class RoutingCore:
 
         signals = self._signals(features, body)
         blocked = {e: n for e, n in pii.items() if self._mode(e) == ApiRedactionMode.BLOCK}
-        decision = decide(policy, features, signals, self.bandit, blocked)
-        refused = decision.target == "reject" and decision.reason.startswith(("rule:", "default"))
-        if refused:  # the policy says no: not even a cached answer
-            self._reject(decision, out, 403)
+        embeddings = out.kind == ApiKind.EMBEDDINGS
+        decision = decide(policy, features, signals, self.bandit, blocked, embeddings=embeddings)
+        if decision.target == "reject" and decision.reason.startswith(_REFUSALS):
+            self._reject(decision, out)  # the policy says no: not even a cached answer
 
         # After the rules, so a request a rule now refuses is refused; before the guards'
         # verdict, so a cached answer still serves when no target can answer right now.
@@ -358,6 +375,8 @@ class RoutingCore:
         if self.cache is not None and not out.stream:
             key = cache_key(body)  # of the original request: answers are stored restored
             hit = await self._cache_get(key)
+            if hit is not None and embeddings and hit.source != decision.target:
+                hit = None  # a vector of the other side's model (the policy changed since)
             if hit is not None:
                 out.cache, out.target = "hit", "cache"
                 out.decision = Decision("local", f"cache-hit:{hit.source}")
@@ -365,12 +384,14 @@ class RoutingCore:
                 return Answer(200, self._headers(out), body=hit.body)
             out.cache = "miss"
         if decision.target == "reject":
-            self._reject(decision, out, 503)
+            self._reject(decision, out)
         out.decision = decision
         self.metrics.decisions.labels(decision.target, decision.reason).inc()
 
         order = [decision.target]
-        if decision.target == "local" and policy.fallback.local_to_cloud and not blocked:
+        if embeddings:
+            pass  # the other side's model gives vectors the app can't compare: no fallback
+        elif decision.target == "local" and policy.fallback.local_to_cloud and not blocked:
             order.append("cloud")
         elif decision.target == "cloud" and policy.fallback.cloud_to_local:
             order.append("local")
@@ -397,16 +418,36 @@ class RoutingCore:
             return answer
         raise self._failure(last, out)
 
-    def _reject(self, decision: Decision, out: _Outcome, status: int) -> NoReturn:
+    def _reject(self, decision: Decision, out: _Outcome) -> NoReturn:
         out.decision = decision
-        self.metrics.decisions.labels(decision.target, decision.reason).inc()
-        if status == 403:
+        reason = decision.reason
+        self.metrics.decisions.labels(decision.target, reason).inc()
+        if reason.startswith(("rule:", "default")):
             raise RequestError(
                 403,
-                f"the routing policy refused this request ({decision.reason})",
+                f"the routing policy refused this request ({reason})",
                 type_="policy_error",
                 code="rejected",
-                reason=decision.reason,
+                reason=reason,
+            )
+        if reason == "embeddings:no-cloud-model":
+            raise RequestError(
+                400,
+                "the routing policy sends these embeddings to the cloud, which has no "
+                "embedding model (spec.cloud.embeddingModel); embeddings are not answered by "
+                "another model, whose vectors would not be comparable. Set "
+                "spec.cloud.embeddingModel or route embeddings to a local model",
+                code="embeddings_not_routable",
+                reason=reason,
+            )
+        if reason.startswith("redaction-block:"):  # embeddings, which never switch sides
+            raise RequestError(
+                400,
+                "the request holds sensitive data the policy blocks from the cloud "
+                f"({reason.partition(':')[2]}), and its embeddings are not computed by the "
+                "local model instead (its vectors would not be comparable)",
+                code="sensitive_data_blocked",
+                reason=reason,
             )
         raise RequestError(
             503,
@@ -485,14 +526,16 @@ class RoutingCore:
             try:
                 if out.stream:
                     handle = await self.upstream.open_stream(
-                        url, request, {}, limits.local_timeout_s
+                        url, request, {}, limits.local_timeout_s, limits.local_connect_timeout_s
                     )
                     out.endpoint = state
                     relay = self._relay(
                         handle, None, out, body, functools.partial(self.pool.end, state, started)
                     )
                     return Answer(200, self._headers(out), stream=relay)
-                result = await self.upstream.post_json(url, request, {}, limits.local_timeout_s)
+                result = await self.upstream.post_json(
+                    url, request, {}, limits.local_timeout_s, limits.local_connect_timeout_s
+                )
             except UpstreamError as exc:
                 self.pool.end(state, started, ok=exc.kind == "status" and exc.status == 400)
                 if exc.kind != "connect":
@@ -526,28 +569,38 @@ class RoutingCore:
         if result.counts and redaction.restore_in_responses and len(result.mapping):
             restorer = Restorer(result.mapping)
         request = dict(result.request)
-        if out.kind != ApiKind.EMBEDDINGS:
+        if out.kind == ApiKind.EMBEDDINGS:
+            if cloud.embedding_model is None:  # decide() keeps them away; never the chat model
+                raise NoEndpoint("the cloud has no embedding model")
+            request["model"] = cloud.embedding_model
+        else:
             request["model"] = cloud.model
         request = self._stream_body(request)
         url = f"{cloud.base_url.rstrip('/')}/{out.kind.value}"
         headers = {}
         if self.config.cloud_api_key:
             headers["Authorization"] = f"Bearer {self.config.cloud_api_key}"
+        connect_s = self.config.limits.cloud_connect_timeout_s
 
+        # One deadline for every attempt and the waits between them: what the app waits
+        # for the cloud is bounded whatever maxRetries says.
+        budget_s = cloud.deadline_seconds or cloud.timeout_seconds
+        deadline = time.monotonic() + budget_s
         attempt = 0
         while True:
             if not self.breaker.allow():
                 raise UpstreamError("connect", "the cloud circuit breaker is open")
             started = time.monotonic()
+            timeout_s = min(cloud.timeout_seconds, deadline - started)
             try:
                 if out.stream:
                     handle = await self.upstream.open_stream(
-                        url, request, headers, cloud.timeout_seconds
+                        url, request, headers, timeout_s, connect_s
                     )
                     return Answer(
                         200, self._headers(out), stream=self._relay(handle, restorer, out, body)
                     )
-                answer = await self.upstream.post_json(url, request, headers, cloud.timeout_seconds)
+                answer = await self.upstream.post_json(url, request, headers, timeout_s, connect_s)
             except UpstreamError as exc:
                 # The cloud's fault (unreachable, slow, 5xx, 429) counts against its health;
                 # a 4xx refusal of this request does not.
@@ -555,7 +608,17 @@ class RoutingCore:
                 if not exc.retryable or attempt >= cloud.max_retries:
                     raise
                 attempt += 1
-                await asyncio.sleep(backoff_delay(attempt))
+                delay = backoff_delay(attempt)
+                if exc.retry_after_s is not None:  # the endpoint said when: not sooner
+                    delay = max(delay, exc.retry_after_s)
+                if time.monotonic() + delay >= deadline:
+                    raise UpstreamError(
+                        exc.kind,
+                        f"{exc}; no time left for a retry within the {budget_s:g}s deadline",
+                        status=exc.status,
+                        body=exc.body,
+                    ) from exc
+                await asyncio.sleep(delay)
                 continue
             self._cloud_observe(time.monotonic() - started, ok=True)
             out.prompt_tokens, out.completion_tokens = _usage(answer)
@@ -699,7 +762,6 @@ class RoutingCore:
             self.idle.set()
         elapsed = time.monotonic() - out.started
         m = self.metrics
-        m.in_flight.dec()
         target = out.target or ("reject" if out.status >= 400 else "none")
         m.requests.labels(out.kind.value, target, str(out.status)).inc()
         m.latency.labels(target).observe(elapsed)
@@ -734,5 +796,7 @@ class RoutingCore:
                     latency_ms=elapsed * 1000,
                     redacted=out.redacted,
                     cache_hit=out.cache == "hit",
+                    status=out.status,
+                    fallback=out.fallback_from is not None,
                 )
             )

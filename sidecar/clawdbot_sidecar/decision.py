@@ -5,17 +5,22 @@ cloud health, budgets) and the bandit's learned state, so it is unit-testable wi
 server. Every decision carries a reason that ends up in the ``x-clawdbot-reason`` header, the
 ``clawdbot_sidecar_decisions_total`` metric and the audit log:
 
-==========================  ===========================================================
-``rule:<name>``             the first matching rule chose the target
-``default``                 no rule matched; ``defaultTarget`` chose it
-``adaptive:<algorithm>``    the bandit chose between local and cloud
-``adaptive:only-<target>``  adaptive, but only one target can answer now
-``redaction-block:<ENT>``   cloud was chosen, but the prompt holds an entity in block mode
-``budget:<name>``           cloud was chosen, but a budget is spent
-``cloud-unavailable``       cloud was chosen, but it is not configured or its circuit is open
-``local-unavailable``       local was chosen, but no local endpoint is healthy
-``local-overloaded``        local was chosen, but every endpoint's queue is over the limit
-==========================  ===========================================================
+=============================  =============================================================
+``rule:<name>``                the first matching rule chose the target
+``default``                    no rule matched; ``defaultTarget`` chose it
+``adaptive:<algorithm>``       the bandit chose between local and cloud
+``adaptive:only-<target>``     adaptive, but only one target can answer now
+``redaction-block:<ENT>``      cloud was chosen, but the prompt holds an entity in block mode
+``budget:<name>``              cloud was chosen, but a budget is spent
+``cloud-unavailable``          cloud was chosen, but it is not configured or its circuit is open
+``local-unavailable``          local was chosen, but no local endpoint is healthy
+``local-overloaded``           local was chosen, but every endpoint's queue is over the limit
+``embeddings:<target>``        embeddings left to adaptive: the policy's side for them
+``embeddings:no-cloud-model``  embeddings bound for a cloud without ``embeddingModel``
+=============================  =============================================================
+
+Embeddings are pinned to one side: vectors from the local model and from the cloud's are
+not comparable, so the bandit does not choose for them and no guard moves them across.
 """
 
 from __future__ import annotations
@@ -218,11 +223,14 @@ def decide(
     s: Signals,
     bandit: Bandit,
     blocked_entities: Mapping[str, int] | None = None,
+    *,
+    embeddings: bool = False,
 ) -> Decision:
     """Route one request (see the module docstring for the reasons).
 
     ``blocked_entities``: entities found in the prompt whose redaction mode is block; such a
-    prompt never goes to the cloud.
+    prompt never goes to the cloud. ``embeddings``: the request asks for embeddings, which
+    stay on one side (see :func:`_decide_embeddings`).
     """
     target, reason = _rule_target(policy, f)
     if target == Target.REJECT:
@@ -240,6 +248,9 @@ def decide(
         if s.cloud_allowed
         else "cloud-unavailable"
     )  # fmt: skip
+
+    if embeddings:
+        return _decide_embeddings(policy, target, reason, local_ok, cloud_blocker)
 
     context: tuple[float, ...] | None = None
     if target == Target.ADAPTIVE:
@@ -269,3 +280,33 @@ def decide(
         # Overloaded but up: queue locally rather than refuse.
         return Decision("local", why)
     return Decision("reject", why)
+
+
+def _decide_embeddings(
+    policy: RoutingPolicySpec,
+    target: Target,
+    reason: str,
+    local_ok: bool,
+    cloud_blocker: str | None,
+) -> Decision:
+    """Embeddings go where the rules say, or refused; never to the other side instead.
+
+    An app compares the vectors it stores with the vectors of later queries; a vector from
+    another model is not comparable (different space, often another dimension), so an
+    answer from the other side would be silently wrong. Left to ``adaptive``, they go local
+    when the policy has local models (else to the cloud's embedding model): a fixed side,
+    not a learned one.
+    """
+    cloud_embeds = policy.cloud is not None and policy.cloud.embedding_model is not None
+    if target == Target.ADAPTIVE:
+        side = Target.LOCAL if policy.local_models or not cloud_embeds else Target.CLOUD
+        target, reason = side, f"embeddings:{side.value}"
+    if target == Target.CLOUD:
+        if not cloud_embeds:
+            return Decision("reject", "embeddings:no-cloud-model")
+        if cloud_blocker is not None:
+            return Decision("reject", cloud_blocker)
+        return Decision("cloud", reason)
+    if local_ok:
+        return Decision("local", reason)  # busy or not: queueing beats another model
+    return Decision("reject", "local-unavailable")

@@ -22,6 +22,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -48,17 +49,26 @@ USER_AGENT = "clawdbot-sidecar"
 class UpstreamError(Exception):
     """A call that produced no usable answer.
 
-    ``kind`` is ``connect`` (nothing reached the server: safe to retry anywhere),
-    ``timeout``, ``status`` (an HTTP error status) or ``protocol`` (an unparsable answer).
+    ``kind`` is ``connect`` (nothing reached the server: safe to retry anywhere; a connect
+    that outlasts its connect timeout is one), ``timeout``, ``status`` (an HTTP error
+    status) or ``protocol`` (an unparsable answer). ``retry_after_s`` is the wait an error
+    status asked for (``Retry-After``), if any.
     """
 
     def __init__(
-        self, kind: str, message: str, *, status: int | None = None, body: Any = None
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: Any = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.body = body
+        self.retry_after_s = retry_after_s
 
     @property
     def server_side(self) -> bool:
@@ -130,6 +140,32 @@ def _error_message(body: Any, status: int) -> str:
     return f"HTTP {status}"
 
 
+def retry_after(seconds: str | None, millis: str | None = None) -> float | None:
+    """The wait an answer asks for: ``retry-after-ms`` (OpenAI's, finer) or ``Retry-After``
+    (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if millis:
+        try:
+            ms = float(millis)
+        except ValueError:
+            ms = -1.0
+        if 0 <= ms < float("inf"):
+            return ms / 1000
+    if not seconds:
+        return None
+    value = seconds.strip()
+    try:
+        s = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return s if 0 <= s < float("inf") else None
+
+
 # --- the keep-alive client for JSON calls ---------------------------------------------
 
 
@@ -197,6 +233,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = 0
         self.encoding = b""
+        self.retry_after: tuple[bytes, bytes] = (b"", b"")  # Retry-After, retry-after-ms
         self.framed = False  # Content-Length or chunked: the answer ends without a close
         self.headers_done = False
         self.complete = False
@@ -235,6 +272,7 @@ class _Connection(asyncio.Protocol):
         self.body = []
         self.size = 0
         self.encoding = b""
+        self.retry_after = (b"", b"")
         self.framed = False
         self.headers_done = False
         self.complete = False
@@ -245,6 +283,10 @@ class _Connection(asyncio.Protocol):
             self.encoding = value.strip().lower()
         elif lowered in (b"content-length", b"transfer-encoding"):
             self.framed = True
+        elif lowered == b"retry-after":
+            self.retry_after = (value, self.retry_after[1])
+        elif lowered == b"retry-after-ms":
+            self.retry_after = (self.retry_after[0], value)
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -340,15 +382,22 @@ class _JsonClient:
             self._headers[key] = found
         return found
 
-    async def _connect(self, target: _Target, timeout_s: float) -> _Connection:
+    async def _connect(
+        self, target: _Target, timeout_s: float, connect_timeout_s: float | None
+    ) -> _Connection:
         loop = asyncio.get_running_loop()
         ssl_context: ssl.SSLContext | None = None
         if target.scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             ssl_context = self._ssl
+        # The connect limit (name lookup, TCP and TLS handshakes) applies when it is the
+        # tighter one: a peer that never accepts then fails as unreachable, and the caller
+        # tries elsewhere instead of waiting out the whole request's time.
+        connect_bound = connect_timeout_s is not None and connect_timeout_s < timeout_s
+        limit = connect_timeout_s if connect_bound and connect_timeout_s else timeout_s
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(limit):
                 _, conn = await loop.create_connection(
                     _Connection,
                     target.host,
@@ -357,6 +406,8 @@ class _JsonClient:
                     server_hostname=target.host if ssl_context else None,
                 )
         except TimeoutError as exc:
+            if connect_bound:
+                raise UpstreamError("connect", f"no connection within {limit:g}s") from exc
             raise UpstreamError("timeout", f"no answer within {timeout_s:g}s") from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS verification
             raise UpstreamError("connect", f"cannot connect: {type(exc).__name__}") from exc
@@ -381,9 +432,15 @@ class _JsonClient:
         idle.append(conn)
 
     async def post(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
-    ) -> tuple[int, bytes]:
-        """POST ``body`` (JSON) and return the answer's status and (decoded) body."""
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
+    ) -> tuple[int, bytes, tuple[bytes, bytes]]:
+        """POST ``body`` (JSON); returns the answer's status, (decoded) body and its
+        ``Retry-After`` and ``retry-after-ms`` values (empty when absent)."""
         target = self.target(url)
         extra = self.header_block(headers)
         # One loop for the client's life (its pooled connections belong to it); looking it
@@ -392,7 +449,7 @@ class _JsonClient:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        conn = self._take_idle(target) or await self._connect(target, timeout_s)
+        conn = self._take_idle(target) or await self._connect(target, timeout_s, connect_timeout_s)
         waiter = loop.create_future()
         conn.waiter = waiter
         timer = loop.call_at(deadline, _expire, waiter)
@@ -422,7 +479,7 @@ class _JsonClient:
         status = conn.status
         data = conn.answer()
         self._release(target, conn)
-        return status, data
+        return status, data, conn.retry_after
 
     def close(self) -> None:
         self._closed = True
@@ -438,34 +495,49 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 
 
 class Upstream:
-    """The clients for all upstream calls (connections reused per host)."""
+    """The clients for all upstream calls (connections reused per host).
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    Each call has a whole-call timeout and a connect timeout (the call's, else the
+    default given here, else none but the whole call's).
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, *, connect_timeout_s: float | None = None
+    ) -> None:
         self._session = session
         self._json = _JsonClient()
+        self.connect_timeout_s = connect_timeout_s
 
     @classmethod
     def create(cls, *, connect_timeout_s: float, max_connections: int = 512) -> Upstream:
         connector = aiohttp.TCPConnector(limit=max_connections, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
-        return cls(aiohttp.ClientSession(connector=connector, timeout=timeout))
+        session = aiohttp.ClientSession(connector=connector)
+        return cls(session, connect_timeout_s=connect_timeout_s)
 
     async def close(self) -> None:
         self._json.close()
         await self._session.close()
 
     async def _post(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float | None,
     ) -> aiohttp.ClientResponse:
+        connect_s = self.connect_timeout_s if connect_timeout_s is None else connect_timeout_s
         try:
             resp = await self._session.post(
                 url,
                 data=dumps(body),
                 headers={**headers, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=None),
+                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s),
             )
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise UpstreamError("connect", f"cannot connect: {type(exc).__name__}") from exc
+        except aiohttp.ConnectionTimeoutError as exc:  # before TimeoutError, its base
+            raise UpstreamError("connect", f"no connection within {connect_s:g}s") from exc
         except TimeoutError as exc:
             raise UpstreamError("timeout", f"no answer within {timeout_s:g}s") from exc
         except aiohttp.ClientError as exc:
@@ -478,22 +550,45 @@ class Upstream:
             finally:
                 resp.release()
             raise UpstreamError(
-                "status", _error_message(err_body, resp.status), status=resp.status, body=err_body
+                "status",
+                _error_message(err_body, resp.status),
+                status=resp.status,
+                body=err_body,
+                retry_after_s=retry_after(
+                    resp.headers.get("Retry-After"), resp.headers.get("retry-after-ms")
+                ),
             )
         return resp
 
     async def post_json(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """POST and return the JSON answer; raises UpstreamError."""
-        status, raw = await self._json.post(url, dumps(body), headers, timeout_s)
+        status, raw, (seconds, millis) = await self._json.post(
+            url,
+            dumps(body),
+            headers,
+            timeout_s,
+            self.connect_timeout_s if connect_timeout_s is None else connect_timeout_s,
+        )
         if status >= 400:
             try:
                 err_body: Any = loads(raw)
             except ValueError:
                 err_body = None
             raise UpstreamError(
-                "status", _error_message(err_body, status), status=status, body=err_body
+                "status",
+                _error_message(err_body, status),
+                status=status,
+                body=err_body,
+                retry_after_s=retry_after(
+                    seconds.decode("latin-1") or None, millis.decode("latin-1") or None
+                ),
             )
         try:
             data: Any = loads(raw)
@@ -504,10 +599,15 @@ class Upstream:
         return data
 
     async def open_stream(
-        self, url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
     ) -> StreamHandle:
         """POST a streaming request; returns once the upstream answered 200."""
-        resp = await self._post(url, body, headers, timeout_s)
+        resp = await self._post(url, body, headers, timeout_s, connect_timeout_s)
         return StreamHandle(resp)
 
 

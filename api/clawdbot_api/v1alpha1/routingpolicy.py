@@ -66,13 +66,20 @@ class CloudEndpoint(ApiModel):
     base_url: str = Field(alias="baseURL", max_length=2048, pattern=r"^https?://[^\s]+$")
     """Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1."""
     model: str = Field(min_length=1, max_length=256)
-    """Model name sent to the endpoint."""
+    """Model name sent to the endpoint for chat and completions."""
+    embedding_model: str | None = Field(default=None, min_length=1, max_length=256)
+    """Model name sent to the endpoint for embeddings. Unset: embeddings never go to the
+    cloud (a vector from another model is not comparable with the local model's)."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret holding the API key; sent as a bearer token. Unset for endpoints without auth."""
     timeout_seconds: float = Field(default=60, gt=0, le=600)
-    """Per-request timeout, first byte to last."""
+    """Timeout of one attempt, first byte to last (capped by what is left of the deadline)."""
     max_retries: int = Field(default=2, ge=0, le=10)
-    """Retries on connection errors, 429 and 5xx, with backoff, within the timeout."""
+    """Retries on connection errors, timeouts, 429 and 5xx, with backoff (longer when the
+    endpoint sends Retry-After), as long as the deadline leaves time for them."""
+    deadline_seconds: float | None = Field(default=None, gt=0, le=3600)
+    """Limit of one cloud call, every attempt and the waits between them included. Unset:
+    timeoutSeconds, so retries only use what quick failures left of it."""
     pricing: Pricing = Field(default_factory=Pricing)
     """Token prices, for budgets and cost-aware routing."""
 

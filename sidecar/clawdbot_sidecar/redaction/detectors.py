@@ -228,10 +228,13 @@ _PHONE_TRUNK: Final = re.compile(
     r"|\(0[1-9][0-9]{0,3}\) ?[0-9]{3,8}(?:[ \-][0-9]{2,8}){0,2})"
     r"(?![\w\-/]|\.[0-9])"
 )
+# Patterns that open with a character class, the lookbehind after it, let the regex engine
+# skip to the next candidate character in C instead of trying the lookbehind at every
+# position (2-3x faster searches). "[0-9](?<![\w\-.][0-9])" is "(?<![\w\-.])[0-9]".
 _CREDIT_CARD: Final = re.compile(
-    r"(?<![\w\-.])(?:[0-9]{13,19}"
-    r"|[0-9]{4}(?P<s>[ \-])[0-9]{4}(?P=s)[0-9]{4}(?P=s)[0-9]{1,4}(?:(?P=s)[0-9]{1,3})?"
-    r"|[0-9]{4}(?P<t>[ \-])[0-9]{6}(?P=t)[0-9]{4,5})"
+    r"[0-9](?<![\w\-.][0-9])(?:[0-9]{12,18}"
+    r"|[0-9]{3}(?P<s>[ \-])[0-9]{4}(?P=s)[0-9]{4}(?P=s)[0-9]{1,4}(?:(?P=s)[0-9]{1,3})?"
+    r"|[0-9]{3}(?P<t>[ \-])[0-9]{6}(?P=t)[0-9]{4,5})"
     r"(?![\w\-]|[.,][0-9])"
 )
 _IBAN: Final = re.compile(
@@ -245,11 +248,11 @@ _IPV6: Final = re.compile(
     r"(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})?(?![0-9A-Za-z:]|\.[0-9])"
 )
 _US_SSN: Final = re.compile(
-    r"(?<![\w\-])(?P<area>[0-9]{3})(?P<sep>[\- ])(?P<group>[0-9]{2})(?P=sep)"
+    r"(?P<area>[0-9](?<![\w\-][0-9])[0-9]{2})(?P<sep>[\- ])(?P<group>[0-9]{2})(?P=sep)"
     r"(?P<serial>[0-9]{4})(?![\w\-]|\.[0-9])"
 )
 _CN_ID: Final = re.compile(
-    r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])"
+    r"[1-9](?<![0-9A-Za-z][1-9])[0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])"
     r"(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
 )
 _API_KEY_PREFIXED: Final = re.compile(

@@ -91,6 +91,8 @@ def test_records_hold_no_content_and_bound_client_strings() -> None:
         "latency_ms",
         "redacted",
         "cache_hit",
+        "status",
+        "fallback",
     }
     assert len(fields["request_id"]) == 256
     with pytest.raises(ValueError, match="entity names"):
@@ -178,6 +180,11 @@ def chain(tmp_path: Path) -> Path:
 
 def _rewrite(path: Path, new_lines: list[str]) -> None:
     path.write_text("".join(new_lines))
+
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    """A record's encoding as the chain hashes it (sorted keys, no spaces, ASCII)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def test_edited_field_is_found(chain: Path) -> None:
@@ -343,6 +350,24 @@ def test_cli_verify_with_hmac_key_file(tmp_path: Path, capsys: pytest.CaptureFix
     key.write_text("secret-key\n")
     assert main(["audit", "verify", "--hmac-key-file", str(key), str(path)]) == 0
     assert main(["audit", "verify", str(path)]) == 1
+
+
+def test_cli_verify_a_chain_continued_across_the_status_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A log written before records carried status and fallback, continued after an upgrade.
+    path = tmp_path / "a.jsonl"
+    old = {**record(0).fields(T0), "seq": 0, "prev": GENESIS}
+    del old["status"], old["fallback"]
+    digest = hashlib.sha256(canonical(old)).hexdigest()
+    path.write_text(canonical({**old, "hash": digest}).decode() + "\n")
+    log = AuditLog.to_file(path)
+    log.append(record(1, status=502, fallback=True))
+    log.close()
+    recs = [json.loads(line) for line in lines(path)]
+    assert "status" not in recs[0] and (recs[1]["status"], recs[1]["fallback"]) == (502, True)
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "ok: 2 records" in capsys.readouterr().out
 
 
 def test_cli_verify_missing_file_exits_2(

@@ -179,6 +179,55 @@ def test_adaptive_with_one_usable_target(bandit: Bandit) -> None:
     assert (d.target, d.reason) == ("local", "adaptive:only-local")
 
 
+def embeddings_policy(**cloud: Any) -> RoutingPolicySpec:
+    return policy(cloud={**SEED_POLICY["cloud"], **cloud})
+
+
+@pytest.mark.parametrize(
+    ("tokens", "sig", "expected"),
+    [
+        (1000, {}, ("reject", "embeddings:no-cloud-model")),  # rule:medium says cloud
+        (10, {}, ("local", "rule:short")),
+        (10, {"local_queue": 99}, ("local", "rule:short")),  # busy: queue, no cloud
+        (10, {"local_healthy": 0}, ("reject", "local-unavailable")),  # not the cloud
+    ],
+)
+def test_embeddings_without_a_cloud_embedding_model(
+    tokens: int, sig: dict[str, Any], expected: tuple[str, str], bandit: Bandit
+) -> None:
+    d = decide(policy(), features(tokens), signals(**sig), bandit, embeddings=True)
+    assert (d.target, d.reason) == expected
+
+
+def test_embeddings_are_never_moved_to_the_other_side(bandit: Bandit) -> None:
+    spec = embeddings_policy(embeddingModel="text-embedding-3-large")
+    medium = features(1000)
+    assert decide(spec, medium, HEALTHY, bandit, embeddings=True).target == "cloud"
+    for sig, reason in [
+        ({"budget_exhausted": "cloudTokensPerMinute"}, "budget:cloudTokensPerMinute"),
+        ({"cloud_allowed": False}, "cloud-unavailable"),
+    ]:
+        d = decide(spec, medium, signals(**sig), bandit, embeddings=True)
+        assert (d.target, d.reason) == ("reject", reason)
+    d = decide(spec, medium, HEALTHY, bandit, {"US_SSN": 1}, embeddings=True)
+    assert (d.target, d.reason) == ("reject", "redaction-block:US_SSN")
+
+
+def test_adaptive_embeddings_have_a_fixed_side(bandit: Bandit) -> None:
+    spec = embeddings_policy(embeddingModel="text-embedding-3-large").model_copy(
+        update={"rules": []}
+    )
+    for _ in range(20):  # the bandit is not asked: no context, the same side each time
+        d = decide(spec, features(100), HEALTHY, bandit, embeddings=True)
+        assert (d.target, d.reason, d.context) == ("local", "embeddings:local", None)
+    cloud_only = spec.model_copy(update={"local_models": []})
+    d = decide(cloud_only, features(100), HEALTHY, bandit, embeddings=True)
+    assert (d.target, d.reason) == ("cloud", "embeddings:cloud")
+    no_embeddings = policy(rules=[], localModels=[])
+    d = decide(no_embeddings, features(100), HEALTHY, bandit, embeddings=True)
+    assert (d.target, d.reason) == ("local", "embeddings:local")
+
+
 def test_reward_orders_outcomes() -> None:
     a = Adaptive(latency_target_ms=1000, cost_weight=10.0)
     fast_free = reward(True, 0.1, 0.0, a)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clawdbot_sidecar.redaction import (
     BUILTIN_ENTITIES,
@@ -13,6 +16,7 @@ from clawdbot_sidecar.redaction import (
     RedactionConfig,
     Redactor,
     contains_pii,
+    detectors,
 )
 
 REDACTOR = Redactor(RedactionConfig())
@@ -186,3 +190,45 @@ def test_detection_is_linear_enough_on_large_inputs() -> None:
     # Pathological near-matches (long digit and hex runs) must not blow up the regexes.
     text = ("1234 " * 4000) + ("a:" * 4000) + ("x" * 20000) + "@" + ("-" * 5000)
     assert REDACTOR.detect(text) == REDACTOR.detect(text)
+
+
+# The patterns as first written, lookbehind first; the detectors open with the character
+# class instead (a faster search), which must match exactly the same.
+_LOOKBEHIND_FIRST = {
+    "_CREDIT_CARD": (
+        r"(?<![\w\-.])(?:[0-9]{13,19}"
+        r"|[0-9]{4}(?P<s>[ \-])[0-9]{4}(?P=s)[0-9]{4}(?P=s)[0-9]{1,4}(?:(?P=s)[0-9]{1,3})?"
+        r"|[0-9]{4}(?P<t>[ \-])[0-9]{6}(?P=t)[0-9]{4,5})"
+        r"(?![\w\-]|[.,][0-9])"
+    ),
+    "_US_SSN": (
+        r"(?<![\w\-])(?P<area>[0-9]{3})(?P<sep>[\- ])(?P<group>[0-9]{2})(?P=sep)"
+        r"(?P<serial>[0-9]{4})(?![\w\-]|\.[0-9])"
+    ),
+    "_CN_ID": (
+        r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])"
+        r"(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
+    ),
+}
+
+
+# Pieces that build card numbers, SSNs and resident IDs, whole or cut, among neighbours that
+# the boundary checks look at.
+_PIECES = ["4111 1111 1111 1111", "123-45-6789", "078 05 1120", "11010519491231002X",
+           "4111", "1111", "5", "123", "45", "6789", "110105", "1949", "1231", "002", "X",
+           "19", "0", " ", "-", ".", ",", "_", "a", "Z", "\n"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=16).map("".join),
+    st.sampled_from(sorted(_LOOKBEHIND_FIRST)),
+)
+def test_character_class_first_patterns_match_as_the_lookbehind_first_ones(
+    text: str, name: str
+) -> None:
+    faster: re.Pattern[str] = getattr(detectors, name)
+    plain = re.compile(_LOOKBEHIND_FIRST[name])
+    for start in range(len(text) + 1):
+        a, b = faster.search(text, start), plain.search(text, start)
+        assert (a and (a.span(), a.groupdict())) == (b and (b.span(), b.groupdict()))

@@ -5,98 +5,26 @@ or the cloud stub. Asserts the answer, where it came from and why, and what left
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from sidecar_support import (
+    CARD,
+    EMAIL,
+    LONG_FILLER,
+    StartSidecar,
+    inject,
+    policy,
+    received,
+)
 
+from clawdbot_cli.main import main as cli_main
 from clawdbot_sidecar import audit
-from clawdbot_sidecar.config import SidecarConfig
-from clawdbot_sidecar.core import RoutingCore
-from clawdbot_sidecar.upstream import Upstream
-from tests.support.servers import STUB_API_KEY, free_port
-
-API_KEY = STUB_API_KEY
-EMAIL = "jane.doe@example.com"
-CARD = "4111 1111 1111 1111"
-LONG_FILLER = "Please summarise the following quarterly report in detail. " * 60  # ~900 tokens
-
-
-def policy(cloud_url: str, **overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "localModels": [{"name": "tiny-chat"}],
-        "cloud": {"baseURL": f"{cloud_url}/v1", "model": "gpt-4o-mini", "maxRetries": 0,
-                  "pricing": {"inputPerMillionTokens": 2.5, "outputPerMillionTokens": 10}},
-        "rules": [
-            {"name": "short", "match": {"maxTokens": 512}, "target": "local"},
-            {"name": "medium", "match": {"maxTokens": 2048}, "target": "cloud"},
-        ],
-        "defaultTarget": "reject",
-        "audit": {"enabled": False},
-    }  # fmt: skip
-    spec.update(overrides)
-    return spec
-
-
-class Sidecar:
-    """A running sidecar and an AsyncOpenAI client pointed at it."""
-
-    def __init__(self, url: str, core: RoutingCore) -> None:
-        self.url = url
-        self.core = core
-        self.client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-
-    async def chat(self, content: str, **kw: Any) -> Any:
-        return await self.client.chat.completions.with_raw_response.create(
-            model="tiny-chat", messages=[{"role": "user", "content": content}], max_tokens=8, **kw
-        )
-
-    async def metrics(self) -> str:
-        async with aiohttp.ClientSession() as s, s.get(f"{self.url}/metrics") as r:
-            return await r.text()
-
-
-StartSidecar = Callable[..., Awaitable[Sidecar]]
-ServeFront = Callable[[RoutingCore], contextlib.AbstractAsyncContextManager[str]]
-
-
-@pytest.fixture
-async def make_sidecar(serve_front: ServeFront) -> AsyncIterator[StartSidecar]:
-    """Start sidecars for a policy and endpoint list; all stop after the test."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(spec: dict[str, Any], endpoints: list[str], **limits: Any) -> Sidecar:
-            config = SidecarConfig.model_validate(
-                {
-                    "policy": spec,
-                    "endpoints": [{"url": u, "model": "tiny-chat"} for u in endpoints],
-                    "limits": limits,
-                }
-            ).model_copy(update={"cloud_api_key": API_KEY})
-            upstream = Upstream.create(connect_timeout_s=1.0)
-            stack.push_async_callback(upstream.close)
-            core = RoutingCore(config, upstream, seed=1)
-            stack.push_async_callback(core.close)
-            url = await stack.enter_async_context(serve_front(core))
-            return Sidecar(url, core)
-
-        yield start
-
-
-async def received(cloud_url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{cloud_url}/_stub/requests") as r:
-        data: list[dict[str, Any]] = await r.json()
-        return data
-
-
-async def inject(cloud_url: str, **faults: Any) -> None:
-    async with aiohttp.ClientSession() as s:
-        await s.post(f"{cloud_url}/_stub/faults", json=faults)
+from clawdbot_sidecar.config import LocalEndpoint
+from tests.support.servers import free_port
 
 
 async def test_short_prompt_is_answered_by_the_local_onnx_model(
@@ -384,3 +312,59 @@ async def test_cloud_retries_transient_errors_within_max_retries(
     assert raw.headers["x-clawdbot-target"] == "cloud"  # the third try succeeded
     assert raw.headers["x-clawdbot-reason"] == "rule:medium"
     assert len(await received(cloud)) == 3
+
+
+async def test_audit_records_the_status_and_fallback_of_each_answer(
+    local_url: str,
+    cloud: str,
+    make_sidecar: StartSidecar,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    spec = policy(cloud, audit={"enabled": True, "sink": "file", "path": str(path)})
+    sc = await make_sidecar(spec, [local_url])
+    await sc.chat("short and fine")  # 200, first target
+    await inject(cloud, status=503, count=1)
+    await sc.chat(LONG_FILLER)  # 200 from local after the cloud failed
+    with pytest.raises(openai.PermissionDeniedError):
+        await sc.chat("x " * 9000)  # 403: defaultTarget reject
+    with pytest.raises(openai.BadRequestError):
+        await sc.client.chat.completions.create(model="tiny-chat", messages=[])  # 400
+    # The local endpoint goes away (as a discovery update says) and the cloud fails too.
+    endpoint = sc.core.config.endpoints[0]
+    dead = LocalEndpoint(url=f"http://127.0.0.1:{free_port()}/v1", model="tiny-chat")
+    sc.core.apply(sc.core.config.model_copy(update={"endpoints": (dead,)}))
+    await inject(cloud, status=503, count=1)
+    with pytest.raises(openai.APIStatusError) as failed:
+        await sc.chat("short, but nobody answers")
+    assert failed.value.status_code == 502
+
+    async def broken(*_: object) -> None:
+        raise RuntimeError("a bug in the upstream client")
+
+    sc.core.apply(sc.core.config.model_copy(update={"endpoints": (endpoint,)}))
+    monkeypatch.setattr(sc.core.upstream, "post_json", broken)
+    with pytest.raises(openai.InternalServerError):
+        await sc.chat("short again")  # 500: the front's answer to an unexpected error
+    assert sc.core.audit is not None
+    await sc.core.audit.flush()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["target"], r["status"], r["fallback"]) for r in records] == [
+        ("local", 200, False),
+        ("local", 200, True),
+        ("reject", 403, False),
+        ("reject", 400, False),
+        ("cloud", 502, True),
+        ("local", 500, False),
+    ]
+    assert records[1]["reason"] == "fallback:cloud-failed (rule:medium)"
+    assert audit.verify(path).ok
+    assert cli_main(["audit", "verify", str(path)]) == 0
+    # The status is covered by the hash chain like every other field.
+    lines = path.read_text().splitlines(keepends=True)
+    lines[4] = lines[4].replace('"status":502', '"status":200')
+    path.write_text("".join(lines))
+    result = audit.verify(path)
+    assert result.problem == audit.Tamper.EDITED and result.line == 5
+    assert cli_main(["audit", "verify", str(path)]) == 1

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 from typing import Any
 
 import pytest
 
-from clawdbot_sidecar.upstream import Upstream, UpstreamError
+from clawdbot_sidecar.upstream import Upstream, UpstreamError, retry_after
 from tests.support.servers import free_port
 
 Answer = Callable[[bytes], bytes]
@@ -207,3 +209,76 @@ async def test_header_values_with_line_breaks_are_refused(serve: Any, upstream: 
     with pytest.raises(ValueError, match="Authorization"):
         await upstream.post_json(server.url, {}, {"Authorization": "Bearer k\r\nX: y"}, 5)
     assert server.requests == []
+
+
+# --- connect timeouts and Retry-After ---------------------------------------------------
+
+
+async def test_a_peer_that_never_accepts_fails_as_a_connect_error_at_the_connect_timeout(
+    blackhole: str, upstream: Upstream
+) -> None:
+    url = f"{blackhole}/chat/completions"
+    loop = asyncio.get_running_loop()
+    for call in (upstream.post_json, upstream.open_stream):
+        started = loop.time()
+        with pytest.raises(UpstreamError) as exc:
+            async with asyncio.timeout(10):  # the whole-call limit below is 30 s
+                await call(url, {"stream": True}, {}, 30, 0.3)
+        elapsed = loop.time() - started
+        # Unreachable, so the caller may try another endpoint; not a timeout of the answer.
+        assert exc.value.kind == "connect" and exc.value.retryable, call
+        assert "0.3s" in str(exc.value) and 0.25 < elapsed < 3, (call, elapsed)
+
+
+async def test_the_default_connect_timeout_applies_when_a_call_names_none(blackhole: str) -> None:
+    up = Upstream.create(connect_timeout_s=0.3)
+    try:
+        for call in (up.post_json, up.open_stream):
+            with pytest.raises(UpstreamError) as exc:
+                async with asyncio.timeout(10):
+                    await call(f"{blackhole}/embeddings", {}, {}, 30)
+            assert exc.value.kind == "connect", call
+    finally:
+        await up.close()
+
+
+async def test_a_connect_within_the_call_timeout_but_past_it_is_a_timeout(
+    blackhole: str, upstream: Upstream
+) -> None:
+    # The whole call's limit came first: its time is spent, which is a timeout.
+    with pytest.raises(UpstreamError) as exc:
+        await upstream.post_json(f"{blackhole}/x", {}, {}, 0.2, 5.0)
+    assert exc.value.kind == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("Retry-After: 7\r\n", 7.0),
+        ("retry-after-ms: 250\r\nRetry-After: 1\r\n", 0.25),  # the finer one wins
+        ("Retry-After: soon\r\n", None),
+        ("", None),
+    ],
+)
+async def test_error_answers_carry_their_retry_after(
+    serve: Any, upstream: Upstream, extra: str, expected: float | None
+) -> None:
+    err = json.dumps({"error": {"message": "slow down"}}).encode()
+    server = await serve(lambda _: sized(err, "429 Too Many Requests", extra))
+    for call in (upstream.post_json, upstream.open_stream):
+        with pytest.raises(UpstreamError) as exc:
+            await call(server.url, {}, {}, 5)
+        assert exc.value.status == 429 and exc.value.retry_after_s == expected, call
+
+
+def test_retry_after_values() -> None:
+    assert retry_after("120") == 120.0
+    assert retry_after("1.5") == 1.5
+    assert retry_after(None, "40") == 0.04
+    assert retry_after("3", "nan") == 3.0  # an unreadable ms value falls back to seconds
+    assert retry_after("-1") is None and retry_after("inf") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    soon = formatdate(time.time() + 30, usegmt=True)
+    wait = retry_after(soon)
+    assert wait is not None and 25 < wait <= 30
+    assert retry_after("Wed, 21 Oct 2015 07:28:00") is None  # no zone: not an HTTP date
