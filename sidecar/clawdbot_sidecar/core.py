@@ -244,10 +244,14 @@ class RoutingCore:
         if old is None or old.policy.adaptive != policy.adaptive:
             self.bandit = Bandit(policy.adaptive, seed=self._seed)
         cloud = policy.cloud
-        if old is None or old.policy.audit != policy.audit:
+        audit_key = config.audit_hmac_key or self._audit_key
+        old_key = old and (old.audit_hmac_key or self._audit_key)
+        if old is None or old.policy.audit != policy.audit or old_key != audit_key:
+            # Records after a key change are sealed with the new key: verify each part of
+            # the log with the key that was in force (clawdbot audit verify --hmac-key-file).
             previous = self.audit
             self.audit = (
-                AuditLog.from_api(policy.audit, hmac_key=self._audit_key)
+                AuditLog.from_api(policy.audit, hmac_key=audit_key)
                 if policy.audit.enabled
                 else None
             )

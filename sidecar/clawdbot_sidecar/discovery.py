@@ -41,8 +41,8 @@ class PodIdentity:
 
 
 def config_from_snapshot(snapshot: pb.Snapshot, base: SidecarConfig) -> SidecarConfig:
-    """The sidecar config a snapshot describes (limits, and the cloud key unless the snapshot
-    carries one, stay from ``base``).
+    """The sidecar config a snapshot describes (limits, and the cloud and audit keys unless
+    the snapshot carries them, stay from ``base``).
 
     Raises ValueError (naming the field) for a snapshot whose policy doesn't validate.
     """
@@ -64,6 +64,8 @@ def config_from_snapshot(snapshot: pb.Snapshot, base: SidecarConfig) -> SidecarC
     }
     if snapshot.cloud_api_key:
         update["cloud_api_key"] = snapshot.cloud_api_key
+    if snapshot.audit_hmac_key:
+        update["audit_hmac_key"] = snapshot.audit_hmac_key
     return base.model_copy(update=update)
 
 

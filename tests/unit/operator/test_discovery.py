@@ -32,7 +32,12 @@ from clawdbot_operator.discovery.server import (
 from clawdbot_operator.discovery.tokenreview import identity_from_status
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
 from clawdbot_sidecar.config import SidecarConfig
-from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity, load_report
+from clawdbot_sidecar.discovery import (
+    DiscoveryClient,
+    PodIdentity,
+    config_from_snapshot,
+    load_report,
+)
 from clawdbot_sidecar.pool import LocalPool
 from tests.support.servers import free_port
 
@@ -203,6 +208,8 @@ async def test_keys_from_secrets_go_down_the_stream_and_rotate() -> None:
             )
             first = await next_snapshot(stream)
             assert (first.cloud_api_key, first.audit_hmac_key) == ("sk-1", b"chain-key-1")
+            config = config_from_snapshot(first, SidecarConfig())
+            assert (config.cloud_api_key, config.audit_hmac_key) == ("sk-1", b"chain-key-1")
             assert op.secrets is not None
             op.secrets[("audit", "hmac")] = "chain-key-2"
             await op.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))

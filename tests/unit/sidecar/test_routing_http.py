@@ -21,6 +21,7 @@ from sidecar_support import (
     received,
 )
 
+from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_cli.main import main as cli_main
 from clawdbot_sidecar import audit
 from clawdbot_sidecar.config import LocalEndpoint
@@ -269,6 +270,33 @@ async def test_audit_log_records_decisions_without_sensitive_values(
     ]
     assert records[1]["redacted"] == {"CREDIT_CARD": 1}
     assert audit.verify(path).ok
+
+
+async def test_audit_key_from_the_operator_seals_the_chain_and_a_new_key_takes_over(
+    local_url: str, cloud: str, make_sidecar: StartSidecar, tmp_path: Path
+) -> None:
+    """The key arrives with the policy (the discovery stream reads it from the Secret):
+    records are HMAC-sealed with it, and a rotated key seals the records after it."""
+    path = tmp_path / "audit.jsonl"
+    sc = await make_sidecar(policy(cloud, audit={"enabled": True, "sink": "stdout"}), [local_url])
+    file_audit = {"enabled": True, "sink": "file", "path": str(path)}
+    file_spec = RoutingPolicySpec.model_validate(policy(cloud, audit=file_audit))
+    base = sc.core.config.model_copy(update={"policy": file_spec})
+    sc.core.apply(base.model_copy(update={"audit_hmac_key": b"key-1"}))
+    await sc.chat("first")
+    assert sc.core.audit is not None
+    await sc.core.audit.flush()
+    assert audit.verify(path, hmac_key=b"key-1").ok
+    assert not audit.verify(path).ok  # sealed with the key, not a plain hash
+    assert "key-1" not in repr(sc.core.config)
+
+    first = sc.core.audit
+    sc.core.apply(base.model_copy(update={"audit_hmac_key": b"key-2"}))
+    assert sc.core.audit is not first  # a new key: a new log writer
+    sc.core.apply(base.model_copy(update={"audit_hmac_key": b"key-2"}))
+    second = sc.core.audit
+    sc.core.apply(base.model_copy(update={"audit_hmac_key": b"key-2"}))
+    assert sc.core.audit is second  # the same key again: nothing to change
 
 
 async def test_pii_rules_see_entities_redaction_leaves_alone(
