@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from clawdbot_runtime.tinyembed import build_tiny_embed
 from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness.kube import Kubectl, is_true
@@ -129,10 +130,24 @@ def deploy(
     cloud_stub: str,
     models: Path,
     autoscaling: dict[str, Any] | None = None,
+    *,
+    embeddings: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Secret, the ModelDeployment (the project's tiny ONNX model "baked into the image"
-    at /models), the RoutingPolicy and the labelled client pod; (model pod, client pod)."""
+    at /models), the RoutingPolicy and the labelled client pod; (model pod, client pod).
+    With ``embeddings``, a second ModelDeployment ``tiny-embed`` (the project's tiny
+    sentence-embedding model) is a local model of the policy too."""
     build_tiny_lm(models)
+    local_models = [{"name": "tiny-chat"}]
+    if embeddings:
+        build_tiny_embed(models)
+        local_models.append({"name": "tiny-embed"})
+        kube.apply(
+            {"apiVersion": "clawdbot.io/v1alpha1", "kind": "ModelDeployment",
+             "metadata": {"name": "tiny-embed"},
+             "spec": {"model": {"name": "tiny-embed", "uri": "file:///models"},
+                      "runtime": "onnx", "precision": "fp16", "accelerator": {"type": "cpu"}}}
+        )  # fmt: skip
     kube.apply(
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cloud"},
          "stringData": {"api-key": API_KEY}}
@@ -152,7 +167,7 @@ def deploy(
          "metadata": {"name": "chat"},
          "spec": {
              "podSelector": {"matchLabels": {"app": "chat"}},
-             "localModels": [{"name": "tiny-chat"}],
+             "localModels": local_models,
              "cloud": {"baseURL": f"{cloud_stub}/v1", "model": "gpt-4o-mini", "maxRetries": 0,
                        "apiKeySecretRef": {"name": "cloud", "key": "api-key"}},
              "rules": [{"name": "short", "match": {"maxTokens": 512}, "target": "local"},
