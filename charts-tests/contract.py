@@ -5,7 +5,10 @@ operator's own argument parser and its environment to the operator's own config 
 renamed flag or setting fails here instead of in a crash-looping pod. With the default
 values, the images handed to the operator must equal the operator's built-in defaults.
 With leader election on, the Lease the operator is told to use must be the one the chart's
-Role lets it read and renew, and the pod must hand it its name (the Lease identity).
+Role lets it read and renew, and the pod must hand it its name (the Lease identity). The
+objects the operator is told to write for its certificate (the Secret, the webhook
+configuration's and the APIService's CA bundles) and its owner Deployment must be the ones
+the chart renders, and its RBAC must allow exactly those writes (by name).
 
 Usage: python charts-tests/contract.py HELM   (with the project's packages importable)
 """
@@ -75,6 +78,69 @@ def leader_election(name: str, helm: str, extra: list[str], container: dict[str,
     return problems
 
 
+def allows(
+    rules: list[dict[str, Any]], group: str, resource: str, name: str | None, verbs: set[str]
+) -> bool:
+    """Whether ``rules`` grant ``verbs`` on ``resource`` (named ``name``; None: any name)."""
+    granted: set[str] = set()
+    for rule in rules:
+        if group not in rule["apiGroups"] or resource not in rule["resources"]:
+            continue
+        names = rule.get("resourceNames")
+        if names is None or (name is not None and name in names):
+            granted |= set(rule["verbs"])
+    return verbs <= granted
+
+
+def own_objects(name: str, helm: str, extra: list[str], container: dict[str, Any]) -> list[str]:
+    """The operator's certificate and owner flags name rendered objects it may write."""
+    try:
+        args = parse_args(container["args"])
+    except SystemExit:
+        return []  # reported by check()
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    problems = []
+    role = render(helm, "templates/role.yaml", extra) or {"rules": []}
+    cluster_role = render(helm, "templates/clusterrole-cluster.yaml", extra) or {"rules": []}
+    if args.owner_deployment:
+        deployment = render(helm, "templates/deployment.yaml", extra)
+        if deployment["metadata"]["name"] != args.owner_deployment:
+            problems.append(f"{name}: --owner-deployment is not the operator's Deployment")
+        if not allows(role["rules"], "apps", "deployments", args.owner_deployment, {"get"}):
+            problems.append(f"{name}: the Role does not let the operator read its Deployment")
+    secret = env.get("CLAWDBOT_WEBHOOK_CERT_SECRET")
+    if secret and not (
+        allows(role["rules"], "", "secrets", None, {"create"})
+        and allows(role["rules"], "", "secrets", secret, {"get", "update"})
+    ):
+        problems.append(f"{name}: the Role does not let the operator keep Secret {secret}")
+    webhooks = env.get("CLAWDBOT_WEBHOOK_CONFIGURATION")
+    if webhooks and secret:
+        rendered = render(helm, "templates/mutatingwebhookconfiguration.yaml", extra)
+        if rendered is None or rendered["metadata"]["name"] != webhooks:
+            problems.append(f"{name}: CLAWDBOT_WEBHOOK_CONFIGURATION names no rendered object")
+        group = "admissionregistration.k8s.io"
+        resource = "mutatingwebhookconfigurations"
+        if not allows(cluster_role["rules"], group, resource, webhooks, {"get", "patch"}):
+            problems.append(f"{name}: the operator may not set the caBundle of {webhooks}")
+    if args.metrics_port:
+        service = render(helm, "templates/service-metrics.yaml", extra)
+        if service is None or service["metadata"]["name"] != args.metrics_service:
+            problems.append(f"{name}: --metrics-service is not the metrics API's Service")
+    if args.metrics_api_service:
+        apiservice = render(helm, "templates/apiservice.yaml", extra)
+        if apiservice is None or apiservice["metadata"]["name"] != args.metrics_api_service:
+            problems.append(f"{name}: --metrics-api-service names no rendered APIService")
+        elif apiservice["spec"]["service"]["name"] != args.metrics_service:
+            problems.append(f"{name}: the APIService is not backed by --metrics-service")
+        if not allows(cluster_role["rules"], "apiregistration.k8s.io", "apiservices",
+                      args.metrics_api_service, {"get", "patch"}):  # fmt: skip
+            problems.append(f"{name}: the operator may not set the APIService's caBundle")
+    if args.metrics_port and not secret and not env.get("CLAWDBOT_WEBHOOK_CERT_DIR"):
+        problems.append(f"{name}: the metrics API has no shared certificate (Secret or mount)")
+    return problems
+
+
 def render(helm: str, template: str, extra: list[str]) -> Any:
     """One template of the chart, rendered and parsed (None when it renders nothing)."""
     rendered = subprocess.run(
@@ -134,6 +200,7 @@ def main() -> int:
         container = operator_container(helm, extra)
         problems += check(name, container)
         problems += leader_election(name, helm, extra, container)
+        problems += own_objects(name, helm, extra, container)
     for problem in problems:
         print(problem)
     print(f"chart/operator contract: {len(VALUE_SETS)} value sets, {len(problems)} problem(s)")

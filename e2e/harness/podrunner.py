@@ -23,12 +23,28 @@ replaced by the pod IP (pods share the host's network here), or it binds `$(POD_
 fieldRef env. `image_files` maps paths the image would hold (a baked-in model) to local
 ones, rewritten like mounts. Limits are listed in
 e2e/README.md.
+
+A process that talks to the API server from inside its pod (an operator) needs two more
+things a kubelet gives every container:
+
+* `kubernetes_service=(host, port)`: KUBERNETES_SERVICE_HOST/_PORT (and the KUBERNETES_PORT*
+  links), which a kubelet sets from the `kubernetes` Service's ClusterIP. Nothing serves
+  ClusterIPs here (no kube-proxy), so pass the API server's own address;
+* `absolute_mounts=[mountPath, ...]`: those volumes are seen at their absolute path, not only
+  through rewritten argv/env, because in-cluster clients read fixed paths
+  (/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}: the projected
+  volume the ServiceAccount admission adds, with a real pod-bound token from `token` and the
+  kube-root-ca.crt ConfigMap). The process runs in a private mount namespace (root, or an
+  unprivileged user namespace) where each volume is bind-mounted there; a missing parent
+  directory is made on a tmpfs laid over its nearest existing ancestor, whose entries are
+  bound back, so nothing on the host changes and nothing else disappears.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
@@ -36,6 +52,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -77,6 +94,8 @@ class PodProcessPlan:
     cwd: Path
     mounts: dict[str, Path]
     ports: list[int]
+    # mountPath -> local dir, bound at the mountPath in the process's own mount namespace.
+    absolute_mounts: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -323,6 +342,111 @@ def _materialize_volume(vol: dict[str, Any], refs: _Refs, target: Path) -> None:
     )
 
 
+# Run as `python -I MOUNTNS_SCRIPT '{"/abs/mount": "/local/dir"}' STASH_DIR ARGV...`: enters a
+# private mount namespace, binds each local dir at its mountPath, then execs ARGV (same pid, so
+# stopping the process group works as without it). mount(2) is called directly: the mount
+# command would also write its own bookkeeping under /run on the host.
+MOUNTNS_SCRIPT = r"""
+import ctypes, json, os, sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
+
+
+def fail(what):
+    err = ctypes.get_errno()
+    sys.exit(f"podrunner: {what}: {os.strerror(err)} (the pod's files at their absolute paths "
+             "need root or unprivileged user namespaces)")
+
+
+def enc(value):
+    return value.encode() if value is not None else None
+
+
+def mount(source, target, fstype, flags, data=None):
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        fail(f"mount {target}")
+
+
+uid, gid = os.geteuid(), os.getegid()
+if libc.unshare(CLONE_NEWNS | (CLONE_NEWUSER if uid else 0)) != 0:
+    fail("unshare")
+if uid:
+    for path, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                       ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{path}", "w") as f:
+            f.write(text)
+mount(None, "/", None, MS_REC | MS_PRIVATE)
+binds, stash_root = json.loads(sys.argv[1]), sys.argv[2]
+for target, source in binds.items():
+    real = os.path.realpath(target)
+    ancestor = real
+    while not os.path.isdir(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if ancestor != real:
+        if ancestor == "/":
+            sys.exit(f"podrunner: won't lay a tmpfs over / to make {real}")
+        stash = os.path.join(stash_root, str(len(os.listdir(stash_root))))
+        os.mkdir(stash)
+        mount(ancestor, stash, None, MS_BIND | MS_REC)
+        mount("tmpfs", ancestor, "tmpfs", 0, "mode=755")
+        for entry in os.listdir(stash):
+            old, new = os.path.join(stash, entry), os.path.join(ancestor, entry)
+            if os.path.islink(old):
+                os.symlink(os.readlink(old), new)
+                continue
+            if os.path.isdir(old):
+                os.mkdir(new)
+            else:
+                open(new, "w").close()
+            mount(old, new, None, MS_BIND | MS_REC)
+        os.makedirs(real)
+    mount(source, real, None, MS_BIND | MS_REC)
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+@functools.cache
+def absolute_mounts_unsupported() -> str | None:
+    """Why `absolute_mounts` can't work on this machine (no mount namespace for this user),
+    or None when it can: a real bind through the same wrapper, inside a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="podrunner-probe-") as tmp:
+        root = Path(tmp)
+        (root / "source").mkdir()
+        (root / "source" / "probe").write_text("ok")
+        (root / "stash").mkdir()
+        (root / "parent").mkdir()
+        (root / "script.py").write_text(MOUNTNS_SCRIPT)
+        target = root / "parent" / "made" / "here"
+        binds = json.dumps({str(target): str(root / "source")})
+        probe = [sys.executable, "-I", str(root / "script.py"), binds, str(root / "stash"),
+                 "cat", str(target / "probe")]  # fmt: skip
+        try:
+            done = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if done.returncode != 0 or done.stdout != "ok":
+            return done.stderr.strip() or f"the probe exited with {done.returncode}"
+    return None
+
+
+def kubernetes_service_env(host: str, port: int) -> dict[str, str]:
+    """The variables a kubelet gives every container for the `kubernetes` Service."""
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    link = f"tcp://{hostport}"
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": str(port),
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+        "KUBERNETES_PORT": link,
+        f"KUBERNETES_PORT_{port}_TCP": link,
+        f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
+        f"KUBERNETES_PORT_{port}_TCP_PORT": str(port),
+        f"KUBERNETES_PORT_{port}_TCP_ADDR": host,
+    }
+
+
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "[::]")
 # With `pod_loopback`, the pod's own loopback address means its pod IP (all pods share the
 # host's loopback here): how a sidecar and its app reach each other.
@@ -355,6 +479,8 @@ def plan_pod_process(
     image_files: Mapping[str, Path] | None = None,
     entrypoint: Sequence[str] | None = None,
     pod_loopback: bool = False,
+    kubernetes_service: tuple[str, int] | None = None,
+    absolute_mounts: Sequence[str] = (),
 ) -> PodProcessPlan:
     """Derive argv/env/mounts of `container` (default: the first) and write its volumes."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
@@ -400,6 +526,9 @@ def plan_pod_process(
 
     env: dict[str, str] = {k: os.environ[k] for k in HOST_ENV_KEEP if k in os.environ}
     env["HOSTNAME"] = name
+    if kubernetes_service is not None:
+        # Before the container's own env, which may override them (as with a kubelet).
+        env.update(kubernetes_service_env(*kubernetes_service))
     for src in ctr.get("envFrom", []) or []:
         prefix = src.get("prefix", "")
         for kind, key in (("configmap", "configMapRef"), ("secret", "secretRef")):
@@ -449,15 +578,29 @@ def plan_pod_process(
             cwd = Path(rewritten)
     cwd.mkdir(parents=True, exist_ok=True)
     ports = [p["containerPort"] for p in ctr.get("ports", []) or [] if "containerPort" in p]
-    return PodProcessPlan(name, ns, ctr["name"], pod_ip, argv, env, cwd, mounts, ports)
+    unknown = [m for m in absolute_mounts if m not in mounts]
+    if unknown:
+        raise PodRunnerError(
+            f"container {ctr['name']!r} of pod {ns}/{name} mounts nothing at {unknown}; "
+            f"its mounts: {sorted(mounts)}"
+        )
+    bound = {m: mounts[m] for m in absolute_mounts}
+    return PodProcessPlan(name, ns, ctr["name"], pod_ip, argv, env, cwd, mounts, ports, bound)
 
 
 def start_pod_process(plan: PodProcessPlan, workdir: Path) -> RunningPod:
     """Start the planned process in its own process group, output to workdir/output.log."""
     log_path = workdir / "output.log"
+    argv = plan.argv
+    if plan.absolute_mounts:
+        script, stash = workdir / "mountns.py", workdir / "mountns-stash"
+        script.write_text(MOUNTNS_SCRIPT)
+        stash.mkdir(exist_ok=True)
+        binds = json.dumps({k: str(v) for k, v in plan.absolute_mounts.items()})
+        argv = [sys.executable, "-I", str(script), binds, str(stash), *plan.argv]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            plan.argv,
+            argv,
             env=plan.env,
             cwd=plan.cwd,
             stdin=subprocess.DEVNULL,
@@ -483,11 +626,14 @@ def run_pod(
     image_files: Mapping[str, Path] | None = None,
     entrypoint: Sequence[str] | None = None,
     pod_loopback: bool = False,
+    kubernetes_service: tuple[str, int] | None = None,
+    absolute_mounts: Sequence[str] = (),
 ) -> Iterator[RunningPod]:
     """Run the pod's container locally for the duration of the block.
 
     `wait_port`: True waits for the first containerPort, an int for that port, False/None
     for nothing. The temp dir (volumes, output.log) is removed afterwards unless `keep_dir`.
+    `kubernetes_service` and `absolute_mounts`: see the module docstring (in-cluster clients).
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod['metadata']['name']}-"))
     running: RunningPod | None = None
@@ -503,6 +649,8 @@ def run_pod(
             image_files=image_files,
             entrypoint=entrypoint,
             pod_loopback=pod_loopback,
+            kubernetes_service=kubernetes_service,
+            absolute_mounts=absolute_mounts,
         )
         running = start_pod_process(plan, workdir)
         if wait_port is True:

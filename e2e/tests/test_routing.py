@@ -21,7 +21,7 @@ import pytest
 
 from e2e.conftest import E2ECluster
 from e2e.harness import routing
-from e2e.harness.kube import Kubectl, is_true
+from e2e.harness.kube import Kubectl, condition, is_true
 from e2e.harness.operator import Operator
 from e2e.harness.routing import (
     deploy,
@@ -108,6 +108,69 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     policy = kube.wait_for("routingpolicy", "chat", lambda p: is_true(p, "Ready"), what="Ready")
     assert policy["status"]["readyEndpoints"] == 1
     assert policy["status"]["matchedPods"] == 1
+    assert not is_true(policy, "Degraded")
+
+    # No local replica left: the policy stays in force but says where requests go now.
+    kube.run("scale", "md/tiny-chat", "--replicas=0")
+    policy = kube.wait_for(
+        "routingpolicy", "chat", lambda p: is_true(p, "Degraded"), what="Degraded"
+    )
+    degraded = condition(policy, "Degraded")
+    assert degraded is not None and degraded["reason"] == "NoReadyEndpoints"
+    assert "tiny-chat" in degraded["message"] and "cloud" in degraded["message"]
+    assert is_true(policy, "Ready") and policy["status"]["readyEndpoints"] == 0
+
+
+def test_embeddings_are_answered_by_the_local_embedding_model(
+    local_cluster: E2ECluster,
+    kube: Kubectl,
+    operator: Operator,
+    cloud_stub: str,
+    tmp_path: Path,
+) -> None:
+    """The app's embeddings request goes to the policy's local embedding model (a second
+    ModelDeployment), chosen by model name among the local endpoints, and never to the cloud
+    (which has no ``embeddingModel``: vectors of two models are not comparable)."""
+    models = tmp_path / "models"
+    chat_pod, client_pod = deploy(kube, cloud_stub, models, embeddings=True)
+    embed_pod = wait_ready_pod(kube, "clawdbot.io/model-deployment=tiny-embed")
+    texts = [
+        "the garden is green after the rain",
+        "rain in the garden",
+        "the train leaves at nine in the morning",
+    ]
+    with (
+        model_server(local_cluster, chat_pod, models),
+        model_server(local_cluster, embed_pod, models),
+        sidecar_of(local_cluster, client_pod, operator) as (base, sidecar_proc),
+    ):
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        deadline = time.monotonic() + 20  # bounded: until both endpoints reached the sidecar
+        while metric(base, 'clawdbot_sidecar_local_endpoints{state="healthy"}') < 2:
+            assert time.monotonic() < deadline, sidecar_proc.log_tail()
+            time.sleep(0.2)
+        raw = client.embeddings.with_raw_response.create(
+            model="tiny-embed", input=texts, encoding_format="float"
+        )
+        assert raw.headers["x-clawdbot-target"] == "local", sidecar_proc.log_tail()
+        got = raw.parse()
+        vectors = [d.embedding for d in got.data]
+        assert [d.index for d in got.data] == [0, 1, 2] and got.model == "tiny-embed"
+        assert got.usage.prompt_tokens > 0
+        norms = [sum(x * x for x in v) ** 0.5 for v in vectors]
+        assert all(abs(n - 1) < 1e-4 for n in norms), norms
+
+        def cosine(a: list[float], b: list[float]) -> float:
+            return sum(x * y for x, y in zip(a, b, strict=True))
+
+        # Texts sharing words are closer than an unrelated one: a real model answered.
+        assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
+        # The chat model still answers chat on the same sidecar.
+        chat = client.chat.completions.with_raw_response.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert chat.headers["x-clawdbot-target"] == "local"
+    assert stub_requests(cloud_stub) == []  # nothing went to the cloud
 
 
 def test_endpoints_follow_scaling_and_failures_and_outlive_the_operator(

@@ -37,6 +37,7 @@ PLURALS: Final[dict[str, str]] = {
     "Secret": "secrets",
     "Namespace": "namespaces",
     "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
+    "APIService": "apiservices",
     "Lease": "leases",
 }
 # Every call has a deadline: a hung connection must not stall a reconcile forever.

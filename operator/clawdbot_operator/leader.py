@@ -40,7 +40,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -170,6 +170,7 @@ class LeaderElector:
         retry_period_s: float = RETRY_PERIOD_S,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        owner_references: Sequence[Obj] = (),
     ) -> None:
         if not lease_duration_s > renew_deadline_s > JITTER * retry_period_s > 0:
             raise ValueError(
@@ -185,6 +186,8 @@ class LeaderElector:
         self.retry_period_s = retry_period_s
         self.clock = clock
         self.monotonic = monotonic
+        # Set on the Lease this replica creates: it goes when its owner does (uninstall).
+        self.owner_references = [dict(o) for o in owner_references]
         # Called, in order, when this replica starts or stops leading.
         self.on_started_leading: list[Callable[[], None]] = []
         self.on_stopped_leading: list[Callable[[], None]] = []
@@ -243,10 +246,13 @@ class LeaderElector:
         now = self.clock()
         lease = await self.kube.get(LEASE_API, "Lease", self.namespace, self.name)
         if lease is None:
+            metadata: Obj = {"name": self.name, "namespace": self.namespace}
+            if self.owner_references:
+                metadata["ownerReferences"] = self.owner_references
             manifest = {
                 "apiVersion": LEASE_API,
                 "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
+                "metadata": metadata,
                 "spec": next_spec(None, self.identity, now, self.lease_duration_s),
             }
             try:

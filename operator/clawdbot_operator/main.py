@@ -3,11 +3,20 @@ sidecar injection webhook and the discovery stream.
 
 clawdbot-operator [--namespace NS ... | --all-namespaces] [--kubeconfig PATH]
                   [--metrics-port PORT] [--health-port PORT]
+                  [--metrics-service SVC] [--metrics-api-service NAME]
+                  [--owner-deployment NAME]
                   [--leader-elect [--leader-election-namespace NS] [--leader-election-name N]]
 
 Every replica runs the watches, the webhook and the discovery stream. With ``--leader-elect``
 the replicas elect a leader through a Lease (see ``leader``), and only the leader writes:
 ModelDeployment reconciles (watch events and the periodic resync) and RoutingPolicy status.
+
+One serving certificate (``webhook.certs``) serves the webhook, the discovery stream and the
+metrics API; a self-issued one names their three Services, and its CA is published into the
+webhook configuration and, with ``--metrics-api-service``, the APIService.
+
+In a pod, the operator reaches the API server at ``KUBERNETES_SERVICE_HOST:PORT`` with the
+pod's service-account token, as client-go's in-cluster configuration does.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,18 +37,22 @@ from clawdbot_operator import metrics as operator_metrics
 from clawdbot_operator import metrics_api
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.handlers import register
-from clawdbot_operator.kube import Kube, KubeError, connect
+from clawdbot_operator.kube import Kube, KubeError, Obj, connect
 from clawdbot_operator.leader import LeaderElector, identity
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.metrics import OperatorMetrics
 from clawdbot_operator.reconciler import Reconciler
 from clawdbot_operator.routing import RoutingPlane
+from clawdbot_operator.webhook import certs
 
 log = logging.getLogger("clawdbot_operator")
 
 # Where the operator runs when POD_NAMESPACE (the downward API) doesn't say.
 DEFAULT_NAMESPACE = "clawdbot-system"
 DEFAULT_LEASE_NAME = "clawdbot-operator"
+DEFAULT_METRICS_SERVICE = "clawdbot-metrics"
+# Tries to read the owner Deployment while the API server starts up (about half a minute).
+OWNER_ATTEMPTS = 6
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,8 +80,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=6443,
         help="HTTPS port of the external.metrics.k8s.io API (0 disables it)",
     )
-    p.add_argument("--metrics-cert-file", help="serving certificate (default: self-signed)")
+    p.add_argument(
+        "--metrics-cert-file",
+        help="serving certificate of the metrics API (default: the operator's own, shared with "
+        "the webhook and the discovery stream)",
+    )
     p.add_argument("--metrics-key-file", help="key of --metrics-cert-file")
+    p.add_argument(
+        "--metrics-service",
+        metavar="SVC",
+        default=DEFAULT_METRICS_SERVICE,
+        help="Service in front of the metrics API, in the operator's namespace (a name of the "
+        f"self-issued certificate; default: {DEFAULT_METRICS_SERVICE})",
+    )
+    p.add_argument(
+        "--metrics-api-service",
+        metavar="NAME",
+        default="",
+        help="APIService whose caBundle the operator keeps set to the CA of its self-issued "
+        "certificate, e.g. v1beta1.external.metrics.k8s.io (default: none)",
+    )
+    p.add_argument(
+        "--owner-deployment",
+        metavar="NAME",
+        default="",
+        help="the operator's own Deployment, in its namespace: it owns the objects the "
+        "operator creates for itself (certificate Secret, leader-election Lease), so they "
+        "are deleted with it (default: none, they stay)",
+    )
     p.add_argument(
         "--accept-load-reports",
         action="store_true",
@@ -156,9 +196,45 @@ async def resync(
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf login: the pod's service account, else the kubeconfig (``KUBECONFIG``)."""
+    """kopf login: the pod's service account, else the kubeconfig (``KUBECONFIG``).
+
+    kopf's own service-account login names ``https://kubernetes.default.svc``, which needs
+    cluster DNS; the API server's address is in ``KUBERNETES_SERVICE_HOST``/``_PORT`` (set in
+    every pod, and what the operator's other API client uses), so use it when it is there.
+    """
     info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT")
+    if info is not None and host and port:
+        server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        info = dataclasses.replace(info, server=f"https://{server}")
     return info or kopf.login_with_kubeconfig(**kwargs)
+
+
+async def owner_references(kube: Kube, namespace: str, deployment: str) -> list[Obj]:
+    """An owner reference to the operator's Deployment, for the objects the operator
+    creates for itself; none (logged) when it can't be read, as those objects then merely
+    outlive an uninstall."""
+    delay = 0.5
+    for attempt in range(1, OWNER_ATTEMPTS + 1):
+        try:
+            found = await kube.get("apps/v1", "Deployment", namespace, deployment)
+        except KubeError as exc:
+            retry = exc.status == 429 or exc.status >= 500
+            if retry and attempt < OWNER_ATTEMPTS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            log.warning("cannot read my Deployment %s/%s (%s): the objects I create for "
+                        "myself will outlive it", namespace, deployment, exc)  # fmt: skip
+            return []
+        if found is None:
+            log.warning("Deployment %s/%s (--owner-deployment) does not exist: the objects I "
+                        "create for myself will outlive me", namespace, deployment)  # fmt: skip
+            return []
+        return [{"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                 "uid": found["metadata"]["uid"]}]  # fmt: skip
+    return []
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -173,13 +249,19 @@ async def run(args: argparse.Namespace) -> None:
     metrics = OperatorMetrics()
     reconciler = Reconciler(kube, config, store, metrics=metrics)
     operator_namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
+    owners: list[Obj] = []
+    if args.owner_deployment:
+        owners = await owner_references(kube, operator_namespace, args.owner_deployment)
     elector: LeaderElector | None = None
     if args.leader_elect:
+        lease_namespace = args.leader_election_namespace or operator_namespace
         elector = LeaderElector(
             kube,
-            args.leader_election_namespace or operator_namespace,
+            lease_namespace,
             args.leader_election_name,
             identity(),
+            # An owner in another namespace would make the garbage collector delete the Lease.
+            owner_references=owners if lease_namespace == operator_namespace else (),
         )
 
     def is_leader() -> bool:
@@ -188,8 +270,15 @@ async def run(args: argparse.Namespace) -> None:
     metrics.leader.set_function(lambda: float(is_leader()))
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, is_leader)
+    certificates = serving_certificates(args, config, kube, operator_namespace, owners)
     plane = RoutingPlane(
-        kube, config, store, operator_namespace, is_leader, registry=metrics.registry
+        kube,
+        config,
+        store,
+        operator_namespace,
+        is_leader,
+        registry=metrics.registry,
+        certificates=certificates,
     )
     plane.register(registry)
     # kopf's watches log in the way the API client above does: in-cluster, else kubeconfig.
@@ -201,10 +290,14 @@ async def run(args: argparse.Namespace) -> None:
 
     runner = None
     if args.metrics_port:
+        own_files = bool(args.metrics_cert_file and args.metrics_key_file)
+        if not own_files:
+            await certificates.start()
         runner = await metrics_api.serve(
             store,
             host=args.bind_address,
             port=args.metrics_port,
+            ssl_context=None if own_files else certificates.server_ssl(),
             cert_file=args.metrics_cert_file,
             key_file=args.metrics_key_file,
             accept_reports=args.accept_load_reports,
@@ -254,9 +347,37 @@ async def run(args: argparse.Namespace) -> None:
         if runner is not None:
             await runner.cleanup()
         await plane.stop()
+        await certificates.stop()
         if prometheus is not None:
             await prometheus.cleanup()
         await api.close()
+
+
+def serving_certificates(
+    args: argparse.Namespace,
+    config: OperatorConfig,
+    kube: Kube,
+    namespace: str,
+    owners: Sequence[Obj],
+) -> certs.ServingCertificates:
+    """The one serving certificate of the webhook, the discovery stream and the metrics API
+    (started by whichever server comes up first)."""
+    services = [
+        config.webhook_service if config.webhook_port else "",
+        config.discovery_service if config.discovery_port else "",
+        args.metrics_service if args.metrics_port else "",
+    ]
+    own_metrics_files = bool(args.metrics_cert_file and args.metrics_key_file)
+    return certs.ServingCertificates(
+        kube,
+        namespace,
+        certs.service_names(services, namespace, "localhost"),
+        cert_dir=config.webhook_cert_dir,
+        secret=config.webhook_cert_secret,
+        webhook_configuration=config.webhook_configuration if config.webhook_port else "",
+        api_service="" if own_metrics_files or not args.metrics_port else args.metrics_api_service,
+        owner_references=owners,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -269,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # kopf logs every handler run at INFO; the reconciler logs and posts what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # Never below INFO, even with --log-level=DEBUG: the API client's DEBUG lines are whole
+    # response bodies, the Secrets the operator reads (cloud API keys, its CA key) among them.
+    logging.getLogger("kubernetes_asyncio.client.rest").setLevel(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(args))
 

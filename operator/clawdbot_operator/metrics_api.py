@@ -10,26 +10,26 @@ HTTPS. Routes:
 * ``POST /loadreports`` (only when enabled): a JSON load report or a list of them, until the
   sidecars' gRPC stream replaces it
 * ``/healthz``, ``/livez``, ``/readyz``
+
+TLS: the operator's one serving certificate (``webhook.certs.ServingCertificates``: the same
+CA as the webhook's, named for the metrics Service too, and published into the APIService's
+caBundle), or the certificate files given on the command line.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import ssl
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from clawdbot_operator.loadreports import GAUGES, LoadReport, LoadReportStore
+from clawdbot_operator.webhook import certs
 
 GROUP: Final = "external.metrics.k8s.io"
 VERSION: Final = "v1beta1"
@@ -244,39 +244,10 @@ def make_app(store: LoadReportStore, *, accept_reports: bool = False) -> web.App
     return app
 
 
-def self_signed(directory: Path, hosts: list[str]) -> tuple[Path, Path]:
-    """A self-signed serving certificate for ``hosts`` (used when none is configured)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for h in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            names.append(x509.DNSName(h))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+def self_signed(directory: Path, hosts: Sequence[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for ``hosts``, its own CA (``webhook.certs.self_signed``):
+    what a test hands the metrics server and its APIService's caBundle."""
+    return certs.self_signed(directory, hosts)
 
 
 async def serve(
@@ -284,18 +255,20 @@ async def serve(
     *,
     host: str,
     port: int,
+    ssl_context: ssl.SSLContext | None = None,
     cert_file: str | None = None,
     key_file: str | None = None,
     accept_reports: bool = False,
 ) -> web.AppRunner:
-    """Start the HTTPS server; the caller cleans up the returned runner."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """Start the HTTPS server with ``ssl_context`` (the operator's serving certificate, renewed
+    in place) or, when given, ``cert_file``/``key_file``; the caller cleans up the runner."""
     if cert_file and key_file:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
+    elif ssl_context is not None:
+        context = ssl_context
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = self_signed(Path(tmp), ["localhost", "127.0.0.1"])
-            context.load_cert_chain(str(cert), str(key))
+        raise ValueError("the metrics API needs a serving certificate: ssl_context or files")
     runner = web.AppRunner(make_app(store, accept_reports=accept_reports), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=context).start()

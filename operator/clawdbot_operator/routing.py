@@ -6,10 +6,11 @@ the watches and RoutingPolicy status that feed them.
     ...
     await plane.stop()
 
-Certificates: from ``webhook_cert_dir`` (cert-manager), else self-issued and kept in the
-``webhook_cert_secret`` Secret (shared by replicas), else self-issued in memory. The CA goes
-into the webhook configuration's caBundle and into every injected sidecar (to verify the
-discovery stream); serving certificates are re-issued well before they expire.
+Certificates: ``webhook.certs.ServingCertificates``, shared with the metrics API when the
+caller passes one in (one CA for every server): from ``webhook_cert_dir`` (cert-manager), else
+self-issued and kept in the ``webhook_cert_secret`` Secret (shared by replicas), else
+self-issued in memory. The CA goes into the webhook configuration's caBundle and into every
+injected sidecar (to verify the discovery stream).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-import ssl
-import tempfile
+import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +34,8 @@ from pydantic import ValidationError
 from clawdbot_api.v1alpha1 import API_VERSION, GROUP, RoutingPolicySpec
 from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT
 from clawdbot_operator.config import OperatorConfig
-from clawdbot_operator.discovery.resolve import endpoints_for, policy_for_pod
+from clawdbot_operator.discovery.relay import PeerRelay, service_account_of
+from clawdbot_operator.discovery.resolve import endpoints_for, pod_ready, policy_for_pod
 from clawdbot_operator.discovery.server import (
     DiscoveryServicer,
     DiscoveryState,
@@ -43,23 +44,16 @@ from clawdbot_operator.discovery.server import (
 from clawdbot_operator.discovery.tokenreview import KubeTokenReviewer
 from clawdbot_operator.kube import Kube, KubeError
 from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
 from clawdbot_operator.webhook import certs
 from clawdbot_operator.webhook.inject import INJECTED_ANNOTATION, SidecarSettings
 from clawdbot_operator.webhook.server import WebhookMetrics, build_app
 
 log = logging.getLogger("clawdbot.operator.routing")
 
-# Tries to set up certificates at start while the API server is unavailable (~1 minute).
-START_ATTEMPTS = 10
-# How often certificates are checked for renewal.
-CERT_CHECK_S = 6 * 3600.0
 # How long a namespace's labels are trusted by the webhook before being read again.
 NAMESPACE_LABELS_TTL_S = 10.0
 VERSION = API_VERSION.split("/")[1]
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 class RoutingPlane:
@@ -74,6 +68,7 @@ class RoutingPlane:
         is_leader: Callable[[], bool] = lambda: True,
         *,
         registry: CollectorRegistry | None = None,
+        certificates: certs.ServingCertificates | None = None,
     ) -> None:
         self.kube = kube
         self.is_leader = is_leader  # only the leader writes RoutingPolicy status
@@ -81,110 +76,36 @@ class RoutingPlane:
         self.namespace = namespace
         self.state = DiscoveryState()
         self.store = store
-        self.bundle: certs.CertBundle | None = None
+        # The caller makes it when the metrics API shares it (one CA for every server).
+        self.certificates = certificates or certs.ServingCertificates(
+            kube,
+            namespace,
+            self.dns_names(),
+            cert_dir=config.webhook_cert_dir,
+            secret=config.webhook_cert_secret,
+            webhook_configuration=config.webhook_configuration if config.webhook_port else "",
+        )
         self.webhook_metrics = WebhookMetrics(registry)
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ns_labels: dict[str, tuple[float, Mapping[str, str]]] = {}
-        self._tls_dir = Path(tempfile.mkdtemp(prefix="clawdbot-tls-"))
         self.webhook_port = 0
         self.discovery_port = 0
-        self._ssl: ssl.SSLContext | None = None
-        self._cert_version = 0
+        self.relay: PeerRelay | None = None
         self._grpc_cert_version = 0
 
     # -- certificates -------------------------------------------------------------------
 
     def dns_names(self) -> list[str]:
-        names: list[str] = []
-        for service in (self.config.webhook_service, self.config.discovery_service):
-            names += certs.dns_names(service, self.namespace)
-        return [*names, "localhost"]
+        """The names the serving certificate covers when the plane makes its own."""
+        services = (self.config.webhook_service, self.config.discovery_service)
+        return certs.service_names(services, self.namespace, "localhost")
 
-    async def ensure_certificates(self) -> bool:
-        """Load, issue or renew the serving certificate; True when it changed."""
-        cfg = self.config
-        if cfg.webhook_cert_dir:
-            d = Path(cfg.webhook_cert_dir)
-            fresh = certs.CertBundle(
-                ca_cert=(d / "ca.crt").read_bytes(),
-                ca_key=b"",
-                cert=(d / "tls.crt").read_bytes(),
-                key=(d / "tls.key").read_bytes(),
-            )
-        elif cfg.webhook_cert_secret:
-            fresh = await self._secret_bundle(cfg.webhook_cert_secret)
-        else:
-            fresh = certs.rotate(self.bundle, self.dns_names())
-        changed = fresh != self.bundle
-        self.bundle = fresh
-        if changed:
-            fresh.write(self._tls_dir)
-            if self._ssl is not None:
-                # Running servers take the new certificate on their next handshake.
-                self._ssl.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
-            self._cert_version += 1
-            await self._patch_ca_bundle(fresh.ca_cert)
-        return changed
-
-    async def _secret_bundle(self, name: str) -> certs.CertBundle:
-        secret = await self.kube.get("v1", "Secret", self.namespace, name)
-        data = (secret or {}).get("data") or {}
-        current = None
-        if {"ca.crt", "ca.key", "tls.crt", "tls.key"} <= set(data):
-            raw = {k: base64.b64decode(v) for k, v in data.items()}
-            current = certs.CertBundle(raw["ca.crt"], raw["ca.key"], raw["tls.crt"], raw["tls.key"])
-        fresh = certs.rotate(current, self.dns_names())
-        if fresh is not current:
-            await self.kube.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": name, "namespace": self.namespace},
-                    "type": "kubernetes.io/tls",
-                    "data": {
-                        "ca.crt": _b64(fresh.ca_cert),
-                        "ca.key": _b64(fresh.ca_key),
-                        "tls.crt": _b64(fresh.cert),
-                        "tls.key": _b64(fresh.key),
-                    },
-                }
-            )
-            log.info("issued the serving certificate into Secret %s/%s", self.namespace, name)
-        return fresh
-
-    async def _patch_ca_bundle(self, ca: bytes) -> None:
-        name = self.config.webhook_configuration
-        try:
-            current = await self.kube.get(
-                "admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "", name
-            )
-        except KubeError as exc:
-            log.warning("cannot read webhook configuration %s: %s", name, exc)
-            return
-        if current is None:
-            log.info("no webhook configuration %s yet; the caBundle is set when it exists", name)
-            return
-        webhooks = [
-            {"name": w["name"], "clientConfig": {"caBundle": _b64(ca)}}
-            for w in current.get("webhooks") or []
-        ]
-        await self.kube.apply(
-            {
-                "apiVersion": "admissionregistration.k8s.io/v1",
-                "kind": "MutatingWebhookConfiguration",
-                "metadata": {"name": name},
-                "webhooks": webhooks,
-            }
-        )
-        log.info("caBundle of %s set (%d webhooks)", name, len(webhooks))
-
-    def _server_ssl(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._ssl.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
-        return self._ssl
+    @property
+    def bundle(self) -> certs.CertBundle | None:
+        """The certificate the webhook and the discovery stream serve."""
+        return self.certificates.bundle
 
     def _grpc_cert(self) -> grpc.ServerCertificateConfiguration:
         assert self.bundle is not None
@@ -192,9 +113,9 @@ class RoutingPlane:
 
     def _fetch_grpc_cert(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC asks before each handshake; a renewed certificate is handed over once."""
-        if self._grpc_cert_version == self._cert_version:
+        if self._grpc_cert_version == self.certificates.version:
             return None
-        self._grpc_cert_version = self._cert_version
+        self._grpc_cert_version = self.certificates.version
         return self._grpc_cert()
 
     # -- servers ------------------------------------------------------------------------
@@ -236,7 +157,7 @@ class RoutingPlane:
         cfg = self.config
         if not (cfg.webhook_port or cfg.discovery_port):
             return
-        await self._certificates_at_start()
+        await self.certificates.start()
         if cfg.webhook_port:
             app = build_app(
                 self.sidecar_settings(),
@@ -247,9 +168,8 @@ class RoutingPlane:
             )
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(
-                self._runner, bind_address, cfg.webhook_port, ssl_context=self._server_ssl()
-            )
+            tls = self.certificates.server_ssl()
+            site = web.TCPSite(self._runner, bind_address, cfg.webhook_port, ssl_context=tls)
             await site.start()
             self.webhook_port = cfg.webhook_port
             log.info("injection webhook on https://%s:%d%s", bind_address, cfg.webhook_port,
@@ -257,48 +177,70 @@ class RoutingPlane:
         if cfg.discovery_port:
             assert self.bundle is not None
             self._grpc = grpc.aio.server()
+            self.relay, peer_account = self._peer_relay()
             servicer = DiscoveryServicer(
                 self.state,
                 KubeTokenReviewer(self.kube.api),
                 self._get_pod,
                 self.store,
                 get_secret=self._get_secret,
+                relay=self.relay,
+                peer_account=peer_account,
             )
             add_to_server(self._grpc, servicer)
-            self._grpc_cert_version = self._cert_version
+            self._grpc_cert_version = self.certificates.version
             creds = grpc.dynamic_ssl_server_credentials(self._grpc_cert(), self._fetch_grpc_cert)
             self.discovery_port = self._grpc.add_secure_port(
                 f"{bind_address}:{cfg.discovery_port}", creds
             )
             await self._grpc.start()
             log.info("discovery stream on %s:%d (TLS)", bind_address, self.discovery_port)
-        self._tasks.append(asyncio.create_task(self._renew()))
+            if self.relay is not None:
+                self.relay.start()
 
-    async def _certificates_at_start(self) -> None:
-        """ensure_certificates, retried while the API server is briefly unavailable (a
-        starting control plane answers 429 "storage is (re)initializing" for a while)."""
-        delay = 0.5
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                await self.ensure_certificates()
-                return
-            except KubeError as exc:
-                if attempt == START_ATTEMPTS or not (exc.status == 429 or exc.status >= 500):
-                    raise
-                log.warning("certificates: %s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
+    def _peer_relay(self) -> tuple[PeerRelay | None, tuple[str, str] | None]:
+        """The relay of load reports to the other replicas, and the (namespace, service
+        account) whose tokens may relay to this one; (None, None) when not configured."""
+        cfg = self.config
+        token_file = Path(cfg.peer_token_file)
+        if not cfg.peer_selector:
+            return None, None
+        if not token_file.is_file():
+            log.warning("peer relay off: no token at %s (mount a projected serviceAccountToken, "
+                        "audience clawdbot, there)", token_file)  # fmt: skip
+            return None, None
+        account = service_account_of(token_file.read_text().strip())
+        if account is None:
+            log.warning("peer relay off: %s is not a service-account token", token_file)
+            return None, None
+        own_name = os.environ.get("POD_NAME", "")
+        port = cfg.discovery_port
+        # Every replica's certificate names the discovery Service; peers are dialled by IP.
+        target = f"{cfg.discovery_service}.{self.namespace}.svc"
 
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(CERT_CHECK_S)
-            try:
-                if await self.ensure_certificates():
-                    log.info("serving certificate renewed; new connections use it")
-            except (KubeError, OSError) as exc:
-                log.warning("certificate renewal failed, retrying later: %s", exc)
+        async def list_peers() -> list[str]:
+            pods = await self.kube.list("v1", "Pod", self.namespace, cfg.peer_selector)
+            return [
+                f"{p['status']['podIP']}:{port}"
+                for p in pods
+                if p["metadata"]["name"] != own_name and pod_ready(p)
+            ]
+
+        def channel(address: str) -> grpc.aio.Channel:
+            assert self.bundle is not None
+            creds = grpc.ssl_channel_credentials(self.bundle.ca_cert)
+            return grpc.aio.secure_channel(
+                address, creds, options=[("grpc.ssl_target_name_override", target)]
+            )
+
+        relay = PeerRelay(own_name or "operator", list_peers, channel, token_file)
+        log.info("relaying load reports to peers %r on port %d", cfg.peer_selector, port)
+        return relay, account
 
     async def stop(self) -> None:
+        await self.certificates.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -367,13 +309,14 @@ class RoutingPlane:
     async def _policy_status(
         self, body: Mapping[str, Any], spec: RoutingPolicySpec | None, invalid: str | None
     ) -> None:
-        """Conditions: Ready (the cloud Secret and every local model exist)."""
+        """Conditions (see ``policystatus``), pods using the policy, ready endpoints."""
         if not self.is_leader():
             return  # followers keep the discovery state, the leader writes the status
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         problems: list[str] = [invalid] if invalid else []
         ready_endpoints = matched = 0
+        idle: list[str] = []
         if spec is not None:
             if spec.cloud and spec.cloud.api_key_secret_ref:
                 ref = spec.cloud.api_key_secret_ref
@@ -397,25 +340,19 @@ class RoutingPlane:
                 self.state.served_names.get(ns, {}),
             )
             ready_endpoints = len(endpoints)
+            idle = models_without_endpoints(spec, (e.model_deployment for e in endpoints))
         generation = meta.get("generation")
-        ready = not problems
-        condition = {
-            "type": "Ready",
-            "status": "True" if ready else "False",
-            "reason": "Resolved" if ready else "InvalidReference",
-            "message": "policy in force" if ready else "; ".join(problems),
-            "observedGeneration": generation,
-            "lastTransitionTime": _now(),
-        }
-        previous = next(
-            (c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"),
-            None,
+        conditions = policy_conditions(
+            spec=spec,
+            problems=problems,
+            idle_models=idle,
+            generation=generation,
+            previous=(body.get("status") or {}).get("conditions") or [],
+            now=_now(),
         )
-        if previous and previous.get("status") == condition["status"]:
-            condition["lastTransitionTime"] = previous.get("lastTransitionTime")
         status = {
             "observedGeneration": generation,
-            "conditions": [condition],
+            "conditions": conditions,
             "matchedPods": matched,
             "readyEndpoints": ready_endpoints,
         }

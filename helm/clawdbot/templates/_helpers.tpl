@@ -105,6 +105,20 @@ Usage: include "clawdbot.image" (dict "image" .Values.images.operator "root" $)
 {{- if and .Values.webhook.certManager.enabled (or .Values.webhook.enabled .Values.metrics.apiService.enabled) }}true{{ end }}
 {{- end }}
 
+{{/*
+"true" when the operator issues the serving certificate itself (no cert-manager) for a server
+that is on: it keeps it in the Secret clawdbot.servingCertSecretName, shared by the replicas,
+and publishes its CA into the webhook configuration and the APIService.
+*/}}
+{{- define "clawdbot.selfIssuedCert" -}}
+{{- if and (not (include "clawdbot.certManager" .)) (or .Values.webhook.enabled .Values.metrics.apiService.enabled .Values.discovery.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* The one APIService name of the external metrics API (one per cluster). */}}
+{{- define "clawdbot.apiServiceName" -}}
+v1beta1.external.metrics.k8s.io
+{{- end }}
+
 {{/* The cert-manager Certificate's namespaced name, for the CA-injection annotation. */}}
 {{- define "clawdbot.certificateRef" -}}
 {{- printf "%s/%s" .Release.Namespace (include "clawdbot.fullname" .) }}
