@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import secrets
 import socket
@@ -44,6 +45,7 @@ import yaml
 
 from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.conftest import CRDS, REPO_ROOT, E2ECluster
+from e2e.harness import routing
 from e2e.harness.kube import Kubectl, KubectlError, is_true
 from e2e.harness.podrunner import (
     RunningPod,
@@ -52,6 +54,7 @@ from e2e.harness.podrunner import (
     kubectl_token_requester,
     run_pod,
 )
+from e2e.harness.routing import API_KEY, stub_requests
 from e2e.harness.waits import wait_http_ok, wait_ready_pod
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +63,6 @@ CHART = REPO_ROOT / "helm" / "clawdbot"
 BIN = Path(sys.executable).parent
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
-API_KEY = "sk-e2e-helm-cloud-key-0123456789"
 EMAIL = "maria.rossi@example.org"
 LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
 WAIT_S = 60.0
@@ -398,26 +400,31 @@ def client_pod(kube: Kubectl, name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def cloud_stub(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    with (tmp_path / "cloud.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "clawdbot-sidecar"), "cloud-stub", "--port", str(port),
-             "--api-key", API_KEY], stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    with contextlib.ExitStack() as stack:
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http_ok(f"{url}/_stub/requests", timeout=20)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            url = stack.enter_context(routing.cloud_stub(tmp_path / "cloud.log"))
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield url
 
 
-def stub_requests(url: str) -> list[dict[str, Any]]:
-    """What the cloud stand-in received."""
-    with urllib.request.urlopen(f"{url}/_stub/requests", timeout=5) as resp:
-        data: list[dict[str, Any]] = json.loads(resp.read())
-        return data
+def replica_metric(ip: str, port: int, ca: bytes, server_name: str, namespace: str) -> list[str]:
+    """The ModelDeployments one replica's metrics API has load for (asked directly, not
+    through the aggregator, which would pick one replica)."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    api = "/apis/external.metrics.k8s.io/v1beta1"
+    path = f"{api}/namespaces/{namespace}/clawdbot_inflight_requests"
+    connection = http.client.HTTPSConnection(ip, port, timeout=5, context=context)
+    # Verify the certificate for the Service name the API server checks, dialling the IP.
+    connection.sock = context.wrap_socket(
+        socket.create_connection((ip, port), timeout=5), server_hostname=server_name
+    )
+    try:
+        connection.request("GET", path)
+        items = json.loads(connection.getresponse().read())["items"]
+    finally:
+        connection.close()
+    return sorted(i["metricLabels"]["clawdbot.io/model-deployment"] for i in items)
 
 
 def test_chart_install_serves_model_deployments_and_routing_upgrades_and_uninstalls_cleanly(
@@ -499,7 +506,8 @@ def test_chart_install_serves_model_deployments_and_routing_upgrades_and_uninsta
                 token=kubectl_token_requester(cluster_kube), pod_loopback=True,
                 entrypoint=[str(BIN / "clawdbot-sidecar")], wait_port=False,
                 extra_env={"CLAWDBOT_DISCOVERY_ADDRESS":
-                           f"localhost:{rel.forward['discovery'].port}"}) as sidecar_proc,
+                           f"localhost:{rel.forward['discovery'].port}",
+                           "CLAWDBOT_SIDECAR_REPORT_INTERVAL_S": "1"}) as sidecar_proc,
     ):  # fmt: skip
         base = f"http://{app['status']['podIP']}:8088"
         wait_http_ok(f"{base}/readyz", timeout=WAIT_S, log_tail=sidecar_proc.log_tail)
@@ -517,6 +525,24 @@ def test_chart_install_serves_model_deployments_and_routing_upgrades_and_uninsta
         assert EMAIL in (long.parse().choices[0].message.content or "")
         sent = stub_requests(cloud_stub)
         assert len(sent) == 1 and EMAIL not in json.dumps(sent)
+
+        # The sidecar's one stream reaches one replica; the replicas relay its load reports
+        # to each other, so both metrics APIs (whichever the aggregator dials) know the load.
+        metrics_name = f"{fullname}-metrics.{rel.namespace}.svc"
+        deadline = time.monotonic() + 20  # bounded: reports every second, relayed at once
+        seen: dict[str, list[str]] = {}
+        while time.monotonic() < deadline:
+            seen = {
+                name: replica_metric(running.pod_ip, rel.ports["metrics"], ca, metrics_name,
+                                     kube.namespace or "")
+                for name, (_, running) in rel.pods.items()
+            }  # fmt: skip
+            if len(seen) == 2 and all(v == ["tiny-chat"] for v in seen.values()):
+                break
+            time.sleep(0.5)
+        assert len(seen) == 2 and all(v == ["tiny-chat"] for v in seen.values()), (
+            seen, rel.forward["discovery"].served, rel.logs(),
+        )  # fmt: skip
     policy = kube.wait_for(
         "routingpolicy", "chat",
         lambda p: is_true(p, "Ready") and (p.get("status") or {}).get("matchedPods") == 1,

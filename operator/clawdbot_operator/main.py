@@ -279,6 +279,7 @@ async def run(args: argparse.Namespace) -> None:
         is_leader,
         registry=metrics.registry,
         certificates=certificates,
+        watch_namespaces=list(args.namespace) or None,
     )
     plane.register(registry)
     # kopf's watches log in the way the API client above does: in-cluster, else kubeconfig.

@@ -20,7 +20,7 @@ import base64
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,8 +69,12 @@ class RoutingPlane:
         *,
         registry: CollectorRegistry | None = None,
         certificates: certs.ServingCertificates | None = None,
+        watch_namespaces: Collection[str] | None = None,
     ) -> None:
+        """``watch_namespaces``: where RoutingPolicies are resolved (None: everywhere); the
+        webhook leaves pods elsewhere alone, as their sidecar would never get a policy."""
         self.kube = kube
+        self.watch_namespaces = frozenset(watch_namespaces) if watch_namespaces else None
         self.is_leader = is_leader  # only the leader writes RoutingPolicy status
         self.config = config
         self.namespace = namespace
@@ -165,6 +169,7 @@ class RoutingPlane:
                 self.namespace,
                 self.webhook_metrics,
                 path=cfg.webhook_path,
+                watched=self.watch_namespaces,
             )
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
