@@ -20,6 +20,7 @@ import base64
 import contextlib
 import logging
 import os
+import posixpath
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +47,7 @@ from clawdbot_operator.kube import Kube, KubeError
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
 from clawdbot_operator.webhook import certs
-from clawdbot_operator.webhook.inject import INJECTED_ANNOTATION, SidecarSettings
+from clawdbot_operator.webhook.inject import AUDIT_DIR, INJECTED_ANNOTATION, SidecarSettings
 from clawdbot_operator.webhook.server import WebhookMetrics, build_app
 
 log = logging.getLogger("clawdbot.operator.routing")
@@ -329,6 +330,13 @@ class RoutingPlane:
                     problems.append(
                         f"cloud.apiKeySecretRef: Secret {ref.name} key {ref.key} not found"
                     )
+            audit = spec.audit
+            if audit.enabled and audit.sink == "file" and not _in_audit_dir(audit.path):
+                problems.append(
+                    f"audit.path: injected sidecars write files only under {AUDIT_DIR}/ (an "
+                    "emptyDir that lives as long as the pod); use sink stdout to keep the "
+                    "records with the pod's logs"
+                )
             for model in spec.local_models:
                 if await self.kube.get(API_VERSION, "ModelDeployment", ns, model.name) is None:
                     problems.append(f"localModels: ModelDeployment {model.name} not found")
@@ -371,3 +379,11 @@ class RoutingPlane:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _in_audit_dir(path: str | None) -> bool:
+    """A file path an injected sidecar can write (inside its audit emptyDir)."""
+    if not path:
+        return False
+    normalized = posixpath.normpath(path)
+    return normalized.startswith(f"{AUDIT_DIR}/")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
+from clawdbot_operator.routing import RoutingPlane
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
 
@@ -69,3 +74,47 @@ def test_transition_time_moves_only_when_the_status_changes() -> None:
                                         generation=2, previous=first, now=T1))  # fmt: skip
     assert changed["Ready"]["lastTransitionTime"] == T0
     assert changed["Degraded"]["lastTransitionTime"] == T1
+
+
+class FakeKube:
+    """Every ModelDeployment exists, no pods; records status patches."""
+
+    def __init__(self) -> None:
+        self.patched: list[dict[str, Any]] = []
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        return {"metadata": {"name": name}}
+
+    async def list(self, api_version: str, kind: str, namespace: str | None,
+                   label_selector: str = "") -> list[Any]:  # fmt: skip
+        return []
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.patched.append(status)
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("path", "ready"),
+    [
+        ("/var/log/clawdbot/audit.jsonl", True),
+        ("/var/log/clawdbot/../audit.jsonl", False),  # normalised: outside the emptyDir
+        ("/data/audit.jsonl", False),  # a read-only root filesystem in an injected sidecar
+        (None, False),
+    ],
+)
+async def test_a_file_audit_sink_must_be_in_the_sidecars_audit_volume(
+    path: str | None, ready: bool
+) -> None:
+    kube = FakeKube()
+    plane = RoutingPlane(kube, OperatorConfig(), LoadReportStore(), "ops")  # type: ignore[arg-type]
+    spec = {"localModels": [{"name": "llama"}], "audit": {"sink": "file", "path": path}}
+    body = {"metadata": {"name": "p", "namespace": "ns", "generation": 1}, "spec": spec}
+    await plane._sync_policy(body)
+    (status,) = kube.patched
+    got = by_type(status["conditions"])["Ready"]
+    assert (got["status"] == "True") is ready, got
+    if not ready:
+        assert "audit.path" in got["message"] and "/var/log/clawdbot/" in got["message"]
