@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import posixpath
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ import grpc
 import kopf
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from clawdbot_api.v1alpha1 import API_VERSION, GROUP, RoutingPolicySpec
@@ -91,6 +93,7 @@ class RoutingPlane:
             webhook_configuration=config.webhook_configuration if config.webhook_port else "",
         )
         self.webhook_metrics = WebhookMetrics(registry)
+        self.webhook_metrics.registry.register(_RelayCollector(self))
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -387,3 +390,28 @@ def _in_audit_dir(path: str | None) -> bool:
         return False
     normalized = posixpath.normpath(path)
     return normalized.startswith(f"{AUDIT_DIR}/")
+
+
+class _RelayCollector(Collector):
+    """The load-report relay's counters, read at scrape time."""
+
+    def __init__(self, plane: RoutingPlane) -> None:
+        self.plane = plane
+
+    def collect(self) -> Iterator[Metric]:
+        relay = self.plane.relay
+        yield CounterMetricFamily(
+            "clawdbot_operator_load_reports_relayed",
+            "Sidecar load reports this replica forwarded to the other replicas.",
+            value=relay.relayed if relay else 0,
+        )
+        yield CounterMetricFamily(
+            "clawdbot_operator_load_reports_relay_dropped",
+            "Load reports dropped because a peer's queue was full (the peer is down or slow).",
+            value=relay.dropped if relay else 0,
+        )
+        yield GaugeMetricFamily(
+            "clawdbot_operator_relay_peers",
+            "Other operator replicas this replica relays load reports to.",
+            value=len(relay.peers) if relay else 0,
+        )

@@ -31,7 +31,7 @@ class WebhookMetrics:
         self.outcomes = Counter(
             "clawdbot_operator_injection_requests",
             "Pod admission requests by outcome (injected, not-opted-in, opted-out, "
-            "already-injected, host-network, protected-namespace, error).",
+            "already-injected, host-network, protected-namespace, not-watched, error).",
             ["outcome"],
             registry=self.registry,
         )

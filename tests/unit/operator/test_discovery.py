@@ -420,6 +420,7 @@ async def test_replicas_relay_sidecar_reports_to_each_other_once(tmp_path: Path)
         health_a = a.store.revision_health(NS, "llama", 2, datetime.now(UTC))
         assert health_a is not None and health_a.requests == 10  # once, not relayed back
         assert b.relay is not None and b.relay.relayed == 0
+        assert a.relay is not None and a.relay.relayed == 1
     finally:
         for op in (a, b):
             assert op.relay is not None

@@ -1,13 +1,16 @@
-"""RoutingPolicy conditions: Ready and Degraded from what the operator found."""
+"""The routing plane's status writing (RoutingPolicy Ready and Degraded) and its own metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.discovery.relay import PeerRelay
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
 from clawdbot_operator.routing import RoutingPlane
@@ -118,3 +121,20 @@ async def test_a_file_audit_sink_must_be_in_the_sidecars_audit_volume(
     assert (got["status"] == "True") is ready, got
     if not ready:
         assert "audit.path" in got["message"] and "/var/log/clawdbot/" in got["message"]
+
+
+async def test_the_relay_counters_are_scraped_from_the_operators_registry(tmp_path: Any) -> None:
+    registry = CollectorRegistry()
+    plane = RoutingPlane(FakeKube(), OperatorConfig(), LoadReportStore(), "ops",  # type: ignore[arg-type]
+                         registry=registry)  # fmt: skip
+    assert registry.get_sample_value("clawdbot_operator_load_reports_relayed_total") == 0
+    (tmp_path / "token").write_text("t")
+
+    async def no_peers() -> list[str]:
+        return []
+
+    plane.relay = PeerRelay("me", no_peers, grpc.aio.insecure_channel, tmp_path / "token")
+    plane.relay.relayed, plane.relay.dropped = 7, 2
+    assert registry.get_sample_value("clawdbot_operator_load_reports_relayed_total") == 7
+    assert registry.get_sample_value("clawdbot_operator_load_reports_relay_dropped_total") == 2
+    assert registry.get_sample_value("clawdbot_operator_relay_peers") == 0
