@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import openai
 
 from clawdbot_runtime.tinyembed import build_tiny_embed
 from clawdbot_runtime.tinylm import build_tiny_lm
@@ -29,6 +31,9 @@ API_KEY = "sk-e2e-cloud-key-0123456789"
 WEBHOOK_CONFIG = "clawdbot-e2e-injector"
 INJECT_LABELS = {"app": "chat", "clawdbot.io/inject": "enabled"}
 MODEL_SELECTOR = "clawdbot.io/model-deployment=tiny-chat"
+EMAIL = "maria.rossi@example.org"
+# Over the policy's 512-token local rule: the cloud answers.
+LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
 
 
 @contextlib.contextmanager
@@ -57,6 +62,26 @@ def cloud_stub(log_path: Path) -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def check_local_and_cloud(
+    client: openai.OpenAI, cloud_url: str, log_tail: Callable[[], str]
+) -> None:
+    """The routing scenario through a ready sidecar: a short prompt answered by the local
+    model, a long one by the cloud, which receives the planted e-mail address redacted while
+    the client gets it back in the answer."""
+    short = client.chat.completions.with_raw_response.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+    )
+    assert short.headers["x-clawdbot-target"] == "local", log_tail()
+    assert short.parse().model == "tiny-chat"
+    long = client.chat.completions.with_raw_response.create(
+        model="tiny-chat", messages=[{"role": "user", "content": f"{LONG} Reply to {EMAIL}."}]
+    )
+    assert long.headers["x-clawdbot-target"] == "cloud", log_tail()
+    assert EMAIL in (long.parse().choices[0].message.content or "")
+    sent = stub_requests(cloud_url)
+    assert len(sent) == 1 and EMAIL not in json.dumps(sent)
 
 
 def stub_requests(url: str) -> list[dict[str, Any]]:

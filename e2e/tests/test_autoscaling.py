@@ -16,7 +16,6 @@ exists (a test run beside this one, or an installed chart) and deletes only its 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import ssl
@@ -32,13 +31,16 @@ import pytest
 
 from clawdbot_operator.metrics_api import self_signed
 from e2e.conftest import REPO_ROOT, E2ECluster
-from e2e.harness.kube import Kubectl, KubectlError, condition, is_true
+from e2e.harness.apiservice import (
+    METRICS_SERVICE,
+    APIServiceTaken,
+    external_metrics_apiservice,
+)
+from e2e.harness.kube import Kubectl, condition, is_true
 from e2e.harness.operator import Operator, run_operator
 
 pytestmark = pytest.mark.e2e
 
-APISERVICE = "v1beta1.external.metrics.k8s.io"
-METRICS_SERVICE = "clawdbot-metrics"
 METRIC = "clawdbot_inflight_requests"
 NAME = "chat"
 # Per-replica target of the in-flight metric, and the scale-down stabilization window
@@ -48,7 +50,6 @@ STABILIZATION_S = 5
 MIN_REPLICAS, MAX_REPLICAS = 1, 4
 # HPA sync period 5 s (e2e/cluster/cluster.sh): a change of load shows within a sync or two,
 # then the operator propagates spec.replicas and kwok runs the pods within a second or two.
-APISERVICE_WAIT_S = 30.0
 SCALE_UP_WAIT_S = 45.0
 SCALE_DOWN_WAIT_S = STABILIZATION_S + 45.0
 WAIT_S = 60.0
@@ -99,84 +100,23 @@ def operator(
         yield op
 
 
-def _owner(apiservice: dict[str, Any]) -> str:
-    spec = apiservice.get("spec") or {}
-    svc = spec.get("service") or {}
-    if svc:
-        return f"Service {svc.get('namespace')}/{svc.get('name')}"
-    return "the API server itself (local APIService)"
-
-
 @pytest.fixture
 def external_metrics_api(
     local_cluster: E2ECluster, kube: Kubectl, operator: Operator, serving_cert: ServingCert
 ) -> Iterator[dict[str, Any]]:
     """``v1beta1.external.metrics.k8s.io`` -> ExternalName Service ``localhost`` -> the
     operator's metrics port; Available. Deleted afterwards, if it is still the one created."""
-    cluster_kube = local_cluster.kubectl
-    existing = cluster_kube.get_or_none("apiservice", APISERVICE)
-    if existing is not None:
-        pytest.fail(
-            f"APIService {APISERVICE} already exists (backed by {_owner(existing)}): another "
-            "test run or an installed chart serves external metrics on this cluster. It is "
-            "cluster-scoped, so this test won't replace it; delete it or wait for that run "
-            "to finish."
-        )
-    kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": METRICS_SERVICE},
-            "spec": {
-                "type": "ExternalName",
-                "externalName": "localhost",
-                "ports": [{"name": "https", "port": operator.metrics_port, "protocol": "TCP"}],
-            },
-        }
-    )
-    try:
-        cluster_kube.create(
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {
-                    "name": APISERVICE,
-                    "labels": {"clawdbot.io/e2e-namespace": kube.namespace or ""},
-                },
-                "spec": {
-                    "group": "external.metrics.k8s.io",
-                    "version": "v1beta1",
-                    "service": {
-                        "name": METRICS_SERVICE,
-                        "namespace": kube.namespace,
-                        "port": operator.metrics_port,
-                    },
-                    "caBundle": base64.b64encode(serving_cert.cert.read_bytes()).decode(),
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 100,
-                },
-            }
-        )
-    except KubectlError as exc:
-        if "AlreadyExists" in exc.stderr or "already exists" in exc.stderr:
-            pytest.fail(
-                f"APIService {APISERVICE} was created by someone else meanwhile (another "
-                "test run?); this test won't replace it"
-            )
-        raise
-    uid = cluster_kube.get("apiservice", APISERVICE)["metadata"]["uid"]
-    try:
-        yield cluster_kube.wait_for(
-            "apiservice",
-            APISERVICE,
-            lambda a: is_true(a, "Available"),
-            timeout=APISERVICE_WAIT_S,
-            what="Available (the aggregator reaches the operator's metrics API)",
-        )
-    finally:
-        current = cluster_kube.get_or_none("apiservice", APISERVICE)
-        if current is not None and current["metadata"]["uid"] == uid:
-            cluster_kube.delete("apiservice", APISERVICE)
+    with contextlib.ExitStack() as stack:
+        try:
+            api = stack.enter_context(
+                external_metrics_apiservice(
+                    local_cluster.kubectl, kube, operator.metrics_port,
+                    serving_cert.cert.read_bytes(),
+                )
+            )  # fmt: skip
+        except APIServiceTaken as exc:
+            pytest.fail(str(exc))
+        yield api
 
 
 def post_load(operator: Operator, cert: ServingCert, namespace: str, inflight: float) -> None:

@@ -45,7 +45,6 @@ import yaml
 
 from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.conftest import CRDS, REPO_ROOT, E2ECluster
-from e2e.harness import routing
 from e2e.harness.kube import Kubectl, KubectlError, is_true
 from e2e.harness.podrunner import (
     RunningPod,
@@ -54,7 +53,7 @@ from e2e.harness.podrunner import (
     kubectl_token_requester,
     run_pod,
 )
-from e2e.harness.routing import API_KEY, stub_requests
+from e2e.harness.routing import API_KEY, check_local_and_cloud
 from e2e.harness.waits import wait_http_ok, wait_ready_pod
 
 pytestmark = pytest.mark.e2e
@@ -63,8 +62,6 @@ CHART = REPO_ROOT / "helm" / "clawdbot"
 BIN = Path(sys.executable).parent
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
-EMAIL = "maria.rossi@example.org"
-LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
 WAIT_S = 60.0
 # Deletions of cluster-scoped objects and the garbage collection of what they own.
 GONE_WAIT_S = 60.0
@@ -398,16 +395,6 @@ def client_pod(kube: Kubectl, name: str) -> dict[str, Any]:
     return kube.wait_for("pod", name, lambda p: is_true(p, "Ready"), what="Ready")
 
 
-@pytest.fixture
-def cloud_stub(tmp_path: Path) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(routing.cloud_stub(tmp_path / "cloud.log"))
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield url
-
-
 def replica_metric(ip: str, port: int, ca: bytes, server_name: str, namespace: str) -> list[str]:
     """The ModelDeployments one replica's metrics API has load for (asked directly, not
     through the aggregator, which would pick one replica)."""
@@ -512,19 +499,8 @@ def test_chart_install_serves_model_deployments_and_routing_upgrades_and_uninsta
         base = f"http://{app['status']['podIP']}:8088"
         wait_http_ok(f"{base}/readyz", timeout=WAIT_S, log_tail=sidecar_proc.log_tail)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-        short = client.chat.completions.with_raw_response.create(
-            model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8
-        )
-        assert short.headers["x-clawdbot-target"] == "local", sidecar_proc.log_tail()
+        check_local_and_cloud(client, cloud_stub, sidecar_proc.log_tail)
         assert model.pod_ip == model_pod["status"]["podIP"]
-        long = client.chat.completions.with_raw_response.create(
-            model="tiny-chat",
-            messages=[{"role": "user", "content": f"{LONG} Reply to {EMAIL}."}],
-        )
-        assert long.headers["x-clawdbot-target"] == "cloud"
-        assert EMAIL in (long.parse().choices[0].message.content or "")
-        sent = stub_requests(cloud_stub)
-        assert len(sent) == 1 and EMAIL not in json.dumps(sent)
 
         # The sidecar's one stream reaches one replica; the replicas relay its load reports
         # to each other, so both metrics APIs (whichever the aggregator dials) know the load.

@@ -24,6 +24,9 @@ from e2e.harness import routing
 from e2e.harness.kube import Kubectl, condition, is_true
 from e2e.harness.operator import Operator
 from e2e.harness.routing import (
+    EMAIL,
+    LONG,
+    check_local_and_cloud,
     deploy,
     metric,
     model_server,
@@ -34,19 +37,6 @@ from e2e.harness.routing import (
 from e2e.harness.waits import wait_ready_pod
 
 pytestmark = pytest.mark.e2e
-
-LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
-EMAIL = "maria.rossi@example.org"
-
-
-@pytest.fixture
-def cloud_stub(tmp_path: Path) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(routing.cloud_stub(tmp_path / "cloud.log"))
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield url
 
 
 @pytest.fixture
@@ -83,21 +73,8 @@ def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(
     ):
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
 
-        short = client.chat.completions.with_raw_response.create(
-            model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8
-        )
-        assert short.headers["x-clawdbot-target"] == "local", sidecar_proc.log_tail()
-        assert short.parse().model == "tiny-chat"
+        check_local_and_cloud(client, cloud_stub, sidecar_proc.log_tail)
         assert model.pod_ip == model_pod["status"]["podIP"]
-
-        long = client.chat.completions.with_raw_response.create(
-            model="tiny-chat",
-            messages=[{"role": "user", "content": f"{LONG} Reply to {EMAIL}."}],
-        )
-        assert long.headers["x-clawdbot-target"] == "cloud"
-        assert EMAIL in (long.parse().choices[0].message.content or "")
-        sent = stub_requests(cloud_stub)
-        assert len(sent) == 1 and EMAIL not in json.dumps(sent)
 
     # The operator's own metrics: it reconciled, injected one pod, and leads (no election).
     ops = f"http://127.0.0.1:{operator.prometheus_port}"

@@ -46,16 +46,6 @@ LOAD_DEADLINE_S = 240.0  # every load loop stops by then, whatever happens
 
 
 @pytest.fixture
-def cloud_stub(tmp_path: Path) -> Iterator[str]:
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(routing.cloud_stub(tmp_path / "cloud.log"))
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield url
-
-
-@pytest.fixture
 def serving_ca(namespace: str, tmp_path: Path) -> tuple[Path, Path]:
     """The metrics API's certificate for the Service name the aggregator checks."""
     directory = tmp_path / "tls"
