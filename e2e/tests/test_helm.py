@@ -26,6 +26,7 @@ import base64
 import contextlib
 import http.client
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -625,3 +626,20 @@ def _wait_gone(kube: Kubectl, objects: list[tuple[str, str, str]]) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(1)
+
+
+def test_every_rendered_manifest_is_accepted_by_the_api_server(
+    cluster: E2ECluster, crds: None, namespace: str
+) -> None:
+    """charts-tests/dry-run.sh against this cluster: every manifest the chart renders, for
+    each of its value sets, passes server-side dry-run with strict validation, and the
+    operator's pod template is admitted under the restricted Pod Security profile."""
+    env = {**os.environ, "DRY_RUN_NAMESPACE": namespace}
+    if cluster.kubeconfig:
+        env["KUBECONFIG"] = cluster.kubeconfig
+    done = subprocess.run(
+        [str(REPO_ROOT / "charts-tests" / "dry-run.sh")], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "manifests to validate" in done.stdout, done.stdout[-2000:]
