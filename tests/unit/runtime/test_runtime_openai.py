@@ -127,7 +127,10 @@ async def test_errors_use_the_openai_shape(client: openai.AsyncOpenAI) -> None:
 async def test_generation_counts_tokens_in_metrics(
     client: openai.AsyncOpenAI, server: RuntimeServer
 ) -> None:
-    await client.completions.create(model=DEMO_MODEL_NAME, prompt="hi", max_tokens=5)
+    # ignore_eos: exactly max_tokens, whatever the sampler draws (an early EOS would count 4).
+    await client.completions.create(
+        model=DEMO_MODEL_NAME, prompt="hi", max_tokens=5, extra_body={"ignore_eos": True}
+    )
     labels = {"model": DEMO_MODEL_NAME}
     registry = server.metrics.registry
     assert registry.get_sample_value("clawdbot_runtime_prompt_tokens_total", labels) == 2
@@ -137,7 +140,13 @@ async def test_generation_counts_tokens_in_metrics(
 
 
 async def test_raw_stream_is_server_sent_events_ending_in_done(server: RuntimeServer) -> None:
-    body = {"model": DEMO_MODEL_NAME, "prompt": "the ", "max_tokens": 5, "stream": True}
+    body = {
+        "model": DEMO_MODEL_NAME,
+        "prompt": "the ",
+        "max_tokens": 5,
+        "stream": True,
+        "temperature": 0,
+    }  # greedy: deterministic, no early EOS
     async with (
         aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http,
         http.post("/v1/completions", json=body) as response,
