@@ -73,14 +73,20 @@ def present_name(layer: int, kind: str) -> str:
     return f"present.{layer}.{kind}"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> Any:
+    """A model folder's JSON file; None when it is absent, ValueError naming it when broken."""
     if not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path.name} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """``read_json`` for files that hold one JSON object (config.json and the like)."""
+    value = read_json(path)
+    if value is not None and not isinstance(value, dict):
         raise ValueError(f"{path.name} must hold a JSON object")
     return value
 
@@ -220,10 +226,10 @@ class DecoderSpec(BaseModel):
 
         ValueError when either file is not a JSON object.
         """
-        config = _read_json(folder / CONFIG_FILE)
+        config = read_json_object(folder / CONFIG_FILE)
         if config is None or not (folder / TOKENIZER_FILE).is_file():
             return None
-        generation = _read_json(folder / GENERATION_CONFIG_FILE) or {}
+        generation = read_json_object(folder / GENERATION_CONFIG_FILE) or {}
         # generation_config.json is what transformers' generate() reads: its eos list wins
         # (chat models list the end-of-turn token there, e.g. Llama 3's <|eot_id|>).
         merged = dict(config)

@@ -22,7 +22,6 @@ as OpenAI's do (whether or not the folder has a ``Normalize`` module).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,7 @@ from clawdbot_runtime.decoder_spec import (
     INPUT_IDS,
     POSITION_IDS,
     TOKENIZER_CONFIG_FILE,
+    read_json,
 )
 from clawdbot_runtime.tensors import Array, TensorSpec
 
@@ -81,15 +81,6 @@ _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
 _NO_LIMIT = 1_000_000
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path.name} is not valid JSON: {exc}") from exc
-
-
 def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -107,7 +98,7 @@ def read_modules(folder: Path) -> tuple[Path | None, bool]:
     ``modules.json`` lists a sentence-transformers pipeline (Transformer, Pooling, Dense,
     Normalize...) with each module's folder; without it, ``1_Pooling/`` is looked for.
     """
-    modules = _read_json(folder / MODULES_FILE)
+    modules = read_json(folder / MODULES_FILE)
     if modules is None:
         default = folder / POOLING_FOLDER / "config.json"
         return (default if default.is_file() else None), False
@@ -135,7 +126,7 @@ def read_pooling(path: Path | None) -> tuple[PoolingMode, ...]:
             f"{MODULES_FILE} lists a Pooling module whose {where} is missing; copy the "
             "module's folder from the sentence-transformers model"
         )
-    config = _read_json(path)
+    config = read_json(path)
     if not isinstance(config, dict):
         raise ValueError(f"{where} must hold a JSON object")
     chosen = config.get("pooling_mode")
@@ -379,8 +370,8 @@ def _max_tokens(folder: Path, config: dict[str, Any], model_type: str, pad: int 
     positions = _int(config.get("max_position_embeddings") or config.get("n_positions"))
     if positions is not None and model_type in _OFFSET_POSITIONS:
         positions -= (pad if pad is not None else 1) + 1
-    sentence = _read_json(folder / SENTENCE_CONFIG_FILE)
-    tokenizer = _read_json(folder / TOKENIZER_CONFIG_FILE)
+    sentence = read_json(folder / SENTENCE_CONFIG_FILE)
+    tokenizer = read_json(folder / TOKENIZER_CONFIG_FILE)
     declared = _int(sentence.get("max_seq_length")) if isinstance(sentence, dict) else None
     if declared is None and isinstance(tokenizer, dict):
         declared = _int(tokenizer.get("model_max_length"))

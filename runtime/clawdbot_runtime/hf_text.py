@@ -22,7 +22,12 @@ import jinja2.ext
 import jinja2.sandbox
 from tokenizers import Tokenizer
 
-from clawdbot_runtime.decoder_spec import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from clawdbot_runtime.decoder_spec import (
+    CHAT_TEMPLATE_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    read_json_object,
+)
 
 # For models whose files carry no chat template: ChatML, the format transformers used as its
 # default template, and one that many instruction-tuned models were trained on.
@@ -108,16 +113,7 @@ class HfTokenizer:
         # batches with the attention mask, so both are turned off here.
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
-        config: dict[str, Any] = {}
-        config_path = folder / TOKENIZER_CONFIG_FILE
-        if config_path.is_file():
-            try:
-                loaded = json.loads(config_path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{TOKENIZER_CONFIG_FILE} is not valid JSON: {exc}") from exc
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{TOKENIZER_CONFIG_FILE} must hold a JSON object")
-            config = loaded
+        config = read_json_object(folder / TOKENIZER_CONFIG_FILE) or {}
         self.special_tokens: dict[str, str] = {}
         for key in _SPECIAL_KEYS:
             text = _token_text(config.get(key))
