@@ -24,12 +24,10 @@ See embedding_spec.py for the contract the server checks.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import string
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -58,7 +56,7 @@ from clawdbot_runtime.embedding_spec import (
     TOKEN_TYPE_IDS,
 )
 from clawdbot_runtime.model import MODEL_FILE
-from clawdbot_runtime.tinygpt import GraphBuilder
+from clawdbot_runtime.tinygpt import GraphBuilder, write_json
 from clawdbot_runtime.tinylm import corpus_documents
 
 DEMO_EMBED_NAME = "tiny-embed"
@@ -301,20 +299,7 @@ def build_graph(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
             LAST_HIDDEN_STATE, TensorProto.FLOAT, [batch, seq_axis, HIDDEN]
         )
     ]
-    graph = helper.make_graph(
-        g.nodes, "clawdbot_tiny_embed", inputs, outputs, initializer=g.initializers
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="clawdbot-tinyembed"
-    )
-    model.ir_version = 8  # loads on every onnxruntime release this project supports
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return g.model("clawdbot_tiny_embed", inputs, outputs, "clawdbot-tinyembed")
 
 
 def build_tiny_embed(repository: Path, name: str = DEMO_EMBED_NAME, version: int = 1) -> Path:
@@ -328,7 +313,7 @@ def build_tiny_embed(repository: Path, name: str = DEMO_EMBED_NAME, version: int
     onnx.save_model(build_graph(weights), str(folder / MODEL_FILE))
     tokenizer.save(str(folder / TOKENIZER_FILE))
     pad = tokenizer.token_to_id(PAD)
-    _write_json(
+    write_json(
         folder / CONFIG_FILE,
         {
             "architectures": ["BertModel"],
@@ -347,7 +332,7 @@ def build_tiny_embed(repository: Path, name: str = DEMO_EMBED_NAME, version: int
             "torch_dtype": "float32",
         },
     )
-    _write_json(
+    write_json(
         folder / TOKENIZER_CONFIG_FILE,
         {
             "tokenizer_class": "BertTokenizer",
@@ -360,7 +345,7 @@ def build_tiny_embed(repository: Path, name: str = DEMO_EMBED_NAME, version: int
             "mask_token": MASK,
         },
     )
-    _write_json(
+    write_json(
         folder / MODULES_FILE,
         [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -378,8 +363,8 @@ def build_tiny_embed(repository: Path, name: str = DEMO_EMBED_NAME, version: int
             },
         ],
     )
-    _write_json(folder / SENTENCE_CONFIG_FILE, {"max_seq_length": CONTEXT, "do_lower_case": False})
-    _write_json(
+    write_json(folder / SENTENCE_CONFIG_FILE, {"max_seq_length": CONTEXT, "do_lower_case": False})
+    write_json(
         folder / POOLING_FOLDER / "config.json",
         {
             "word_embedding_dimension": HIDDEN,

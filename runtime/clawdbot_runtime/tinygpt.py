@@ -159,6 +159,24 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
         return output
 
+    def model(
+        self,
+        graph_name: str,
+        inputs: list[onnx.ValueInfoProto],
+        outputs: list[onnx.ValueInfoProto],
+        producer: str,
+    ) -> onnx.ModelProto:
+        """The finished model (opset 17), checked in full."""
+        graph = helper.make_graph(
+            self.nodes, graph_name, inputs, outputs, initializer=self.initializers
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer
+        )
+        model.ir_version = 8  # loads on every onnxruntime release this project supports
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
 
 def _rms_norm(g: GraphBuilder, x: str, weight: np.ndarray) -> str:
     square = g.op("Mul", [x, x])
@@ -280,15 +298,7 @@ def build_graph(
                         [batch, KV_HEADS, total_axis, HEAD_DIM],
                     )
                 )
-    graph = helper.make_graph(
-        g.nodes, "clawdbot_tiny_gpt", inputs, outputs, initializer=g.initializers
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="clawdbot-tinygpt"
-    )
-    model.ir_version = 8  # loads on every onnxruntime release this project supports
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return g.model("clawdbot_tiny_gpt", inputs, outputs, "clawdbot-tinygpt")
 
 
 def _token_id(tokenizer: Tokenizer, token: str) -> int:
@@ -344,7 +354,9 @@ def fit_weights(tokenizer: Tokenizer, documents: list[str]) -> dict[str, np.ndar
     return {name: value.astype(np.float32) for name, value in weights.items()}
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
+def write_json(path: Path, value: Any) -> None:
+    """A model folder's JSON file, as Hugging Face writes them (indented, UTF-8)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -366,7 +378,7 @@ def build_tiny_gpt(
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save_model(build_graph(weights, vocab, with_past=with_past), str(folder / MODEL_FILE))
     tokenizer.save(str(folder / TOKENIZER_FILE))
-    _write_json(
+    write_json(
         folder / CONFIG_FILE,
         {
             "architectures": ["TinyGptForCausalLM"],
@@ -388,8 +400,8 @@ def build_tiny_gpt(
     )
     # As Llama 3 and Zephyr-style models do, the next turn's marker also ends a reply.
     stops = [eos, _token_id(tokenizer, "<|user|>")]
-    _write_json(folder / GENERATION_CONFIG_FILE, {"bos_token_id": eos, "eos_token_id": stops})
-    _write_json(
+    write_json(folder / GENERATION_CONFIG_FILE, {"bos_token_id": eos, "eos_token_id": stops})
+    write_json(
         folder / TOKENIZER_CONFIG_FILE,
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
