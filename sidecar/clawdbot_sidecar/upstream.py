@@ -134,6 +134,14 @@ class StreamHandle:
         self.response.release()
 
 
+def _status_error(status: int, body: Any, retry_after_s: float | None) -> UpstreamError:
+    """The error for an upstream's 4xx/5xx answer, whichever client read it."""
+    return UpstreamError(
+        "status", _error_message(body, status), status=status, body=body,
+        retry_after_s=retry_after_s,
+    )  # fmt: skip
+
+
 def _error_message(body: Any, status: int) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("message", ""))[:500] or f"HTTP {status}"
@@ -549,15 +557,9 @@ class Upstream:
                 err_body = None
             finally:
                 resp.release()
-            raise UpstreamError(
-                "status",
-                _error_message(err_body, resp.status),
-                status=resp.status,
-                body=err_body,
-                retry_after_s=retry_after(
-                    resp.headers.get("Retry-After"), resp.headers.get("retry-after-ms")
-                ),
-            )
+            headers_in = resp.headers
+            wait_s = retry_after(headers_in.get("Retry-After"), headers_in.get("retry-after-ms"))
+            raise _status_error(resp.status, err_body, wait_s)
         return resp
 
     async def post_json(
@@ -581,15 +583,10 @@ class Upstream:
                 err_body: Any = loads(raw)
             except ValueError:
                 err_body = None
-            raise UpstreamError(
-                "status",
-                _error_message(err_body, status),
-                status=status,
-                body=err_body,
-                retry_after_s=retry_after(
-                    seconds.decode("latin-1") or None, millis.decode("latin-1") or None
-                ),
+            wait_s = retry_after(
+                seconds.decode("latin-1") or None, millis.decode("latin-1") or None
             )
+            raise _status_error(status, err_body, wait_s)
         try:
             data: Any = loads(raw)
         except ValueError as exc:
