@@ -47,12 +47,11 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from clawdbot_api.v1alpha1 import GROUP, VERSION
 from clawdbot_sidecar import audit
 
 Obj = dict[str, Any]
 
-GROUP: Final = "clawdbot.io"
-VERSION: Final = "v1alpha1"
 MODEL_DEPLOYMENTS: Final = "modeldeployments"
 ROUTING_POLICIES: Final = "routingpolicies"
 SIDECAR_CONTAINER: Final = "clawdbot-sidecar"
