@@ -10,8 +10,8 @@ BIN := $(VENV)/bin
 # The venv is rebuilt only when the dependency list changes.
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PY_PACKAGES := api/clawdbot_api operator/clawdbot_operator sidecar/clawdbot_sidecar \
-	runtime/clawdbot_runtime cli/clawdbot_cli
-PY_SOURCES := api operator sidecar runtime cli tests e2e bench demo
+	runtime/clawdbot_runtime cli/clawdbot_cli testing/clawdbot_testing
+PY_SOURCES := api operator sidecar runtime cli testing tests e2e bench demo
 PYTEST_ARGS ?=
 
 ##@ General
@@ -41,9 +41,10 @@ fmt: venv ## Format and auto-fix the Python code.
 	$(BIN)/ruff check --fix $(PY_SOURCES)
 
 .PHONY: lint
-lint: venv ## Lint with ruff (style and format).
+lint: venv ## Lint with ruff (style, format, complexity) and check the import contracts.
 	$(BIN)/ruff check $(PY_SOURCES)
 	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/lint-imports --no-cache
 
 .PHONY: typecheck
 typecheck: venv ## Type-check the project's packages and the e2e harness with mypy --strict.
@@ -68,7 +69,7 @@ verify-crds: venv ## Fail if crds/ drifted from the API types or is not structur
 
 # ROOT:PROTO pairs; hack/protoc.sh generates each next to its .proto.
 PROTOS := api:clawdbot_api/discovery/discovery.proto \
-	runtime:clawdbot_runtime/protocol/grpc_predict_v2.proto \
+	api:clawdbot_api/protocol/grpc_predict_v2.proto \
 	sidecar:clawdbot_sidecar/protocol/generate.proto
 
 .PHONY: protos

@@ -2,10 +2,11 @@
 
 A discrete-event simulation of one pod's traffic over ``--minutes`` of simulated time
 (seeded; no wall clock, no network). The routing decisions are the sidecar's own code:
-:func:`clawdbot_sidecar.decision.decide` with a real ``RoutingPolicySpec``, the real
-:class:`~clawdbot_sidecar.decision.Bandit` fed :func:`~clawdbot_sidecar.decision.reward` as
-outcomes complete, the real circuit breaker and the cloud's price from the real budget
-tracker. What is simulated are the targets and the traffic:
+:func:`clawdbot_sidecar.routing.decision.decide` with a real ``RoutingPolicySpec``, the real
+:class:`~clawdbot_sidecar.routing.decision.Bandit` fed
+:func:`~clawdbot_sidecar.accounting.ledger.reward` as outcomes complete, the real circuit
+breaker and the cloud's price from the real budget tracker. What is simulated are the
+targets and the traffic:
 
 - **traffic**: Poisson arrivals at ``--rate`` (2.5) req/s, with a burst at ``--burst-factor`` times
   that rate for ``--burst-s`` seconds every ``--burst-every-s``; prompt sizes lognormal
@@ -47,9 +48,11 @@ from typing import Any, cast
 import numpy as np
 
 from clawdbot_api.v1alpha1.routingpolicy import RoutingPolicySpec
-from clawdbot_sidecar.cloud import BreakerState, BudgetTracker, CircuitBreaker
-from clawdbot_sidecar.decision import Arm, Bandit, Decision, Signals, decide, reward
-from clawdbot_sidecar.features import Features
+from clawdbot_sidecar.accounting.budgets import BudgetTracker
+from clawdbot_sidecar.accounting.ledger import reward
+from clawdbot_sidecar.routing.decision import Arm, Bandit, Decision, Signals, decide
+from clawdbot_sidecar.routing.features import Features
+from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
 
 PRICING = {"inputPerMillionTokens": 2.5, "outputPerMillionTokens": 10.0}
 CLOUD_FAIL_AFTER_S = 2.0

@@ -101,7 +101,7 @@ def cloud_endpoint() -> Iterator[tuple[str, str, str, bool]]:
     port = free_port()
     log = (STATE / "cloud-stub.log").open("wb")
     proc = subprocess.Popen(
-        [str(BIN / "clawdbot-sidecar"), "cloud-stub", "--port", str(port), "--api-key", STUB_KEY],
+        [str(BIN / "clawdbot-cloud-standin"), "--port", str(port), "--api-key", STUB_KEY],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

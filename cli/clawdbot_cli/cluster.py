@@ -48,7 +48,7 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from clawdbot_api.v1alpha1 import GROUP, VERSION
-from clawdbot_sidecar import audit
+from clawdbot_sidecar.accounting import audit
 
 Obj = dict[str, Any]
 

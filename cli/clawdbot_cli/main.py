@@ -13,7 +13,7 @@ from clawdbot_api import crdgen, docgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
 from clawdbot_cli import cluster, gateway
 from clawdbot_runtime import compress
-from clawdbot_sidecar import audit
+from clawdbot_sidecar.accounting import audit
 
 Command = Callable[[argparse.Namespace], int]
 

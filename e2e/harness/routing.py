@@ -38,11 +38,11 @@ LONG = "Summarise our quarterly numbers in detail, region by region. " * 60
 
 @contextlib.contextmanager
 def cloud_stub(log_path: Path) -> Iterator[str]:
-    """The loopback stand-in for the cloud (``clawdbot-sidecar cloud-stub``); its base URL."""
+    """The loopback stand-in for the cloud (``clawdbot-cloud-standin``); its base URL."""
     port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "clawdbot-sidecar"), "cloud-stub", "--port", str(port),
+            [str(BIN / "clawdbot-cloud-standin"), "--port", str(port),
              "--api-key", API_KEY],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -16,10 +16,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
+from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_runtime.dataplane import DataPlane, InferenceRequest, add_input
 from clawdbot_runtime.errors import InferenceError, InvalidInput
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as pb
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_runtime.tensors import (
     CONTENTS_FIELD,
     Array,

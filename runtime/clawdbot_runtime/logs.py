@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any, Literal
+
+from clawdbot_api.clock import rfc3339
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -24,8 +25,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": rfc3339(record.created, "milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clawdbot_api.openai_wire import SSE_DONE, sse_event
 from clawdbot_runtime.dataplane import DataPlane
 from clawdbot_runtime.embeddings import Embedder, parse_input
 from clawdbot_runtime.errors import InferenceError, InvalidInput
@@ -333,23 +334,19 @@ async def _respond(
     async with contextlib.aclosing(events()) as chunks:
         try:
             async for chunk in chunks:
-                await response.write(_event(chunk))
+                await response.write(sse_event(chunk))
             if body.include_usage:
-                await response.write(_event(fmt.usage_chunk(choices)))
+                await response.write(sse_event(fmt.usage_chunk(choices)))
         except InferenceError as exc:
             # The status line is sent already: report the error in-band, as OpenAI's API does.
-            await response.write(_event(error_body(request, exc)))
-    await response.write(b"data: [DONE]\n\n")
+            await response.write(sse_event(error_body(request, exc)))
+    await response.write(SSE_DONE)
     await response.write_eof()
     return response
 
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-def _event(document: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(document) + b"\n\n"
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from clawdbot_api.openai_wire import error_body as openai_error_body
 from clawdbot_runtime.dataplane import DataPlane, InferenceRequest, add_input
 from clawdbot_runtime.errors import InferenceError, InvalidInput, RequestTooLarge
 from clawdbot_runtime.tensors import Array, decode_json, encode_json
@@ -32,14 +33,9 @@ def _dataplane(request: web.Request) -> DataPlane:
 def error_body(request: web.Request, exc: InferenceError) -> dict[str, Any]:
     """The error document: OpenAI's shape under /v1, the v2 shape elsewhere."""
     if request.path.startswith("/v1/"):
-        return {
-            "error": {
-                "message": exc.message,
-                "type": exc.openai_type,
-                "param": exc.param,
-                "code": exc.openai_code,
-            }
-        }
+        return openai_error_body(
+            exc.message, type_=exc.openai_type, param=exc.param, code=exc.openai_code
+        )
     return {"error": exc.message}
 
 

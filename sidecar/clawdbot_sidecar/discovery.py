@@ -24,7 +24,7 @@ from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_sidecar.config import LocalEndpoint, SidecarConfig
-from clawdbot_sidecar.pool import LocalPool
+from clawdbot_sidecar.upstream.pool import LocalPool
 
 log = logging.getLogger("clawdbot.sidecar.discovery")
 

@@ -3,7 +3,6 @@
     clawdbot-sidecar serve --config sidecar.yaml [--host 127.0.0.1] [--port 8088]
                            [--grpc-port 8089]
     clawdbot-sidecar serve --seed clawdbot-config.yaml --local-url http://127.0.0.1:8000/v1
-    clawdbot-sidecar cloud-stub --port 9099 [--api-key KEY]
 
 The config file holds the RoutingPolicy (or its spec) and the local endpoints; it is
 re-read when it changes (a mounted ConfigMap is updated in place). The cloud API key comes
@@ -22,16 +21,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from aiohttp import web
-
-from clawdbot_sidecar import cloudstub
+from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.config import ConfigError, SidecarConfig, config_from_seed, load_config
-from clawdbot_sidecar.core import RoutingCore
 from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity
-from clawdbot_sidecar.grpc_front import GrpcFront
-from clawdbot_sidecar.metrics import SidecarMetrics
+from clawdbot_sidecar.fronts.grpc import GrpcFront
+from clawdbot_sidecar.fronts.rest import RestFront
 from clawdbot_sidecar.plugins import PluginError, load_plugins
-from clawdbot_sidecar.rest import RestFront
+from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
 
 log = logging.getLogger("clawdbot.sidecar")
@@ -98,10 +94,6 @@ def _parser() -> argparse.ArgumentParser:
         help="enable an installed plugin (entry point group clawdbot.sidecar.plugins); repeatable",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    stub = sub.add_parser("cloud-stub", help="a loopback stand-in for a cloud OpenAI API")
-    stub.add_argument("--host", default="127.0.0.1")
-    stub.add_argument("--port", type=int, default=9099)
-    stub.add_argument("--api-key", default=os.environ.get("CLAWDBOT_STUB_API_KEY"))
     return p
 
 
@@ -225,12 +217,6 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cloud_stub(args: argparse.Namespace) -> int:
-    print(f"cloud stub on http://{args.host}:{args.port}/v1", flush=True)
-    web.run_app(cloudstub.build_app(args.api_key), host=args.host, port=args.port, print=None)
-    return 0
-
-
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop  # noqa: PLC0415 - optional: not on every platform
@@ -245,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "cloud-stub":
-        return cloud_stub(args)
     try:
         # uvloop (a libuv loop) where installed: measurably less CPU per proxied request.
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from clawdbot_api.clock import kube_time
+
 GROUP: Final = "clawdbot.io"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = "clawdbot.io/v1alpha1"
@@ -101,7 +103,7 @@ IntOrString = Annotated[int | str, WithJsonSchema(_int_or_string_schema())]
 
 Timestamp = Annotated[
     datetime,
-    PlainSerializer(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str),
+    PlainSerializer(kube_time, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 """An RFC 3339 time, serialized the way Kubernetes writes metav1.Time."""

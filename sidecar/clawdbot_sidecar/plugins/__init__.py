@@ -12,7 +12,7 @@ object may define either hook:
 
 * ``async before_route(request: PluginRequest) -> None``: sees the request (read-only) and
   may add routing headers (``request.headers``), which the policy's header rules then match,
-  or refuse the request by raising ``clawdbot_sidecar.core.RequestError``;
+  or refuse the request by raising ``clawdbot_sidecar.errors.RequestError``;
 * ``after_response(request: PluginRequest, result: PluginResult) -> None``: runs once per
   request when it is finished (answered, failed or cut off); it must not block.
 

@@ -15,7 +15,7 @@ import pytest
 from clawdbot_cli import cluster
 from clawdbot_cli.main import build_parser
 from clawdbot_cli.main import main as clawdbot
-from clawdbot_sidecar.audit import AuditLog, AuditRecord
+from clawdbot_sidecar.accounting.audit import AuditLog, AuditRecord
 
 Obj = dict[str, Any]
 

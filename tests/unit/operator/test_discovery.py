@@ -38,7 +38,7 @@ from clawdbot_sidecar.discovery import (
     config_from_snapshot,
     load_report,
 )
-from clawdbot_sidecar.pool import LocalPool
+from clawdbot_sidecar.upstream.pool import LocalPool
 from tests.support.servers import free_port
 
 NS = "shop"

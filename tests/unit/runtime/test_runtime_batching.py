@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from runtime_support import StartServer, gate_model, linear_weights, wait_for
 
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as pb
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
+from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_runtime.server import RuntimeServer
 
 

@@ -12,9 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from runtime_support import StartServer, linear_weights
 
+from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
+from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_runtime.grpc_server import SERVICE_NAME
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as pb
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_runtime.server import RuntimeServer
 
 

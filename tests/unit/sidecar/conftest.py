@@ -11,11 +11,11 @@ import pytest
 from sidecar_support import API_KEY, Sidecar, StartSidecar
 
 from clawdbot_runtime.tinylm import build_tiny_lm
-from clawdbot_sidecar import cloudstub
 from clawdbot_sidecar.config import SidecarConfig
-from clawdbot_sidecar.core import RoutingCore
-from clawdbot_sidecar.rest import RestFront
+from clawdbot_sidecar.fronts.rest import RestFront
+from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
+from clawdbot_testing import cloud as cloud_standin
 from tests.support.servers import STUB_API_KEY, runtime_server, serve_app
 
 # Connections a filled backlog is probed with before giving up (the kernel keeps 1 for
@@ -36,7 +36,7 @@ def local_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def cloud() -> AsyncIterator[str]:
     """A fresh cloud stub per test (its recorded requests and faults start empty)."""
-    async with serve_app(cloudstub.build_app(STUB_API_KEY)) as url:
+    async with serve_app(cloud_standin.build_app(STUB_API_KEY)) as url:
         yield url
 
 

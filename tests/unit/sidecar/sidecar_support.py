@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import openai
 
-from clawdbot_sidecar.core import RoutingCore
+from clawdbot_sidecar.routing.core import RoutingCore
 from tests.support.servers import STUB_API_KEY
 
 API_KEY = STUB_API_KEY

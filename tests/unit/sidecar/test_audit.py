@@ -16,7 +16,7 @@ import pytest
 
 from clawdbot_api.v1alpha1.routingpolicy import Audit
 from clawdbot_cli.main import main
-from clawdbot_sidecar.audit import (
+from clawdbot_sidecar.accounting.audit import (
     GENESIS,
     AuditLog,
     AuditRecord,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clawdbot_sidecar.cloud import BreakerState, CircuitBreaker
+from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
 
 
 def test_breaker_opens_cools_down_and_probes_once() -> None:

@@ -13,15 +13,15 @@ from clawdbot_api.v1alpha1.routingpolicy import (
     AdaptiveAlgorithm,
     RoutingPolicySpec,
 )
-from clawdbot_sidecar.decision import (
+from clawdbot_sidecar.accounting.ledger import reward
+from clawdbot_sidecar.routing.decision import (
     Bandit,
     Signals,
     context_vector,
     decide,
-    reward,
     rule_matches,
 )
-from clawdbot_sidecar.features import Features
+from clawdbot_sidecar.routing.features import Features
 
 SEED_POLICY: dict[str, Any] = {
     "localModels": [{"name": "llama-7b"}],

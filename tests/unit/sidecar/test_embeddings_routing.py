@@ -13,8 +13,8 @@ import openai
 import pytest
 from sidecar_support import StartSidecar, inject, received
 
-from clawdbot_sidecar import cloudstub
 from clawdbot_sidecar.config import SidecarConfig
+from clawdbot_testing import cloud as cloud_standin
 from tests.support.servers import free_port, serve_app
 
 APP_MODEL = "text-embedding-3-small"  # what the app asks for
@@ -25,7 +25,7 @@ CLOUD_EMBEDDINGS = "cloud-embed-1"  # the policy's cloud.embeddingModel
 @pytest.fixture
 async def local_embed() -> AsyncIterator[str]:
     """The stub's root URL (``/v1`` below it), standing for a local embedding model pod."""
-    async with serve_app(cloudstub.build_app(None)) as url:
+    async with serve_app(cloud_standin.build_app(None)) as url:
         yield url
 
 
@@ -57,7 +57,7 @@ async def test_embeddings_go_to_the_clouds_embedding_model(
     raw = await embed(sc.client)
     assert raw.headers["x-clawdbot-target"] == "cloud"
     assert raw.headers["x-clawdbot-reason"] == "rule:embed"
-    assert len(raw.parse().data[0].embedding) == cloudstub.EMBEDDING_DIM
+    assert len(raw.parse().data[0].embedding) == cloud_standin.EMBEDDING_DIM
     sent = await received(cloud)
     assert [r["body"]["model"] for r in sent] == [CLOUD_EMBEDDINGS]  # not the app's, nor chat's
     assert CLOUD_EMBEDDINGS in {m.id for m in (await sc.client.models.list()).data}

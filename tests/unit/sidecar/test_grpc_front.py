@@ -26,13 +26,13 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as pb
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
+from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_sidecar.config import SidecarConfig
-from clawdbot_sidecar.core import RoutingCore
-from clawdbot_sidecar.grpc_front import GENERATE_SERVICE, INFERENCE_SERVICE, GrpcFront
+from clawdbot_sidecar.fronts.grpc import GENERATE_SERVICE, INFERENCE_SERVICE, GrpcFront
 from clawdbot_sidecar.protocol import generate_pb2 as gen
 from clawdbot_sidecar.protocol import generate_pb2_grpc as gen_grpc
+from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
 from tests.support.servers import STUB_API_KEY, free_port, stop_process
 

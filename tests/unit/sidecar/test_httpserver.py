@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from clawdbot_sidecar.httpserver import (
+from clawdbot_sidecar.fronts.http import (
     HttpServer,
     Refusals,
     Request,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from clawdbot_sidecar.metrics import SidecarMetrics
+from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 
 
 def test_label_children_are_reused_and_counted_as_usual() -> None:

@@ -14,10 +14,11 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.config import SidecarConfig
-from clawdbot_sidecar.core import RequestError, RoutingCore
-from clawdbot_sidecar.metrics import SidecarMetrics
+from clawdbot_sidecar.errors import RequestError
 from clawdbot_sidecar.plugins import PluginError, PluginRequest, load_plugins
+from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
 from tests.support.servers import (
     STUB_API_KEY,
@@ -138,7 +139,7 @@ def test_gateway_runs_the_seed_config_on_one_box(local_url: str, tmp_path: Path)
     """`clawdbot gateway -c clawdbot-config.yaml`: the seed's rules, a local model, the cloud."""
     stub_port, port = free_port(), free_port()
     stub = subprocess.Popen(
-        [str(Path(sys.executable).parent / "clawdbot-sidecar"), "cloud-stub",
+        [str(Path(sys.executable).parent / "clawdbot-cloud-standin"),
          "--port", str(stub_port), "--api-key", STUB_API_KEY],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

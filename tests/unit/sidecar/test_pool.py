@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clawdbot_sidecar import pool as pool_module
 from clawdbot_sidecar.config import LocalEndpoint
-from clawdbot_sidecar.pool import LocalPool
+from clawdbot_sidecar.upstream import pool as pool_module
+from clawdbot_sidecar.upstream.pool import LocalPool
 
 
 class Clock:

@@ -14,7 +14,6 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clawdbot_sidecar.features import complexity
 from clawdbot_sidecar.redaction import (
     BUILTIN_ENTITIES,
     CustomEntity,
@@ -23,6 +22,7 @@ from clawdbot_sidecar.redaction import (
     Span,
 )
 from clawdbot_sidecar.redaction.detectors import Detector, resolve_overlaps
+from clawdbot_sidecar.routing.features import complexity
 
 # Values of every entity, look-alikes, the characters the prefilters look for, and letters
 # whose lower case has another length (they shift positions in a lower-cased copy).

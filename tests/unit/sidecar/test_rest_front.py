@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from clawdbot_sidecar.config import SidecarConfig
-from clawdbot_sidecar.core import RoutingCore
-from clawdbot_sidecar.rest import RestFront
+from clawdbot_sidecar.fronts.rest import RestFront
+from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
 from tests.support.servers import serve_app
 

@@ -23,7 +23,7 @@ from sidecar_support import (
 
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_cli.main import main as cli_main
-from clawdbot_sidecar import audit
+from clawdbot_sidecar.accounting import audit
 from clawdbot_sidecar.config import LocalEndpoint
 from tests.support.servers import free_port
 

@@ -15,7 +15,7 @@ import aiohttp
 import openai
 import yaml
 
-from clawdbot_sidecar import cloudstub
+from clawdbot_testing import cloud as cloud_standin
 from tests.support.servers import STUB_API_KEY, free_port, serve_app, stop_process, wait_ready
 
 SIDECAR = Path(sys.executable).parent / "clawdbot-sidecar"
@@ -81,7 +81,7 @@ async def test_config_file_reloads_and_bad_files_are_ignored(
 
 
 async def test_sigterm_drains_requests_in_progress(local_url: str, tmp_path: Path) -> None:
-    async with serve_app(cloudstub.build_app(STUB_API_KEY)) as cloud:
+    async with serve_app(cloud_standin.build_app(STUB_API_KEY)) as cloud:
         path, port, log = tmp_path / "sidecar.yaml", free_port(), tmp_path / "sidecar.log"
         path.write_text(yaml.safe_dump(config(local_url, cloud, "short")))
         proc = start(path, port, log)

@@ -40,7 +40,7 @@ from clawdbot_api.v1alpha1.routingpolicy import (
     RuleMatch,
     Target,
 )
-from clawdbot_sidecar.features import Features
+from clawdbot_sidecar.routing.features import Features
 
 Route = Literal["local", "cloud", "reject"]
 Arm = Literal["local", "cloud"]
@@ -128,20 +128,6 @@ def context_vector(f: Features, s: Signals) -> Vector:
 
 CONTEXT_DIM = 8
 MAX_REWARD = 1.0
-
-
-def reward(ok: bool, latency_s: float, cost_usd: float, adaptive: Adaptive) -> float:
-    """Outcome of one answered request, for the bandit: higher is better.
-
-    A failure scores -1. A success scores 1, less a latency penalty that reaches 0.5 at the
-    latency target and 1 at twice the target, less ``costWeight`` per dollar spent (the
-    policy's exchange rate between a missed latency target and money).
-    """
-    if not ok:
-        return -1.0
-    target_s = adaptive.latency_target_ms / 1000.0
-    latency_penalty = min(latency_s / target_s, 2.0) / 2.0
-    return 1.0 - latency_penalty - adaptive.cost_weight * cost_usd
 
 
 @dataclass

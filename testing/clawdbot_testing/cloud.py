@@ -1,4 +1,4 @@
-"""A loopback stand-in for a cloud LLM API, for tests and the demo.
+"""A loopback stand-in for a cloud LLM API, for tests and the demo (not for production).
 
 It speaks OpenAI's protocol over a real socket (chat completions, completions, embeddings,
 models; JSON and SSE streaming, usage, errors in OpenAI's shape) and checks the bearer key,
@@ -6,26 +6,29 @@ so the sidecar is exercised exactly as against a real provider. Its answers are
 deterministic: it echoes the last user message (which makes restored placeholders visible in
 tests) and records every request it received, so tests can assert what left the pod.
 
-    clawdbot-sidecar cloud-stub --port 9099 --api-key sk-test
+    clawdbot-cloud-standin --port 9099 --api-key sk-test
 
 Faults for tests: ``POST /_stub/faults {"status": 503, "count": 2, "delayS": 0.5}`` makes the
 next ``count`` requests fail with ``status`` (0: just delay), with a ``Retry-After`` header
 when the faults give ``retryAfter``; ``GET /_stub/requests`` lists what was received;
-``DELETE /_stub/requests`` clears it. Not for production use.
+``DELETE /_stub/requests`` clears it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from clawdbot_sidecar.features import estimate_tokens, prompt_text
+from clawdbot_api.openai_wire import SSE_DONE, error_body, sse_event
 
 STUB_MODEL = "cloud-stub-1"
 # Streamed answers are cut into pieces this long, so placeholders span chunk boundaries.
@@ -53,8 +56,37 @@ STATE: web.AppKey[StubState] = web.AppKey("state", StubState)
 
 
 def _error(status: int, message: str, type_: str, code: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return web.json_response(body, status=status)
+    return web.json_response(error_body(message, type_=type_, code=code), status=status)
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens at four characters each, as OpenAI's rule of thumb counts English."""
+    return (len(text) + 3) // 4
+
+
+def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
+    """The plain text of a chat, completions or embeddings body, and its number of turns."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts: list[str] = []
+        for msg in messages:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+        return "\n".join(parts), len(messages)
+    for key in ("prompt", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value, 1
+        if isinstance(value, list):
+            return "\n".join(v for v in value if isinstance(v, str)), 1
+    return "", 0
 
 
 def answer_text(body: dict[str, Any]) -> str:
@@ -136,13 +168,13 @@ async def _completion(request: web.Request) -> web.StreamResponse:
             c["text"] = piece
         event = {"id": rid, "object": chunk_obj, "created": created, "model": STUB_MODEL,
                  "choices": [c]}  # fmt: skip
-        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await resp.write(sse_event(event))
     options = body.get("stream_options") or {}
     if options.get("include_usage"):
         event = {"id": rid, "object": chunk_obj, "created": created, "model": STUB_MODEL,
                  "choices": [], "usage": _usage(body, text)}  # fmt: skip
-        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-    await resp.write(b"data: [DONE]\n\n")
+        await resp.write(sse_event(event))
+    await resp.write(SSE_DONE)
     await resp.write_eof()
     return resp
 
@@ -199,3 +231,19 @@ def build_app(api_key: str | None = None) -> web.Application:
     app.router.add_delete("/_stub/requests", _clear_requests)
     app.router.add_post("/_stub/faults", _set_faults)
     return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clawdbot-cloud-standin [--host H] [--port P] [--api-key KEY]``."""
+    p = argparse.ArgumentParser(prog="clawdbot-cloud-standin", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9099)
+    p.add_argument("--api-key", default=os.environ.get("CLAWDBOT_STUB_API_KEY"))
+    args = p.parse_args(argv)
+    print(f"cloud stand-in on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(build_app(args.api_key), host=args.host, port=args.port, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

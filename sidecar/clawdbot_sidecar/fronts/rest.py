@@ -4,21 +4,29 @@ Apps point their OpenAI SDK at it (``OPENAI_BASE_URL=http://127.0.0.1:<port>/v1`
 use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so SDKs raise their
 usual exceptions. Besides the API: ``/healthz`` (live), ``/readyz`` (ready, false while
 draining) and ``/metrics`` (Prometheus). It runs on the sidecar's own small HTTP/1.1 server
-(:mod:`clawdbot_sidecar.httpserver`), which costs a fraction of a framework's CPU per request.
+(:mod:`clawdbot_sidecar.fronts.http`), which costs a fraction of a framework's CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from clawdbot_sidecar.core import ApiKind, RequestError, RoutingCore
-from clawdbot_sidecar.httpserver import HttpServer, Refusals, Request, Response, StreamingResponse
-from clawdbot_sidecar.upstream import dumps, loads
+from clawdbot_api.openai_wire import SSE_DONE, dumps, loads, sse_event
+from clawdbot_sidecar.errors import RequestError, StreamBroken
+from clawdbot_sidecar.fronts.http import (
+    HttpServer,
+    Refusals,
+    Request,
+    Response,
+    StreamingResponse,
+)
+from clawdbot_sidecar.routing.core import RoutingCore
+from clawdbot_sidecar.routing.request import ApiKind, Inbound
 
 log = logging.getLogger("clawdbot.sidecar")
 
@@ -27,6 +35,22 @@ TEXT = "text/plain; charset=utf-8"
 RETRY_AFTER_S = "1"
 
 Route = Callable[[Request], Awaitable[Response | StreamingResponse]]
+
+
+async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """The core's chunks as server-sent events, ending ``data: [DONE]``; a stream that broke
+    off ends with an error event first (the status line is sent already), as OpenAI's does."""
+    try:
+        async for chunk in chunks:
+            yield sse_event(chunk)
+    except StreamBroken as exc:
+        yield sse_event(exc.body())
+    finally:
+        # Also when the app left: the core accounts the request and closes the upstream.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield SSE_DONE
 
 
 def error_response(exc: RequestError, headers: dict[str, str] | None = None) -> Response:
@@ -113,12 +137,13 @@ class RestFront:
                     body: Any = loads(request.body)
                 except ValueError as exc:
                     raise RequestError(400, f"the request body is not valid JSON: {exc}") from exc
-                answer = await self.core.handle(kind, body, request.headers)
+                answer = await self.core.handle(Inbound(kind, body, request.headers))
             except RequestError as exc:
                 return error_response(exc)
-            if answer.stream is None:
-                return Response(answer.status, dumps(answer.body), headers=answer.headers.items())
-            return StreamingResponse(answer.status, answer.stream, headers=answer.headers.items())
+            headers = answer.headers.items()
+            if answer.chunks is None:
+                return Response(200, dumps(answer.body), headers=headers)
+            return StreamingResponse(200, sse(answer.chunks), headers=headers)
 
         return handle
 

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2
+from clawdbot_api.protocol import grpc_predict_v2_pb2 as clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in clawdbot_runtime/protocol/grpc_predict_v2_pb2_grpc.py depends on'
+        + ' but the generated code in clawdbot_api/protocol/grpc_predict_v2_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,33 +38,33 @@ class GRPCInferenceServiceStub:
         """
         self.ServerLive = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerLive',
-                request_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
-                response_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
+                request_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
+                response_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
                 _registered_method=True)
         self.ServerReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerReady',
-                request_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
-                response_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
+                request_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
+                response_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
                 _registered_method=True)
         self.ModelReady = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelReady',
-                request_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
-                response_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
+                request_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
+                response_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
                 _registered_method=True)
         self.ServerMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ServerMetadata',
-                request_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
-                response_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
+                request_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
+                response_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelMetadata = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelMetadata',
-                request_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
-                response_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
+                request_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
+                response_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
                 _registered_method=True)
         self.ModelInfer = channel.unary_unary(
                 '/inference.GRPCInferenceService/ModelInfer',
-                request_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
-                response_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
+                request_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
+                response_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
                 _registered_method=True)
 
 
@@ -120,33 +120,33 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ServerLive': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerLive,
-                    request_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveRequest.FromString,
-                    response_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveResponse.SerializeToString,
+                    request_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveRequest.FromString,
+                    response_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveResponse.SerializeToString,
             ),
             'ServerReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerReady,
-                    request_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyRequest.FromString,
-                    response_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyResponse.SerializeToString,
+                    request_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyRequest.FromString,
+                    response_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyResponse.SerializeToString,
             ),
             'ModelReady': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReady,
-                    request_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyRequest.FromString,
-                    response_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyResponse.SerializeToString,
+                    request_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyRequest.FromString,
+                    response_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyResponse.SerializeToString,
             ),
             'ServerMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ServerMetadata,
-                    request_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataRequest.FromString,
-                    response_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataResponse.SerializeToString,
+                    request_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataRequest.FromString,
+                    response_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataResponse.SerializeToString,
             ),
             'ModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelMetadata,
-                    request_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataRequest.FromString,
-                    response_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataResponse.SerializeToString,
+                    request_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataRequest.FromString,
+                    response_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataResponse.SerializeToString,
             ),
             'ModelInfer': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfer,
-                    request_deserializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferRequest.FromString,
-                    response_serializer=clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferResponse.SerializeToString,
+                    request_deserializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferRequest.FromString,
+                    response_serializer=clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,8 +175,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerLive',
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveRequest.SerializeToString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,8 +202,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerReady',
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyRequest.SerializeToString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,8 +229,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelReady',
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyRequest.SerializeToString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelReadyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,8 +256,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ServerMetadata',
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataRequest.SerializeToString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ServerMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -283,8 +283,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelMetadata',
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataRequest.SerializeToString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -310,8 +310,8 @@ class GRPCInferenceService:
             request,
             target,
             '/inference.GRPCInferenceService/ModelInfer',
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
-            clawdbot__runtime_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferRequest.SerializeToString,
+            clawdbot__api_dot_protocol_dot_grpc__predict__v2__pb2.ModelInferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,9 +17,8 @@ One interceptor maps :class:`RequestError` to gRPC status codes; no method handl
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -27,19 +26,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2 as pb
-from clawdbot_runtime.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
-from clawdbot_sidecar.core import (
+from clawdbot_api.openai_wire import loads
+from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
+from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from clawdbot_sidecar.errors import RequestError
+from clawdbot_sidecar.protocol import generate_pb2 as gen
+from clawdbot_sidecar.protocol import generate_pb2_grpc as gen_grpc
+from clawdbot_sidecar.routing.core import RoutingCore
+from clawdbot_sidecar.routing.request import (
     REASON_HEADER,
     REQUEST_ID_HEADER,
     TARGET_HEADER,
     Answer,
     ApiKind,
-    RequestError,
-    RoutingCore,
+    Inbound,
 )
-from clawdbot_sidecar.protocol import generate_pb2 as gen
-from clawdbot_sidecar.protocol import generate_pb2_grpc as gen_grpc
 
 INFERENCE_SERVICE: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 GENERATE_SERVICE: str = gen.DESCRIPTOR.services_by_name["Generate"].full_name
@@ -143,8 +144,8 @@ def _one_string(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
         raise RequestError(400, f"input '{name}' is not valid UTF-8: {exc}", param=name) from exc
 
 
-def infer_request_body(request: pb.ModelInferRequest) -> tuple[ApiKind, dict[str, Any]]:
-    """An OpenAI completions (or chat) body for a ModelInferRequest; RequestError if invalid."""
+def _input_text(request: pb.ModelInferRequest) -> tuple[str, str]:
+    """The one text input of a ModelInferRequest: (tensor name, text)."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise RequestError(
@@ -170,12 +171,18 @@ def infer_request_body(request: pb.ModelInferRequest) -> tuple[ApiKind, dict[str
                 400, f"unknown output '{output.name}'; the only output is '{TEXT_OUTPUT}'"
             )
 
+    ((name, text),) = texts.items()
+    return name, text
+
+
+def infer_request_body(request: pb.ModelInferRequest) -> tuple[ApiKind, dict[str, Any]]:
+    """An OpenAI completions (or chat) body for a ModelInferRequest; RequestError if invalid."""
+    name, text = _input_text(request)
     body: dict[str, Any] = {"model": request.model_name}
     kind = ApiKind.COMPLETIONS
-    ((name, text),) = texts.items()
     if name == MESSAGES_INPUT:
         try:
-            body["messages"] = json.loads(text)
+            body["messages"] = loads(text)
         except ValueError as exc:
             raise RequestError(
                 400, f"input 'messages' is not valid JSON: {exc}", param=MESSAGES_INPUT
@@ -184,7 +191,12 @@ def infer_request_body(request: pb.ModelInferRequest) -> tuple[ApiKind, dict[str
     else:
         body["prompt"] = text
 
-    params = {key: _parameter(value) for key, value in request.parameters.items()}
+    _add_sampling(body, {key: _parameter(value) for key, value in request.parameters.items()})
+    return kind, body
+
+
+def _add_sampling(body: dict[str, Any], params: Mapping[str, Any]) -> None:
+    """Check the request parameters the sidecar passes on and add them to ``body``."""
     if params.get("stream") is True:
         raise RequestError(
             400,
@@ -203,7 +215,6 @@ def infer_request_body(request: pb.ModelInferRequest) -> tuple[ApiKind, dict[str
                 raise RequestError(400, f"parameter {number} must be a number", param=number)
             body[number] = float(value)
     # Other parameters (Triton's priority, timeout, sequence ids...) mean nothing here.
-    return kind, body
 
 
 def _answer_text(kind: ApiKind, body: Mapping[str, Any]) -> tuple[str, str]:
@@ -272,7 +283,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         kind, body = infer_request_body(request)
-        answer = await self._core.handle(kind, body, _headers(context))
+        answer = await self._core.handle(Inbound(kind, body, _headers(context)))
         if answer.body is None:  # not asked to stream, so the core answers with a body
             raise RequestError(502, "the routing core answered with a stream")
         text, finish_reason = _answer_text(kind, answer.body)
@@ -316,29 +327,8 @@ def chat_request_body(request: gen.ChatRequest) -> dict[str, Any]:
     return body
 
 
-async def sse_events(stream: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """The JSON events of an SSE byte stream, up to ``data: [DONE]``."""
-    buffer = b""
-    async for data in stream:
-        buffer += data
-        *events, buffer = buffer.split(b"\n\n")
-        for event in events:
-            for line in event.split(b"\n"):
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[len(b"data:") :].strip()
-                if payload == b"[DONE]":
-                    return
-                parsed = json.loads(payload)
-                if isinstance(parsed, dict):
-                    yield parsed
-
-
 def _chunk(event: Mapping[str, Any]) -> gen.ChatChunk | None:
     """The ChatChunk for one streamed chat event; None for an event that carries nothing."""
-    if isinstance(event.get("error"), dict):
-        # The upstream broke off mid-stream; the core said so in an error event.
-        raise RequestError(502, str(event["error"].get("message") or "the upstream stream broke"))
     chunk = gen.ChatChunk(model=str(event.get("model") or ""))
     choices = event.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -365,14 +355,14 @@ class GenerateServicer(gen_grpc.GenerateServicer):
         self, request: gen.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gen.ChatChunk]:
         headers = _headers(context, request.headers)
-        answer = await self._core.handle(ApiKind.CHAT, chat_request_body(request), headers)
+        answer = await self._core.handle(Inbound(ApiKind.CHAT, chat_request_body(request), headers))
         context.set_trailing_metadata(_decision_metadata(answer))
         first = gen.ChatChunk(
             target=answer.headers.get(TARGET_HEADER, ""),
             reason=answer.headers.get(REASON_HEADER, ""),
             request_id=answer.headers.get(REQUEST_ID_HEADER, ""),
         )
-        stream = answer.stream
+        stream = answer.chunks
         if stream is None:  # an answer from a body (e.g. a cache): one chunk holds it all
             text, finish_reason = _answer_text(ApiKind.CHAT, answer.body or {})
             first.delta, first.finish_reason = text, finish_reason
@@ -380,7 +370,8 @@ class GenerateServicer(gen_grpc.GenerateServicer):
             return
         pending: gen.ChatChunk | None = first
         try:
-            async for event in sse_events(stream):
+            # A stream that breaks off raises StreamBroken: the interceptor maps it.
+            async for event in stream:
                 chunk = _chunk(event)
                 if chunk is None:
                     continue
@@ -392,8 +383,9 @@ class GenerateServicer(gen_grpc.GenerateServicer):
                 yield pending
         finally:
             # A cancelled call stops reading mid-stream; closing lets the core account it.
-            if isinstance(stream, AsyncGenerator):
-                await stream.aclose()
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 # -- errors, health, the server -------------------------------------------------------------

@@ -34,11 +34,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol, TextIO
 
+from clawdbot_api.clock import rfc3339
 from clawdbot_api.v1alpha1.routingpolicy import Audit
 
 __all__ = [
@@ -114,7 +114,7 @@ class AuditRecord:
             raise ValueError("latency_ms: must be finite")
         return {
             "kind": "decision",
-            "time": _iso(self.time if self.time is not None else now),
+            "time": rfc3339(self.time if self.time is not None else now, "milliseconds"),
             "request_id": self.request_id[:_MAX_FIELD],
             "target": self.target[:_MAX_FIELD],
             "reason": self.reason[:_MAX_FIELD],
@@ -127,10 +127,6 @@ class AuditRecord:
             "status": int(self.status),
             "fallback": bool(self.fallback),
         }
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _canonical(obj: Mapping[str, Any]) -> bytes:
@@ -273,23 +269,7 @@ def verify(
             prev, seq = rec["prev"], rec["seq"]  # predecessors rotated away: start here
         got = rec["seq"]
         if rec["prev"] != prev or got != seq:
-            if not isinstance(got, int) or (got == seq and prior is None):
-                return broken(line, Tamper.EDITED, "does not continue the chain")
-            if got == seq and prior is not None:
-                # This line is intact, so the one before it was rewritten, hash and all.
-                return VerifyResult(
-                    count - 1,
-                    last_good,
-                    Tamper.EDITED,
-                    prior.file,
-                    prior.number,
-                    f"rewritten with a new hash ({line.file}:{line.number} no longer links to it)",
-                )
-            if got < seq:
-                return broken(line, Tamper.REORDERED, f"record #{got} comes after #{seq - 1}")
-            if seq in seqs:
-                return broken(line, Tamper.REORDERED, f"record #{seq} was moved further down")
-            return broken(line, Tamper.DELETED, f"records #{seq} to #{got - 1} are missing")
+            return _discontinuity(line, got, prior, (seq, count, prev, last_good), seqs)
         last_good = prev
         prev, seq, count, prior = rec["hash"], seq + 1, count + 1, line
     if expected_last_hash is not None and expected_last_hash != prev:
@@ -297,6 +277,38 @@ def verify(
             count, prev, Tamper.TRUNCATED, last_file, None, "records after the end are missing"
         )
     return VerifyResult(count, prev)
+
+
+def _discontinuity(
+    line: _Line, got: Any, prior: _Line | None, state: tuple[int, int, str, str], seqs: set[Any]
+) -> VerifyResult:
+    """Why ``line`` (record ``got``) does not continue the chain.
+
+    ``state`` is (the record expected next, records verified, the hash they end with, the
+    hash before the last one).
+    """
+    seq, count, prev, last_good = state
+    if not isinstance(got, int) or (got == seq and prior is None):
+        return VerifyResult(
+            count, prev, Tamper.EDITED, line.file, line.number, "does not continue the chain"
+        )
+    if got == seq and prior is not None:
+        # This line is intact, so the one before it was rewritten, hash and all.
+        return VerifyResult(
+            count - 1,
+            last_good,
+            Tamper.EDITED,
+            prior.file,
+            prior.number,
+            f"rewritten with a new hash ({line.file}:{line.number} no longer links to it)",
+        )
+    if got < seq:
+        problem, detail = Tamper.REORDERED, f"record #{got} comes after #{seq - 1}"
+    elif seq in seqs:
+        problem, detail = Tamper.REORDERED, f"record #{seq} was moved further down"
+    else:
+        problem, detail = Tamper.DELETED, f"records #{seq} to #{got - 1} are missing"
+    return VerifyResult(count, prev, problem, line.file, line.number, detail)
 
 
 def rotated_files(path: str | Path) -> list[Path]:
@@ -397,7 +409,7 @@ class _FileSink:
         an outside rotator already moved it away (`rename=False`).
         """
         self.close()
-        link: dict[str, Any] = {"kind": "link", "time": _iso(time.time())}
+        link: dict[str, Any] = {"kind": "link", "time": rfc3339(time.time(), "milliseconds")}
         if rename and self._path.exists():
             old = self._path.with_name(f"{self._path.name}.{chain.seq:012d}")
             os.replace(self._path, old)

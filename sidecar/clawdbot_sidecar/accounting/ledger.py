@@ -1,0 +1,178 @@
+"""Accounting of one request: what happened to it, written once when it is finished.
+
+The routing core and the targets fill an :class:`Outcome` as the request goes (where it was
+sent and why, tokens, redaction counts, status); :meth:`Ledger.finish` turns it into
+metrics, cloud budget use, the bandit's feedback, the plugins' after-hooks and the audit
+record, whether the request succeeded, failed or was cut off. Nothing here sees prompt or
+answer text: the outcome holds counts, names and reasons only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from clawdbot_api.v1alpha1.routingpolicy import Adaptive
+from clawdbot_sidecar.accounting.audit import AuditLog, AuditRecord
+from clawdbot_sidecar.accounting.budgets import BudgetTracker
+from clawdbot_sidecar.accounting.metrics import SidecarMetrics
+from clawdbot_sidecar.plugins import AfterResponse, PluginRequest, PluginResult
+from clawdbot_sidecar.redaction import FindingsMemo
+
+__all__ = ["Learner", "Ledger", "Outcome", "reward"]
+
+log = logging.getLogger("clawdbot.sidecar")
+
+
+class Learner(Protocol):
+    """What learns from outcomes: the adaptive router's bandit."""
+
+    def update(self, arm: Any, context: tuple[float, ...], r: float) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """Accounting for one request, filled in as it goes and written once at the end."""
+
+    request_id: str
+    endpoint: str
+    """The API endpoint below /v1 (chat/completions, completions, embeddings)."""
+    started: float
+    model: str = ""
+    stream: bool = False
+    reason: str | None = None
+    """Why the target was chosen (the decision's reason); None before a decision."""
+    arm: str | None = None
+    """The bandit's arm when the adaptive router chose; feedback goes to it."""
+    context: tuple[float, ...] | None = None
+    """The bandit's context when it chose."""
+    target: str = ""
+    fallback_from: str | None = None
+    status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    redacted: dict[str, int] = field(default_factory=dict)
+    cache: str = "off"
+    restored_pii: bool = False
+    pii: dict[str, int] = field(default_factory=dict)
+    plugin_request: PluginRequest | None = None
+    local_endpoint: Any = None
+    """The local endpoint state that answered, if any (for the pool's accounting)."""
+    error: str | None = None
+    # Detection results per prompt text: the routing scan fills it, redaction reuses it.
+    findings: FindingsMemo = field(default_factory=dict)
+
+    @property
+    def full_reason(self) -> str:
+        """The reason as headers and the audit log show it (fallbacks say so)."""
+        reason = self.reason if self.reason is not None else (self.error or "invalid")
+        if self.fallback_from:
+            return f"fallback:{self.fallback_from}-failed ({reason})"
+        return reason
+
+
+def reward(ok: bool, latency_s: float, cost_usd: float, adaptive: Adaptive) -> float:
+    """Outcome of one answered request, for the bandit: higher is better.
+
+    A failure scores -1. A success scores 1, less a latency penalty that reaches 0.5 at the
+    latency target and 1 at twice the target, less ``costWeight`` per dollar spent (the
+    policy's exchange rate between a missed latency target and money).
+    """
+    if not ok:
+        return -1.0
+    target_s = adaptive.latency_target_ms / 1000.0
+    latency_penalty = min(latency_s / target_s, 2.0) / 2.0
+    return 1.0 - latency_penalty - adaptive.cost_weight * cost_usd
+
+
+@dataclass
+class Books:
+    """The accounting state in force: swapped whole with the configuration."""
+
+    budgets: BudgetTracker
+    learner: Learner
+    adaptive: Adaptive
+    audit: AuditLog | None
+
+
+class Ledger:
+    """Writes finished outcomes to metrics, budgets, the learner, plugins and the audit."""
+
+    def __init__(
+        self,
+        metrics: SidecarMetrics,
+        books: Callable[[], Books],
+        after: Sequence[AfterResponse] = (),
+    ) -> None:
+        """``books()`` gives the accounting state in force when a request finishes."""
+        self.metrics = metrics
+        self._books = books
+        self._after = tuple(after)
+
+    @property
+    def has_after(self) -> bool:
+        """Whether a plugin wants to see finished requests."""
+        return bool(self._after)
+
+    def finish(self, out: Outcome) -> None:
+        """Account a finished request: once, whether it succeeded, failed or was cut off."""
+        elapsed = time.monotonic() - out.started
+        books = self._books()
+        m = self.metrics
+        target = out.target or ("reject" if out.status >= 400 else "none")
+        m.requests.labels(out.endpoint, target, str(out.status)).inc()
+        m.latency.labels(target).observe(elapsed)
+        if out.prompt_tokens or out.completion_tokens:
+            m.tokens.labels(target, "prompt").inc(out.prompt_tokens)
+            m.tokens.labels(target, "completion").inc(out.completion_tokens)
+        if target == "cloud" and out.status < 400:
+            out.cost_usd = books.budgets.record(out.prompt_tokens, out.completion_tokens)
+            m.cloud_spend.inc(out.cost_usd)
+        if (
+            out.arm is not None
+            and out.context is not None
+            and out.fallback_from is None
+            and target in ("local", "cloud")
+        ):
+            r = reward(out.status < 400, elapsed, out.cost_usd, books.adaptive)
+            books.learner.update(out.arm, out.context, r)
+        self._run_after(out, target, elapsed)
+        if books.audit is not None:
+            books.audit.append(
+                AuditRecord(
+                    request_id=out.request_id,
+                    target=target,
+                    reason=out.full_reason,
+                    model=out.model,
+                    prompt_tokens=out.prompt_tokens,
+                    completion_tokens=out.completion_tokens,
+                    latency_ms=elapsed * 1000,
+                    redacted=out.redacted,
+                    cache_hit=out.cache == "hit",
+                    status=out.status,
+                    fallback=out.fallback_from is not None,
+                )
+            )
+
+    def _run_after(self, out: Outcome, target: str, elapsed: float) -> None:
+        if out.plugin_request is None or not self._after:
+            return
+        result = PluginResult(
+            target=target,
+            reason=out.reason if out.reason is not None else (out.error or ""),
+            status=out.status,
+            latency_s=elapsed,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            cost_usd=out.cost_usd,
+            redacted=dict(out.redacted),
+        )
+        for plugin in self._after:
+            try:
+                plugin.after_response(out.plugin_request, result)
+            except Exception:
+                log.exception("plugin %s failed after the answer; ignored", type(plugin).__name__)

@@ -1,0 +1,490 @@
+"""The routing core: one request in, one answer out, whatever protocol carried it.
+
+    validate -> features -> decide -> cache -> (redact) -> call, with fallback
+             -> (restore) -> account (bandit, budgets, breaker, metrics, audit) -> answer
+
+The REST and gRPC fronts are thin adapters around :meth:`RoutingCore.handle`: they hand in
+an :class:`~clawdbot_sidecar.routing.request.Inbound` and get an
+:class:`~clawdbot_sidecar.routing.request.Answer` (a body or chunk dicts) or a
+:class:`~clawdbot_sidecar.errors.RequestError`; only they encode. The calls themselves are
+in :mod:`clawdbot_sidecar.upstream`, the accounting in :mod:`clawdbot_sidecar.accounting`.
+The core never logs prompt text, answers or redacted values; the audit record holds counts
+and reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, NoReturn
+
+from clawdbot_api.v1alpha1.routingpolicy import RedactionMode
+from clawdbot_sidecar.accounting.ledger import Ledger, Outcome
+from clawdbot_sidecar.accounting.metrics import SidecarMetrics
+from clawdbot_sidecar.cache import CachedResponse, ResponseCache, cache_key, cacheable
+from clawdbot_sidecar.config import SidecarConfig
+from clawdbot_sidecar.errors import (
+    Overloaded,
+    PolicyRefused,
+    RequestError,
+    SensitiveDataBlocked,
+    StreamBroken,
+    Unavailable,
+    UpstreamFailed,
+)
+from clawdbot_sidecar.plugins import AfterResponse, BeforeRoute, PluginRequest
+from clawdbot_sidecar.redaction import Redactor
+from clawdbot_sidecar.routing import snapshot as snapshots
+from clawdbot_sidecar.routing.decision import Bandit, Decision, Signals, decide
+from clawdbot_sidecar.routing.features import Features, complexity, estimate_tokens, prompt_parts
+from clawdbot_sidecar.routing.request import (
+    REQUEST_ID_HEADER,
+    Answer,
+    ApiKind,
+    Inbound,
+    Request,
+    validate,
+)
+from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
+from clawdbot_sidecar.upstream.client import Upstream, UpstreamError
+from clawdbot_sidecar.upstream.cloud import CloudCall, CloudTarget
+from clawdbot_sidecar.upstream.local import LocalTarget, Reply
+from clawdbot_sidecar.upstream.pool import LocalPool, NoEndpoint
+
+__all__ = ["RoutingCore"]
+
+log = logging.getLogger("clawdbot.sidecar")
+
+# Completion tokens assumed for price estimates when the request sets no max_tokens.
+DEFAULT_COMPLETION_TOKENS = 256
+# Reject reasons answered at once, before the cache: the policy refuses the request itself.
+_REFUSALS = ("rule:", "default", "embeddings:no-cloud-model", "redaction-block:")
+
+Failure = UpstreamError | NoEndpoint | RequestError
+
+
+class RoutingCore:
+    """Routes OpenAI requests between the local pool and the cloud per a RoutingPolicy."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        upstream: Upstream,
+        *,
+        metrics: SidecarMetrics | None = None,
+        audit_hmac_key: bytes | None = None,
+        cache_scope: str = "standalone",
+        plugins: Sequence[object] = (),
+        seed: int | None = None,
+    ) -> None:
+        """``audit_hmac_key`` keys the audit hash chain (the policy's hmacKeySecretRef);
+        ``cache_scope`` (the namespace) and the policy name prefix shared cache keys."""
+        self.upstream = upstream
+        self.metrics = metrics or SidecarMetrics()
+        self._before = [p for p in plugins if isinstance(p, BeforeRoute)]
+        after = [p for p in plugins if isinstance(p, AfterResponse)]
+        self._audit_key = audit_hmac_key
+        self._cache_scope = cache_scope
+        self._seed = seed
+        self.snapshot = self._build(config, None)
+        self.pool = LocalPool(config.endpoints, seed=seed)
+        self.local = LocalTarget(self.pool, upstream)
+        self.cloud = CloudTarget(upstream, self.metrics)
+        self.ledger = Ledger(self.metrics, lambda: self.snapshot.books, after)
+        # Gauges read at scrape time: nothing to keep in step on the request path.
+        gauges = self.metrics.local_endpoints
+        gauges.labels("healthy").set_function(self.pool.healthy_count)
+        gauges.labels("ejected").set_function(
+            lambda: len(self.pool.states) - self.pool.healthy_count()
+        )
+        self.metrics.cloud_circuit_open.set_function(
+            lambda: float(self.breaker.state == BreakerState.OPEN)
+        )
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        # Request ids: 128 random bits, like a uuid4's hex, without a system call for each.
+        self._ids = random.Random()
+        self.in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set while no request is in progress; graceful shutdown waits on it.
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # -- configuration ------------------------------------------------------------------
+
+    def _build(
+        self, config: SidecarConfig, previous: snapshots.Snapshot | None
+    ) -> snapshots.Snapshot:
+        return snapshots.build(
+            config,
+            previous,
+            audit_key=self._audit_key,
+            cache_scope=self._cache_scope,
+            seed=self._seed,
+        )
+
+    def apply(self, config: SidecarConfig) -> None:
+        """Take a new policy and endpoint set (from a file reload or the operator), whole.
+
+        Every component is built before any is switched: if one can't be (the exception
+        propagates), the configuration in force stays in force in full.
+        """
+        old = self.snapshot
+        new = self._build(config, old)
+        self.snapshot = new
+        self.pool.update(config.endpoints)
+        if old.audit is not None and old.audit is not new.audit:
+            old.audit.close()
+        if old.cache is not None and old.cache is not new.cache:
+            with contextlib.suppress(RuntimeError):  # no loop yet: nothing was opened
+                asyncio.get_running_loop().create_task(old.cache.close())
+
+    @property
+    def config(self) -> SidecarConfig:
+        """The configuration in force."""
+        return self.snapshot.config
+
+    @property
+    def redactor(self) -> Redactor:
+        return self.snapshot.redactor
+
+    @property
+    def bandit(self) -> Bandit:
+        return self.snapshot.bandit
+
+    @property
+    def audit(self) -> Any:
+        """The audit log in force (None when auditing is off)."""
+        return self.snapshot.audit
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        return self.snapshot.cache
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.cloud.breaker
+
+    async def close(self) -> None:
+        """Release the cache's connections and flush the audit log."""
+        snap = self.snapshot
+        if snap.cache is not None:
+            await snap.cache.close()
+        if snap.audit is not None:
+            await snap.audit.aclose()
+
+    def models(self) -> dict[str, str]:
+        """Model name -> "local" or "cloud": what the sidecar can route to (/v1/models)."""
+        names = {s.endpoint.model: "local" for s in self.pool.states}
+        cloud = self.config.policy.cloud
+        if cloud is not None:
+            names.setdefault(cloud.model, "cloud")
+            if cloud.embedding_model is not None:
+                names.setdefault(cloud.embedding_model, "cloud")
+        return dict(sorted(names.items()))
+
+    # -- the request path ---------------------------------------------------------------
+
+    async def handle(self, inbound: Inbound) -> Answer:
+        """Answer one request. Raises RequestError for refusals the front turns into errors."""
+        snap = self.snapshot  # the whole request is routed under one configuration
+        limit = snap.config.limits.max_concurrency
+        if self.in_flight >= limit:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise Overloaded(limit)
+        self.in_flight += 1
+        self.idle.clear()
+        lowered = {k.lower(): v for k, v in inbound.headers.items()}
+        out = Outcome(
+            request_id=lowered.get(REQUEST_ID_HEADER) or f"{self._ids.getrandbits(128):032x}",
+            endpoint=inbound.kind.value,
+            started=time.monotonic(),
+        )
+        streaming = False
+        try:
+            request = validate(Inbound(inbound.kind, inbound.body, lowered))
+            out.model, out.stream = request.model, request.stream
+            route_headers = request.headers
+            if self._before or self.ledger.has_after:
+                out.plugin_request = PluginRequest(
+                    out.request_id, request.kind.value, out.model, request.body, lowered
+                )
+                for plugin in self._before:
+                    await self._run_before(plugin, out.plugin_request)
+                route_headers = out.plugin_request.headers
+            answer = await self._route(snap, request, route_headers, out)
+            if answer.chunks is not None:
+                streaming = True
+                answer.chunks = self._finish_stream(answer.chunks, out)
+            return answer
+        except RequestError as exc:
+            out.status, out.error = exc.status, exc.reason or exc.type
+            if exc.status == 400:
+                self.metrics.rejected.labels("invalid").inc()
+            raise
+        except Exception:
+            out.status, out.error = 500, "internal-error"  # what the front answers
+            raise
+        finally:
+            if not streaming:
+                # Accounted once the front has written the answer (it does so before this
+                # task yields again): metrics, budgets, the bandit and the audit are not on
+                # the app's wait.
+                loop = self._loop
+                if loop is None:  # one loop for the core's life; a lookup costs a getpid
+                    loop = self._loop = asyncio.get_running_loop()
+                loop.call_soon(self._done, out)
+
+    async def _route(
+        self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
+    ) -> Answer:
+        decision, blocked = self._decide(snap, request, headers, out)
+        if decision.target == "reject" and decision.reason.startswith(_REFUSALS):
+            self._reject(decision, out)  # the policy says no: not even a cached answer
+
+        # After the rules, so a request a rule now refuses is refused; before the guards'
+        # verdict, so a cached answer still serves when no target can answer right now.
+        key = None
+        if snap.cache is not None and not out.stream:
+            key = cache_key(request.body)  # of the original: answers are stored restored
+            hit = await self._cache_get(snap.cache, key)
+            embeddings = request.kind == ApiKind.EMBEDDINGS
+            if hit is not None and embeddings and hit.source != decision.target:
+                hit = None  # a vector of the other side's model (the policy changed since)
+            if hit is not None:
+                out.cache, out.target, out.reason = "hit", "cache", f"cache-hit:{hit.source}"
+                self.metrics.decisions.labels("cache", "cache-hit").inc()
+                return Answer(out.request_id, out.target, out.full_reason, body=hit.body)
+            out.cache = "miss"
+        if decision.target == "reject":
+            self._reject(decision, out)
+        out.reason = decision.reason
+        if decision.context is not None:
+            out.arm, out.context = decision.target, decision.context
+        self.metrics.decisions.labels(decision.target, decision.reason).inc()
+        reply = await self._answer(snap, request, decision, blocked, out)
+        if key is not None and reply.body is not None:
+            await self._cache_put(snap, key, reply.body, out)
+        return Answer(
+            out.request_id, out.target, out.full_reason, body=reply.body, chunks=reply.chunks
+        )
+
+    @staticmethod
+    def _order(
+        snap: snapshots.Snapshot, request: Request, decision: Decision, blocked: bool
+    ) -> list[str]:
+        """The decided target, then the fallback the policy allows for it, if any."""
+        fallback = snap.config.policy.fallback
+        if request.kind == ApiKind.EMBEDDINGS:
+            # The other side's model gives vectors the app can't compare: no fallback.
+            return [decision.target]
+        if decision.target == "local" and fallback.local_to_cloud and not blocked:
+            return ["local", "cloud"]
+        if decision.target == "cloud" and fallback.cloud_to_local:
+            return ["cloud", "local"]
+        return [decision.target]
+
+    async def _answer(
+        self,
+        snap: snapshots.Snapshot,
+        request: Request,
+        decision: Decision,
+        blocked: bool,
+        out: Outcome,
+    ) -> Reply:
+        """The first target of the decision's order that answers."""
+        order = self._order(snap, request, decision, blocked)
+        last: Failure | None = None
+        for i, target in enumerate(order):
+            if i > 0:
+                # available(), not allow(): the call itself takes a half-open breaker's probe.
+                cloud = snap.config.policy.cloud
+                if target == "cloud" and not (cloud and self.breaker.available()):
+                    break
+                out.fallback_from = order[0]
+            try:
+                reply = await self._call(snap, target, request.body, out)
+            except (UpstreamError, NoEndpoint, RequestError) as exc:
+                # RequestError: e.g. the cloud copy would carry a blocked entity.
+                last = exc
+                continue
+            if out.fallback_from:
+                self.metrics.fallbacks.labels(out.fallback_from, target).inc()
+            return reply
+        raise self._failure(last, out)
+
+    def _decide(
+        self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
+    ) -> tuple[Decision, bool]:
+        """The decision, and whether the prompt holds an entity in block mode."""
+        body = request.body
+        parts, turns = prompt_parts(body)
+        text = "\n".join(parts)
+        # Redaction off or narrower than the rules: rules still see every entity. The
+        # findings are kept for the redaction of a cloud-bound copy (one detection pass).
+        also = snap.pii_entities if snap.rules_check_pii else ()
+        pii = snap.redactor.scan_parts(parts, out.findings, also) if text else {}
+        out.pii = pii
+        features = Features(
+            model=out.model,
+            tokens=estimate_tokens(text),
+            complexity=complexity(text, turns),
+            pii=pii,
+            headers=headers,
+            stream=out.stream,
+        )
+        signals = self._signals(snap, features, body)
+        blocked = {e: n for e, n in pii.items() if self._mode(snap, e) == RedactionMode.BLOCK}
+        embeddings = request.kind == ApiKind.EMBEDDINGS
+        policy = snap.config.policy
+        decision = decide(policy, features, signals, snap.bandit, blocked, embeddings=embeddings)
+        return decision, bool(blocked)
+
+    def _reject(self, decision: Decision, out: Outcome) -> NoReturn:
+        reason = decision.reason
+        out.reason = reason
+        self.metrics.decisions.labels(decision.target, reason).inc()
+        if reason.startswith(("rule:", "default")):
+            raise PolicyRefused(reason)
+        if reason == "embeddings:no-cloud-model":
+            raise RequestError(
+                400,
+                "the routing policy sends these embeddings to the cloud, which has no "
+                "embedding model (spec.cloud.embeddingModel); embeddings are not answered by "
+                "another model, whose vectors would not be comparable. Set "
+                "spec.cloud.embeddingModel or route embeddings to a local model",
+                code="embeddings_not_routable",
+                reason=reason,
+            )
+        if reason.startswith("redaction-block:"):  # embeddings, which never switch sides
+            raise SensitiveDataBlocked(
+                "the request holds sensitive data the policy blocks from the cloud "
+                f"({reason.partition(':')[2]}), and its embeddings are not computed by the "
+                "local model instead (its vectors would not be comparable)",
+                reason=reason,
+            )
+        raise Unavailable(reason)
+
+    @staticmethod
+    def _failure(exc: Failure | None, out: Outcome) -> RequestError:
+        if isinstance(exc, RequestError):
+            return exc
+        status = exc.status if isinstance(exc, UpstreamError) else None
+        if status is not None and 400 <= status < 500 and status != 429:
+            # The upstream refused the request itself: pass its verdict through.
+            return RequestError(
+                status, str(exc), type_="invalid_request_error", reason="upstream-4xx"
+            )
+        what = str(exc) if exc else "no target available"
+        return UpstreamFailed(502 if isinstance(exc, UpstreamError) else 503, out.target, what)
+
+    @staticmethod
+    def _mode(snap: snapshots.Snapshot, entity: str) -> RedactionMode:
+        redaction = snap.config.policy.redaction
+        return redaction.per_entity_mode.get(entity, redaction.mode)
+
+    def _signals(self, snap: snapshots.Snapshot, f: Features, body: Mapping[str, Any]) -> Signals:
+        cloud = snap.config.policy.cloud
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        completion = max_tokens if isinstance(max_tokens, int) else DEFAULT_COMPLETION_TOKENS
+        budgets = snap.budgets
+        exhausted = budgets.exhausted(f.tokens + completion) if cloud else None
+        states = [s for s in self.pool.states if s.healthy(time.monotonic())]
+        least = min(states, key=lambda s: s.in_flight) if states else None
+        return Signals(
+            local_healthy=len(states),
+            local_queue=least.in_flight if least else 0,
+            local_latency_s=least.latency_ewma_s if least else 0.0,
+            cloud_configured=cloud is not None,
+            cloud_allowed=cloud is not None and self.breaker.available(),
+            cloud_latency_s=self.cloud.latency_s,
+            cloud_error_rate=self.cloud.error_rate,
+            cloud_price_usd=budgets.cost_usd(f.tokens, completion) if cloud else 0.0,
+            budget_exhausted=exhausted,
+        )
+
+    # -- calling the targets ------------------------------------------------------------
+
+    async def _call(
+        self, snap: snapshots.Snapshot, target: str, body: dict[str, Any], out: Outcome
+    ) -> Reply:
+        out.target = target
+        config = snap.config
+        if target == "local":
+            return await self.local.call(body, config.limits, out)
+        cloud = config.policy.cloud
+        if cloud is None:
+            raise NoEndpoint("no cloud endpoint is configured")
+        call = CloudCall(
+            endpoint=cloud,
+            redaction=config.policy.redaction,
+            redactor=snap.redactor,
+            api_key=config.cloud_api_key,
+            connect_timeout_s=config.limits.cloud_connect_timeout_s,
+        )
+        return await self.cloud.call(body, call, out)
+
+    async def _finish_stream(
+        self, chunks: AsyncIterator[dict[str, Any]], out: Outcome
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except StreamBroken:
+            raise  # the relay recorded the upstream's failure
+        except BaseException:
+            out.status, out.error = 499, "client-closed"
+            raise
+        finally:
+            self._done(out)
+            # An app that left mid-stream: close the relay (and its upstream call) now.
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
+
+    # -- caching ------------------------------------------------------------------------
+
+    async def _cache_get(self, cache: ResponseCache, key: str) -> CachedResponse | None:
+        try:
+            hit = await cache.get(key)
+        except Exception:  # a cache outage is a miss, never a failed request
+            log.warning("cache lookup failed; answering without the cache", exc_info=True)
+            self.metrics.cache.labels("error").inc()
+            return None
+        self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+        return hit
+
+    async def _cache_put(
+        self, snap: snapshots.Snapshot, key: str, value: dict[str, Any], out: Outcome
+    ) -> None:
+        cache = snap.cache
+        assert cache is not None
+        # A local answer to a prompt holding PII may repeat it, like a restored cloud answer.
+        may_hold_pii = out.restored_pii or any(out.pii.values())
+        if not cacheable(snap.config.policy.cache, value, may_hold_pii=may_hold_pii):
+            return
+        try:
+            await cache.set(key, CachedResponse(value, out.target, time.time()))
+        except Exception:
+            log.warning("cache store failed; the answer is not cached", exc_info=True)
+            self.metrics.cache.labels("error").inc()
+
+    # -- plugins and accounting ---------------------------------------------------------
+
+    @staticmethod
+    async def _run_before(plugin: BeforeRoute, request: PluginRequest) -> None:
+        try:
+            await plugin.before_route(request)
+        except RequestError:
+            raise  # the plugin refuses the request on purpose
+        except Exception:
+            log.exception("plugin %s failed before routing; ignored", type(plugin).__name__)
+
+    def _done(self, out: Outcome) -> None:
+        """Account a finished request: once, whether it succeeded, failed or was cut off."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+        self.ledger.finish(out)

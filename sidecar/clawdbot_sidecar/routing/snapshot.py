@@ -1,0 +1,115 @@
+"""The configuration in force and every component built from it, swapped in one step.
+
+A new configuration (a file reload, a discovery snapshot) is applied whole or not at all:
+:func:`build` constructs each component a changed setting needs (the redactor, the bandit,
+the audit log, the cache, the budgets) before anything is switched, reusing the previous
+snapshot's components where their settings did not change; only then does the core replace
+its snapshot, in one assignment. A component that can't be built (a custom pattern Python
+can't compile, an audit file that can't be opened) raises, and the previous snapshot stays in
+force, cloud URL and redaction included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clawdbot_api.v1alpha1.routingpolicy import Pricing
+from clawdbot_sidecar.accounting.audit import AuditLog
+from clawdbot_sidecar.accounting.budgets import BudgetTracker
+from clawdbot_sidecar.accounting.ledger import Books
+from clawdbot_sidecar.cache import ResponseCache, build_cache
+from clawdbot_sidecar.config import SidecarConfig
+from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor
+from clawdbot_sidecar.routing.decision import Bandit
+
+__all__ = ["Snapshot", "build"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One configuration and the components built from it."""
+
+    config: SidecarConfig
+    redactor: Redactor
+    bandit: Bandit
+    audit: AuditLog | None
+    audit_key: bytes | None
+    cache: ResponseCache | None
+    budgets: BudgetTracker
+    rules_check_pii: bool
+    """Some rule matches on PII presence: detection looks for every entity, not only the
+    redacted ones."""
+    pii_entities: tuple[str, ...]
+    """Every entity the policy knows (built-in and custom)."""
+
+    @property
+    def books(self) -> Books:
+        """The accounting state of this snapshot."""
+        return Books(self.budgets, self.bandit, self.config.policy.adaptive, self.audit)
+
+
+def cache_prefix(scope: str, policy_name: str) -> str:
+    """Pods of one policy share answers (through Redis); different policies never do."""
+    return f"clawdbot:cache:{scope}/{policy_name or 'default'}:"
+
+
+def build(
+    config: SidecarConfig,
+    previous: Snapshot | None,
+    *,
+    audit_key: bytes | None,
+    cache_scope: str,
+    seed: int | None,
+) -> Snapshot:
+    """Every component of ``config`` (raises if one can't be built; nothing is switched).
+
+    Components whose settings are unchanged from ``previous`` are taken over as they are
+    (the bandit keeps what it learned, the cache its entries, the audit chain its file).
+    The caller closes what the new snapshot no longer holds, once it is in force.
+    """
+    policy = config.policy
+    old = previous.config if previous is not None else None
+
+    def same(pick: Callable[[SidecarConfig], object]) -> bool:
+        return old is not None and pick(old) == pick(config)
+
+    redactor = Redactor(RedactionConfig.from_api(policy.redaction))
+    if previous is not None and same(lambda c: c.policy.adaptive):
+        bandit = previous.bandit
+    else:
+        bandit = Bandit(policy.adaptive, seed=seed)
+    cloud = policy.cloud
+    if previous is not None and same(lambda c: (c.policy.budgets, c.policy.cloud)):
+        budgets = previous.budgets
+    else:
+        budgets = BudgetTracker(policy.budgets, cloud.pricing if cloud else Pricing())
+    key = config.audit_hmac_key or audit_key
+    new_audit = previous is None or not same(lambda c: c.policy.audit) or previous.audit_key != key
+    if previous is not None and not new_audit:
+        audit = previous.audit
+    else:
+        # Records after a key change are sealed with the new key: verify each part of the
+        # log with the key that was in force (clawdbot audit verify --hmac-key-file).
+        audit = AuditLog.from_api(policy.audit, hmac_key=key) if policy.audit.enabled else None
+    if previous is not None and same(lambda c: (c.policy.cache, c.policy_name)):
+        cache = previous.cache
+    else:
+        try:
+            prefix = cache_prefix(cache_scope, config.policy_name)
+            cache = build_cache(policy.cache, key_prefix=prefix)
+        except Exception:
+            if audit is not None and new_audit:
+                audit.close()  # this snapshot never comes into force
+            raise
+    return Snapshot(
+        config=config,
+        redactor=redactor,
+        bandit=bandit,
+        audit=audit,
+        audit_key=key,
+        cache=cache,
+        budgets=budgets,
+        rules_check_pii=any(r.match.contains_pii is not None for r in policy.rules),
+        pii_entities=(*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom)),
+    )

@@ -1,0 +1,144 @@
+"""One call to the cloud endpoint: redacted on the way out, restored on the way back.
+
+Retries (connection errors, timeouts, 429, 5xx) with jittered backoff, honouring the
+endpoint's Retry-After, all within one deadline; a circuit breaker that stops calling an
+endpoint that keeps failing; moving averages of latency and errors for the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clawdbot_api.openai_wire import usage_of
+from clawdbot_api.v1alpha1.routingpolicy import CloudEndpoint, Redaction
+from clawdbot_sidecar.accounting.ledger import Outcome
+from clawdbot_sidecar.accounting.metrics import SidecarMetrics
+from clawdbot_sidecar.errors import SensitiveDataBlocked
+from clawdbot_sidecar.redaction import Redactor, Restorer
+from clawdbot_sidecar.upstream.breaker import CircuitBreaker
+from clawdbot_sidecar.upstream.client import Upstream, UpstreamError, backoff_delay
+from clawdbot_sidecar.upstream.local import Reply, with_stream_usage
+from clawdbot_sidecar.upstream.pool import NoEndpoint
+from clawdbot_sidecar.upstream.stream import relay
+
+__all__ = ["CLOUD_EWMA_ALPHA", "CloudCall", "CloudTarget"]
+
+# Weight of the newest sample in the cloud latency / error-rate moving averages.
+CLOUD_EWMA_ALPHA = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class CloudCall:
+    """What one cloud call needs from the configuration in force."""
+
+    endpoint: CloudEndpoint
+    redaction: Redaction
+    redactor: Redactor
+    api_key: str | None
+    connect_timeout_s: float
+
+
+class CloudTarget:
+    """The cloud endpoint's client state: breaker and health estimates."""
+
+    def __init__(self, client: Upstream, metrics: SidecarMetrics) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.breaker = CircuitBreaker()
+        self.latency_s = 0.0
+        self.error_rate = 0.0
+
+    async def call(self, body: Mapping[str, Any], call: CloudCall, out: Outcome) -> Reply:
+        """Answer from the cloud; raises NoEndpoint, UpstreamError or SensitiveDataBlocked."""
+        cloud = call.endpoint
+        result = call.redactor.redact_request(body, memo=out.findings)
+        if result.is_blocked:
+            raise SensitiveDataBlocked(
+                "the request holds sensitive data the policy blocks from the cloud "
+                f"({', '.join(sorted(result.blocked))}), and no local model can answer it"
+            )
+        out.redacted = dict(result.counts)
+        for entity, n in result.counts.items():
+            self.metrics.redactions.labels(entity).inc(n)
+        restorer = None
+        if result.counts and call.redaction.restore_in_responses and len(result.mapping):
+            restorer = Restorer(result.mapping)
+        request = dict(result.request)
+        if out.endpoint == "embeddings":
+            if cloud.embedding_model is None:  # decide() keeps them away; never the chat model
+                raise NoEndpoint("the cloud has no embedding model")
+            request["model"] = cloud.embedding_model
+        else:
+            request["model"] = cloud.model
+        request = with_stream_usage(request)
+        wants_usage = "stream_options" in body
+        return await self._attempts(request, call, out, restorer, wants_usage=wants_usage)
+
+    async def _attempts(
+        self,
+        request: dict[str, Any],
+        call: CloudCall,
+        out: Outcome,
+        restorer: Restorer | None,
+        *,
+        wants_usage: bool,
+    ) -> Reply:
+        cloud = call.endpoint
+        url = f"{cloud.base_url.rstrip('/')}/{out.endpoint}"
+        headers = {"Authorization": f"Bearer {call.api_key}"} if call.api_key else {}
+        # One deadline for every attempt and the waits between them: what the app waits
+        # for the cloud is bounded whatever maxRetries says.
+        budget_s = cloud.deadline_seconds or cloud.timeout_seconds
+        deadline = time.monotonic() + budget_s
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                raise UpstreamError("connect", "the cloud circuit breaker is open")
+            started = time.monotonic()
+            timeout_s = min(cloud.timeout_seconds, deadline - started)
+            try:
+                if out.stream:
+                    handle = await self.client.open_stream(
+                        url, request, headers, timeout_s, call.connect_timeout_s
+                    )
+                    return Reply(chunks=relay(handle, restorer, out, wants_usage=wants_usage))
+                answer = await self.client.post_json(
+                    url, request, headers, timeout_s, call.connect_timeout_s
+                )
+            except UpstreamError as exc:
+                # The cloud's fault (unreachable, slow, 5xx, 429) counts against its health;
+                # a 4xx refusal of this request does not.
+                self.observe(time.monotonic() - started, ok=not exc.server_side)
+                if not exc.retryable or attempt >= cloud.max_retries:
+                    raise
+                attempt += 1
+                delay = backoff_delay(attempt)
+                if exc.retry_after_s is not None:  # the endpoint said when: not sooner
+                    delay = max(delay, exc.retry_after_s)
+                if time.monotonic() + delay >= deadline:
+                    raise UpstreamError(
+                        exc.kind,
+                        f"{exc}; no time left for a retry within the {budget_s:g}s deadline",
+                        status=exc.status,
+                        body=exc.body,
+                    ) from exc
+                await asyncio.sleep(delay)
+                continue
+            self.observe(time.monotonic() - started, ok=True)
+            out.prompt_tokens, out.completion_tokens = usage_of(answer)
+            if restorer is not None:
+                answer = restorer.restore_response(answer)
+                out.restored_pii = True
+            return Reply(body=answer)
+
+    def observe(self, elapsed: float, ok: bool) -> None:
+        """Feed one attempt's outcome to the breaker and the moving averages."""
+        self.breaker.record(ok)
+        a = CLOUD_EWMA_ALPHA
+        if ok:  # a failure's time says nothing about how fast the cloud answers
+            self.latency_s = (1 - a) * self.latency_s + a * elapsed
+        self.error_rate = (1 - a) * self.error_rate + a * (0.0 if ok else 1.0)
