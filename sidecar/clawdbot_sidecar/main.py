@@ -126,7 +126,11 @@ def _discovery_ca(path: Path | None) -> bytes | None:
 
 
 async def _watch(core: RoutingCore, path: Path) -> None:
-    """Apply the config file again whenever it changes; keep the last good one on errors."""
+    """Apply the config file again whenever it changes; keep the last good one on errors.
+
+    Any failure (unreadable, invalid, a component that can't be built) is logged and the
+    watch goes on, so fixing the file takes effect at the next check.
+    """
     last = (await asyncio.to_thread(path.stat)).st_mtime_ns
     while True:
         await asyncio.sleep(RELOAD_INTERVAL_S)
@@ -139,6 +143,13 @@ async def _watch(core: RoutingCore, path: Path) -> None:
             log.info("configuration reloaded from %s", path)
         except (OSError, ConfigError) as exc:
             log.error("keeping the previous configuration: %s", exc)
+        except Exception as exc:  # e.g. a redaction setting the engine refuses
+            log.error(
+                "keeping the previous configuration: %s could not be applied (%s: %s)",
+                path,
+                type(exc).__name__,
+                exc,
+            )
 
 
 async def serve(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from clawdbot_api.v1alpha1.routingpolicy import (
     Rule,
     RuleMatch,
     Target,
+    UninspectableContent,
 )
 
 __all__ = [
@@ -80,4 +81,5 @@ __all__ = [
     "Runtime",
     "SecretKeyRef",
     "Target",
+    "UninspectableContent",
 ]

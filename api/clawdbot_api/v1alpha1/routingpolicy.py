@@ -170,6 +170,14 @@ class RedactionMode(StrEnum):
     BLOCK = "block"
 
 
+class UninspectableContent(StrEnum):
+    """What happens to content redaction can't inspect (images, audio, files, token ids)."""
+
+    LOCAL = "local"
+    REJECT = "reject"
+    ALLOW = "allow"
+
+
 class CustomEntity(ApiModel):
     """A user-defined kind of sensitive data, found by a regular expression."""
 
@@ -195,6 +203,11 @@ class Redaction(ApiModel):
     """Extra entities defined by regular expressions."""
     restore_in_responses: bool = True
     """Put the original values back into pseudonymized answers, streaming included."""
+    uninspectable: UninspectableContent = UninspectableContent.LOCAL
+    """Requests holding content that can't be inspected as text (image, audio and file parts,
+    prompts as token ids): local (answered locally only, never sent to the cloud), reject
+    (refused when a rule sends them to the cloud; answered locally otherwise) or allow (sent
+    to the cloud uninspected, which the audit records). Applies while redaction is enabled."""
 
 
 class CacheBackend(StrEnum):

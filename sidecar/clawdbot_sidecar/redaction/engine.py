@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from .config import BUILTIN_ENTITIES, RedactionConfig, RedactionMode
 from .detectors import Detector, Span, builtin_detectors, custom_detector, resolve_overlaps
+from .walker import inspect_request, rewrite
 
 __all__ = [
     "PLACEHOLDER_RE",
@@ -419,67 +420,11 @@ def contains_pii(text: str, entities: Iterable[str] = BUILTIN_ENTITIES) -> list[
 
 
 def iter_request_texts(request: Mapping[str, Any]) -> Iterator[str]:
-    """Every user-supplied string of an OpenAI chat, completions or embeddings request."""
-    found: list[str] = []
-
-    def collect(text: str) -> str:
-        found.append(text)
-        return text
-
-    map_request_texts(request, collect)
-    yield from found
+    """Every string of an OpenAI request that would leave for the cloud (see walker.py)."""
+    yield from inspect_request(request).texts
 
 
 def map_request_texts(request: Mapping[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
-    """A copy of `request` with `fn` applied to each text; other fields are shared."""
-    out = dict(request)
-    messages = request.get("messages")
-    if isinstance(messages, list):
-        out["messages"] = [_map_message(m, fn) if isinstance(m, Mapping) else m for m in messages]
-    for key in ("prompt", "input"):
-        value = request.get(key)
-        if isinstance(value, str):
-            out[key] = fn(value)
-        elif isinstance(value, list):
-            # Lists of token ids are left alone: they are not text we can inspect.
-            out[key] = [fn(v) if isinstance(v, str) else v for v in value]
-    return out
-
-
-def _map_message(message: Mapping[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
-    out = dict(message)
-    content = message.get("content")
-    if isinstance(content, str):
-        out["content"] = fn(content)
-    elif isinstance(content, list):
-        out["content"] = [_map_part(p, fn) for p in content]
-    tool_calls = message.get("tool_calls")
-    if isinstance(tool_calls, list):
-        out["tool_calls"] = [_map_call(c, fn) for c in tool_calls]
-    function_call = message.get("function_call")
-    if isinstance(function_call, Mapping):
-        out["function_call"] = _map_function(function_call, fn)
-    return out
-
-
-def _map_part(part: Any, fn: Callable[[str], str]) -> Any:
-    if (
-        isinstance(part, Mapping)
-        and part.get("type") == "text"
-        and isinstance(part.get("text"), str)
-    ):
-        return {**part, "text": fn(part["text"])}
-    return part
-
-
-def _map_call(call: Any, fn: Callable[[str], str]) -> Any:
-    if isinstance(call, Mapping) and isinstance(call.get("function"), Mapping):
-        return {**call, "function": _map_function(call["function"], fn)}
-    return call
-
-
-def _map_function(function: Mapping[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
-    out = dict(function)
-    if isinstance(function.get("arguments"), str):
-        out["arguments"] = fn(function["arguments"])
-    return out
+    """A copy of `request` with `fn` applied to each text of :func:`iter_request_texts`;
+    other fields are shared."""
+    return rewrite(request, fn)

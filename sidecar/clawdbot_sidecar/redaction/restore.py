@@ -1,7 +1,13 @@
-"""Putting original values back into answers, whole or streamed chunk by chunk."""
+"""Putting original values back into answers, whole or streamed chunk by chunk.
+
+Values restored into tool-call ``arguments`` (a JSON document in a string) are escaped as
+JSON string content, so a value holding a quote or a backslash can't end the string early
+or reshape the arguments; elsewhere they go back verbatim.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_left
 from collections.abc import Mapping
@@ -24,11 +30,12 @@ class Restorer:
         """The map placeholders are looked up in."""
         return self._mapping
 
-    def restore(self, text: str) -> str:
-        """`text` with every known placeholder replaced by its original value."""
+    def restore(self, text: str, *, in_json: bool = False) -> str:
+        """`text` with every known placeholder replaced by its original value (escaped as
+        JSON string content with `in_json`, for text inside a JSON document's strings)."""
         if "<" not in text or not len(self._mapping):
             return text
-        return PLACEHOLDER_RE.sub(self._replace, text)
+        return PLACEHOLDER_RE.sub(self._replace_json if in_json else self._replace, text)
 
     @property
     def restored(self) -> int:
@@ -42,15 +49,22 @@ class Restorer:
         self._restored += 1
         return value
 
+    def _replace_json(self, m: re.Match[str]) -> str:
+        value = self._mapping.value_for(m.group())
+        if value is None:
+            return m.group()
+        self._restored += 1
+        return json.dumps(value, ensure_ascii=False)[1:-1]
+
     def is_partial(self, tail: str) -> bool:
         """True when `tail` is a proper prefix of a placeholder this map issued."""
         issued = self._mapping.sorted_placeholders()
         i = bisect_left(issued, tail)
         return i < len(issued) and issued[i] != tail and issued[i].startswith(tail)
 
-    def stream(self) -> StreamRestorer:
-        """A restorer for one stream of text chunks."""
-        return StreamRestorer(self)
+    def stream(self, *, in_json: bool = False) -> StreamRestorer:
+        """A restorer for one stream of text chunks (of a JSON document with `in_json`)."""
+        return StreamRestorer(self, in_json=in_json)
 
     def chunks(self) -> ChunkRestorer:
         """A restorer for a stream of OpenAI `chat.completion.chunk`/completion chunks."""
@@ -71,7 +85,10 @@ class Restorer:
                 if isinstance(message.get("content"), str):
                     message["content"] = self.restore(message["content"])
                 for function in _copy_tool_calls(message):
-                    function["arguments"] = self.restore(function["arguments"])
+                    function["arguments"] = self.restore(function["arguments"], in_json=True)
+                legacy = _copy_function_call(message)
+                if legacy is not None:
+                    legacy["arguments"] = self.restore(legacy["arguments"], in_json=True)
             if isinstance(choice.get("text"), str):
                 choice["text"] = self.restore(choice["text"])
         return out
@@ -80,9 +97,10 @@ class Restorer:
 class StreamRestorer:
     """Restores a text stream, holding back only what could be the start of a placeholder."""
 
-    def __init__(self, restorer: Restorer) -> None:
+    def __init__(self, restorer: Restorer, *, in_json: bool = False) -> None:
         self._restorer = restorer
         self._pending = ""
+        self._in_json = in_json
 
     def feed(self, chunk: str) -> str:
         """Restored text that is safe to emit now."""
@@ -95,7 +113,7 @@ class StreamRestorer:
             text = text[:cut]
         else:
             self._pending = ""
-        return self._restorer.restore(text)
+        return self._restorer.restore(text, in_json=self._in_json)
 
     def flush(self) -> str:
         """Whatever is still held back, at the end of the stream."""
@@ -118,7 +136,8 @@ class ChunkRestorer:
     def _stream(self, key: tuple[int, str, int]) -> StreamRestorer:
         found = self._streams.get(key)
         if found is None:
-            found = self._streams[key] = self._restorer.stream()
+            in_json = key[1] in ("tool", "function_call")
+            found = self._streams[key] = self._restorer.stream(in_json=in_json)
         return found
 
     def feed(self, chunk: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,6 +168,15 @@ class ChunkRestorer:
             stream = self._stream(key)
             text = stream.feed(delta.get("content") or "")
             delta["content"] = text + stream.flush() if finished else text
+        legacy = _copy_function_call(delta)
+        legacy_key = (index, "function_call", 0)
+        if legacy is not None or (finished and legacy_key in self._streams):
+            stream = self._stream(legacy_key)
+            text = stream.feed(legacy["arguments"] if legacy is not None else "")
+            if legacy is None and finished and stream.pending:
+                delta["function_call"] = {"arguments": text + stream.flush()}
+            elif legacy is not None:
+                legacy["arguments"] = text + stream.flush() if finished else text
         seen: set[int] = set()
         for call, function in _copy_tool_call_pairs(delta):
             tool_index = call.get("index", 0)
@@ -180,6 +208,8 @@ class ChunkRestorer:
                 choice["text"] = rest
             elif kind == "content":
                 choice.setdefault("delta", {})["content"] = rest
+            elif kind == "function_call":
+                choice.setdefault("delta", {})["function_call"] = {"arguments": rest}
             else:
                 choice.setdefault("delta", {}).setdefault("tool_calls", []).append(
                     {"index": tool_index, "function": {"arguments": rest}}
@@ -225,6 +255,16 @@ def _copy_tool_call_pairs(message: dict[str, Any]) -> list[tuple[dict[str, Any],
             copied.append(call)
     message["tool_calls"] = copied
     return pairs
+
+
+def _copy_function_call(message: dict[str, Any]) -> dict[str, Any] | None:
+    """Replaces the legacy ``function_call`` of `message` (itself a copy) with a copy, and
+    returns it when its arguments are text."""
+    call = message.get("function_call")
+    if not isinstance(call, dict) or not isinstance(call.get("arguments"), str):
+        return None
+    copy = message["function_call"] = dict(call)
+    return copy
 
 
 def _copy_tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
-from clawdbot_api.v1alpha1.routingpolicy import RedactionMode
+from clawdbot_api.v1alpha1.routingpolicy import RedactionMode, UninspectableContent
 from clawdbot_sidecar.accounting.ledger import Ledger, Outcome
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.cache import CachedResponse, ResponseCache, cache_key, cacheable
@@ -38,9 +38,10 @@ from clawdbot_sidecar.errors import (
 )
 from clawdbot_sidecar.plugins import AfterResponse, BeforeRoute, PluginRequest
 from clawdbot_sidecar.redaction import Redactor
+from clawdbot_sidecar.redaction.walker import Inspection, inspect_request, uninspectable_kinds
 from clawdbot_sidecar.routing import snapshot as snapshots
 from clawdbot_sidecar.routing.decision import Bandit, Decision, Signals, decide
-from clawdbot_sidecar.routing.features import Features, complexity, estimate_tokens, prompt_parts
+from clawdbot_sidecar.routing.features import Features, complexity, estimate_tokens
 from clawdbot_sidecar.routing.request import (
     REQUEST_ID_HEADER,
     Answer,
@@ -62,7 +63,14 @@ log = logging.getLogger("clawdbot.sidecar")
 # Completion tokens assumed for price estimates when the request sets no max_tokens.
 DEFAULT_COMPLETION_TOKENS = 256
 # Reject reasons answered at once, before the cache: the policy refuses the request itself.
-_REFUSALS = ("rule:", "default", "embeddings:no-cloud-model", "redaction-block:")
+_REFUSALS = (
+    "rule:",
+    "default",
+    "embeddings:no-cloud-model",
+    "redaction-block:",
+    "unredacted:",
+    "uninspectable:",
+)
 
 Failure = UpstreamError | NoEndpoint | RequestError
 
@@ -241,7 +249,7 @@ class RoutingCore:
     async def _route(
         self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
     ) -> Answer:
-        decision, blocked = self._decide(snap, request, headers, out)
+        decision = self._decide(snap, request, headers, out)
         if decision.target == "reject" and decision.reason.startswith(_REFUSALS):
             self._reject(decision, out)  # the policy says no: not even a cached answer
 
@@ -265,7 +273,7 @@ class RoutingCore:
         if decision.context is not None:
             out.arm, out.context = decision.target, decision.context
         self.metrics.decisions.labels(decision.target, decision.reason).inc()
-        reply = await self._answer(snap, request, decision, blocked, out)
+        reply = await self._answer(snap, request, decision, out)
         if key is not None and reply.body is not None:
             await self._cache_put(snap, key, reply.body, out)
         return Answer(
@@ -273,15 +281,13 @@ class RoutingCore:
         )
 
     @staticmethod
-    def _order(
-        snap: snapshots.Snapshot, request: Request, decision: Decision, blocked: bool
-    ) -> list[str]:
+    def _order(snap: snapshots.Snapshot, request: Request, decision: Decision) -> list[str]:
         """The decided target, then the fallback the policy allows for it, if any."""
         fallback = snap.config.policy.fallback
         if request.kind == ApiKind.EMBEDDINGS:
             # The other side's model gives vectors the app can't compare: no fallback.
             return [decision.target]
-        if decision.target == "local" and fallback.local_to_cloud and not blocked:
+        if decision.target == "local" and fallback.local_to_cloud and not decision.private:
             return ["local", "cloud"]
         if decision.target == "cloud" and fallback.cloud_to_local:
             return ["cloud", "local"]
@@ -292,11 +298,10 @@ class RoutingCore:
         snap: snapshots.Snapshot,
         request: Request,
         decision: Decision,
-        blocked: bool,
         out: Outcome,
     ) -> Reply:
         """The first target of the decision's order that answers."""
-        order = self._order(snap, request, decision, blocked)
+        order = self._order(snap, request, decision)
         last: Failure | None = None
         for i, target in enumerate(order):
             if i > 0:
@@ -318,30 +323,62 @@ class RoutingCore:
 
     def _decide(
         self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
-    ) -> tuple[Decision, bool]:
-        """The decision, and whether the prompt holds an entity in block mode."""
+    ) -> Decision:
         body = request.body
-        parts, turns = prompt_parts(body)
-        text = "\n".join(parts)
+        seen = inspect_request(body)  # the walk redaction repeats on a cloud-bound copy
+        texts = seen.texts
         # Redaction off or narrower than the rules: rules still see every entity. The
         # findings are kept for the redaction of a cloud-bound copy (one detection pass).
         also = snap.pii_entities if snap.rules_check_pii else ()
-        pii = snap.redactor.scan_parts(parts, out.findings, also) if text else {}
+        pii = snap.redactor.scan_parts(texts, out.findings, also) if texts else {}
         out.pii = pii
         features = Features(
             model=out.model,
-            tokens=estimate_tokens(text),
-            complexity=complexity(text, turns),
+            tokens=estimate_tokens("\n".join(texts)),
+            complexity=complexity("\n".join(seen.conversation), seen.turns),
             pii=pii,
             headers=headers,
             stream=out.stream,
         )
         signals = self._signals(snap, features, body)
         blocked = {e: n for e, n in pii.items() if self._mode(snap, e) == RedactionMode.BLOCK}
-        embeddings = request.kind == ApiKind.EMBEDDINGS
-        policy = snap.config.policy
-        decision = decide(policy, features, signals, snap.bandit, blocked, embeddings=embeddings)
-        return decision, bool(blocked)
+        decision = decide(
+            snap.config.policy,
+            features,
+            signals,
+            snap.bandit,
+            blocked,
+            embeddings=request.kind == ApiKind.EMBEDDINGS,
+            keep_local=self._keep_local(snap, pii, seen),
+        )
+        redaction = snap.config.policy.redaction
+        if (
+            decision.reason.startswith("uninspectable:")
+            and redaction.uninspectable == UninspectableContent.REJECT
+        ):
+            # The policy refuses what it can't inspect rather than answer it elsewhere.
+            return Decision("reject", decision.reason, private=True)
+        return decision
+
+    @staticmethod
+    def _keep_local(
+        snap: snapshots.Snapshot, pii: Mapping[str, int], seen: Inspection
+    ) -> str | None:
+        """Why the request must not leave, besides blocked entities; None if it may."""
+        redaction = snap.config.policy.redaction
+        if (
+            redaction.enabled
+            and seen.uninspectable
+            and redaction.uninspectable != UninspectableContent.ALLOW
+        ):
+            return f"uninspectable:{uninspectable_kinds(seen.uninspectable)}"
+        # An entity a PII rule asks about but redaction leaves in place would go out raw.
+        uncovered = sorted(
+            e
+            for e, n in pii.items()
+            if n and e in snap.pii_rule_entities and e not in snap.redacted_entities
+        )
+        return f"unredacted:{uncovered[0]}" if uncovered else None
 
     def _reject(self, decision: Decision, out: Outcome) -> NoReturn:
         reason = decision.reason
@@ -359,11 +396,22 @@ class RoutingCore:
                 code="embeddings_not_routable",
                 reason=reason,
             )
-        if reason.startswith("redaction-block:"):  # embeddings, which never switch sides
+        what = reason.partition(":")[2]
+        if reason.startswith(("redaction-block:", "unredacted:")):
+            # Embeddings, which never switch sides, or a private request no local can take.
             raise SensitiveDataBlocked(
-                "the request holds sensitive data the policy blocks from the cloud "
-                f"({reason.partition(':')[2]}), and its embeddings are not computed by the "
-                "local model instead (its vectors would not be comparable)",
+                f"the request holds sensitive data ({what}) the policy keeps from the cloud, "
+                "and no local model can answer it (embeddings are never computed by the other "
+                "side's model, whose vectors would not be comparable)",
+                reason=reason,
+            )
+        if reason.startswith("uninspectable:"):
+            raise RequestError(
+                400,
+                f"the request holds content the sidecar can't inspect ({what}), which the "
+                "policy keeps from the cloud (spec.redaction.uninspectable), and no local model "
+                "answers it",
+                code="uninspectable_content",
                 reason=reason,
             )
         raise Unavailable(reason)

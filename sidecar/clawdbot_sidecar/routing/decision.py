@@ -11,6 +11,10 @@ server. Every decision carries a reason that ends up in the ``x-clawdbot-reason`
 ``adaptive:<algorithm>``       the bandit chose between local and cloud
 ``adaptive:only-<target>``     adaptive, but only one target can answer now
 ``redaction-block:<ENT>``      cloud was chosen, but the prompt holds an entity in block mode
+``unredacted:<ENT>``           cloud was chosen, but the prompt holds an entity a PII rule
+                               names that redaction does not cover
+``uninspectable:<kinds>``      cloud was chosen, but the request holds content redaction
+                               can't inspect (image, audio, file, token-ids)
 ``budget:<name>``              cloud was chosen, but a budget is spent
 ``cloud-unavailable``          cloud was chosen, but it is not configured or its circuit is open
 ``local-unavailable``          local was chosen, but no local endpoint is healthy
@@ -21,10 +25,16 @@ server. Every decision carries a reason that ends up in the ``x-clawdbot-reason`
 
 Embeddings are pinned to one side: vectors from the local model and from the cloud's are
 not comparable, so the bandit does not choose for them and no guard moves them across.
+
+A decision is *private* when the request must not leave the pod: the rule that decided
+matched on PII (``containsPII: true``), or the prompt holds a blocked or unredacted entity
+or uninspectable content. No guard and no fallback sends a private request to the cloud;
+it is queued locally or refused instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,6 +94,8 @@ class Decision:
     reason: str
     context: tuple[float, ...] | None = None
     """The bandit's context when it chose, so the outcome can be fed back; else None."""
+    private: bool = False
+    """The request must not leave for the cloud, by any guard or fallback."""
 
     @property
     def adaptive(self) -> bool:
@@ -196,11 +208,12 @@ class Bandit:
         self.arms[arm].update(np.asarray(context, dtype=np.float64), r)
 
 
-def _rule_target(policy: RoutingPolicySpec, f: Features) -> tuple[Target, str]:
+def _rule_target(policy: RoutingPolicySpec, f: Features) -> tuple[Target, str, bool]:
+    """The target, its reason, and whether the deciding rule matched on PII."""
     for rule in policy.rules:
         if rule_matches(rule.match, f):
-            return rule.target, f"rule:{rule.name}"
-    return policy.default_target, "default"
+            return rule.target, f"rule:{rule.name}", rule.match.contains_pii is True
+    return policy.default_target, "default", False
 
 
 def decide(
@@ -211,34 +224,54 @@ def decide(
     blocked_entities: Mapping[str, int] | None = None,
     *,
     embeddings: bool = False,
+    keep_local: str | None = None,
 ) -> Decision:
     """Route one request (see the module docstring for the reasons).
 
     ``blocked_entities``: entities found in the prompt whose redaction mode is block; such a
-    prompt never goes to the cloud. ``embeddings``: the request asks for embeddings, which
-    stay on one side (see :func:`_decide_embeddings`).
+    prompt never goes to the cloud. ``keep_local``: another reason the request must not
+    leave (``unredacted:<ENT>``, ``uninspectable:<kinds>``), or None. ``embeddings``: the
+    request asks for embeddings, which stay on one side (see :func:`_decide_embeddings`).
     """
-    target, reason = _rule_target(policy, f)
+    target, reason, pii_rule = _rule_target(policy, f)
     if target == Target.REJECT:
         return Decision("reject", reason)
-
-    local_ok = s.local_healthy > 0
-    local_free = local_ok and s.local_queue < policy.fallback.max_local_queue
     blocked = sorted(e for e, n in (blocked_entities or {}).items() if n > 0)
+    must_stay = f"redaction-block:{blocked[0]}" if blocked else keep_local
+    # A rule that keeps PII local means it: no guard or fallback sends the request out.
+    private = must_stay is not None or (pii_rule and target == Target.LOCAL)
     cloud_blocker = (
-        f"redaction-block:{blocked[0]}"
-        if blocked
+        must_stay
+        if must_stay is not None
         else f"budget:{s.budget_exhausted}"
         if s.budget_exhausted
         else None
         if s.cloud_allowed
         else "cloud-unavailable"
     )  # fmt: skip
-
     if embeddings:
+        local_ok = s.local_healthy > 0
         return _decide_embeddings(policy, target, reason, local_ok, cloud_blocker)
+    decision = _route(
+        policy, f, s, bandit, (target, reason), cloud_blocker=cloud_blocker, private=private
+    )
+    return dataclasses.replace(decision, private=True) if private else decision
 
-    context: tuple[float, ...] | None = None
+
+def _route(
+    policy: RoutingPolicySpec,
+    f: Features,
+    s: Signals,
+    bandit: Bandit,
+    chosen: tuple[Target, str],
+    *,
+    cloud_blocker: str | None,
+    private: bool,
+) -> Decision:
+    """The guards after the rules: health, load, budgets, and what may not leave."""
+    target, reason = chosen
+    local_ok = s.local_healthy > 0
+    local_free = local_ok and s.local_queue < policy.fallback.max_local_queue
     if target == Target.ADAPTIVE:
         if cloud_blocker is not None:
             return Decision("local", cloud_blocker if s.cloud_configured else "adaptive:only-local")
@@ -250,17 +283,17 @@ def decide(
 
     if target == Target.CLOUD:
         if cloud_blocker is None:
-            return Decision("cloud", reason, context)
-        if blocked or policy.fallback.cloud_to_local:
-            # A blocked entity forces local whatever the fallback setting: it must not leave.
+            return Decision("cloud", reason)
+        if private or policy.fallback.cloud_to_local:
+            # What must not leave goes local whatever the fallback setting.
             return Decision("local", cloud_blocker)
         return Decision("reject", cloud_blocker)
 
     # target == local
     if local_free:
-        return Decision("local", reason, context)
+        return Decision("local", reason)
     why = "local-overloaded" if local_ok else "local-unavailable"
-    if policy.fallback.local_to_cloud and cloud_blocker is None:
+    if policy.fallback.local_to_cloud and cloud_blocker is None and not private:
         return Decision("cloud", why)
     if local_ok:
         # Overloaded but up: queue locally rather than refuse.

@@ -1,4 +1,7 @@
-"""Cheap request features the router decides on: size, complexity, the text to inspect.
+"""Cheap request features the router decides on: size and complexity.
+
+The text comes from the one walk over the request (:mod:`clawdbot_sidecar.redaction.walker`),
+so routing measures what redaction rewrites.
 
 Token counts are estimated at four characters a token (OpenAI's rule of thumb for English;
 CJK text runs closer to one character a token, so those characters count as one each). An
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 _CJK = re.compile(r"[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 # Words that tend to mark requests needing reasoning rather than recall.
@@ -55,36 +57,6 @@ def complexity(text: str, turns: int) -> float:
 
 def _any_in(text: str, needles: tuple[str, ...]) -> bool:
     return any(n in text for n in needles)
-
-
-def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
-    """The text of a chat/completions/embeddings body, and its number of turns."""
-    parts, turns = prompt_parts(body)
-    return "\n".join(parts), turns
-
-
-def prompt_parts(body: dict[str, Any]) -> tuple[list[str], int]:
-    """The texts that :func:`prompt_text` joins with newlines, and the number of turns."""
-    if "messages" in body:
-        parts: list[str] = []
-        for msg in body["messages"]:
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(
-                    p["text"]
-                    for p in content
-                    if isinstance(p, dict) and isinstance(p.get("text"), str)
-                )
-        return parts, len(body["messages"])
-    for key in ("prompt", "input"):
-        value = body.get(key)
-        if isinstance(value, str):
-            return [value], 1
-        if isinstance(value, list):
-            return [v for v in value if isinstance(v, str)], 1
-    return [], 0
 
 
 @dataclass(frozen=True)

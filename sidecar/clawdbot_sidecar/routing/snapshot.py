@@ -42,6 +42,10 @@ class Snapshot:
     redacted ones."""
     pii_entities: tuple[str, ...]
     """Every entity the policy knows (built-in and custom)."""
+    pii_rule_entities: frozenset[str]
+    """Entities some ``containsPII: true`` rule asks about (all, for one naming none)."""
+    redacted_entities: frozenset[str]
+    """Entities redaction rewrites (none while it is disabled)."""
 
     @property
     def books(self) -> Books:
@@ -102,6 +106,8 @@ def build(
             if audit is not None and new_audit:
                 audit.close()  # this snapshot never comes into force
             raise
+    known = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
+    redaction = redactor.config
     return Snapshot(
         config=config,
         redactor=redactor,
@@ -111,5 +117,16 @@ def build(
         cache=cache,
         budgets=budgets,
         rules_check_pii=any(r.match.contains_pii is not None for r in policy.rules),
-        pii_entities=(*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom)),
+        pii_entities=known,
+        pii_rule_entities=_rule_entities(config, known),
+        redacted_entities=frozenset(redaction.active_entities() if redaction.enabled else ()),
     )
+
+
+def _rule_entities(config: SidecarConfig, known: tuple[str, ...]) -> frozenset[str]:
+    """Entities the ``containsPII: true`` rules ask about (a rule naming none: all)."""
+    found: set[str] = set()
+    for rule in config.policy.rules:
+        if rule.match.contains_pii is True:
+            found.update([e.value for e in rule.match.pii_entities] or known)
+    return frozenset(found)

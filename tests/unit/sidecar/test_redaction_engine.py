@@ -179,9 +179,10 @@ def test_disabled_redaction_returns_the_request_unchanged() -> None:
 
 
 def test_content_parts_tool_calls_and_legacy_fields_are_all_redacted() -> None:
-    image = {"type": "image_url", "image_url": {"url": "https://x/a@b.io.png"}}
+    image = {"type": "image_url", "image_url": {"url": "https://x/a@b.io/scan.png"}}
+    inline = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
     body = chat(
-        {"role": "user", "content": [{"type": "text", "text": f"to {EMAIL}"}, image]},
+        {"role": "user", "content": [{"type": "text", "text": f"to {EMAIL}"}, image, inline]},
         {
             "role": "assistant",
             "content": None,
@@ -199,7 +200,10 @@ def test_content_parts_tool_calls_and_legacy_fields_are_all_redacted() -> None:
     result = Redactor(RedactionConfig()).redact_request(body)
     msgs = result.request["messages"]
     assert msgs[0]["content"][0]["text"] == "to <EMAIL_1>"
-    assert msgs[0]["content"][1] is image  # not text: left alone
+    # A URL the cloud would fetch is text that leaves; the image bytes are not text (the
+    # routing core keeps such a request local: see test_walker.py).
+    assert msgs[0]["content"][1]["image_url"]["url"] == "https://x/<EMAIL_2>/scan.png"
+    assert msgs[0]["content"][2] is inline
     args = json.loads(msgs[1]["tool_calls"][0]["function"]["arguments"])
     assert args == {"to": "<EMAIL_1>"}  # placeholders survive inside JSON strings
     assert msgs[1]["tool_calls"][0]["function"]["name"] == "send"
@@ -232,10 +236,12 @@ def test_iter_and_map_request_texts_visit_the_same_texts() -> None:
         "not a message",
         {"role": "assistant", "tool_calls": [{"function": {"arguments": "three"}}, "junk"]},
     )
-    assert list(iter_request_texts(body)) == ["one", "two", "three"]
+    # Malformed entries go to the cloud as they are, so they are text to inspect as well.
+    texts = ["one", "two", "not a message", "three", "junk"]
+    assert list(iter_request_texts(body)) == texts
     upper = map_request_texts(body, str.upper)
-    assert list(iter_request_texts(upper)) == ["ONE", "TWO", "THREE"]
-    assert upper["messages"][2] == "not a message"
+    assert list(iter_request_texts(upper)) == [t.upper() for t in texts]
+    assert upper["messages"][2] == "NOT A MESSAGE"
 
 
 def test_only_enabled_entities_are_redacted() -> None:

@@ -76,6 +76,21 @@ async def test_config_file_reloads_and_bad_files_are_ignored(
         await asyncio.sleep(3)
         assert await reason() == "rule:short-v2"
         assert "keeping the previous configuration" in log.read_text()
+
+        # A file whose redaction the engine refuses (a pattern Python can't compile), with
+        # another cloud: nothing of it applies, and the watch survives to take the next one.
+        bad = config(local_url, "http://127.0.0.1:9", "short-bad")
+        bad["policy"]["redaction"] = {"custom": [{"name": "TICKET", "pattern": "(unclosed"}]}
+        path.write_text(yaml.safe_dump(bad))
+        await asyncio.sleep(3)
+        assert await reason() == "rule:short-v2"
+        assert log.read_text().count("keeping the previous configuration") >= 2
+        path.write_text(yaml.safe_dump(config(local_url, cloud, "short-v3")))
+        for _ in range(int(RELOAD_WAIT_S / 0.3)):
+            if await reason() == "rule:short-v3":
+                break
+            await asyncio.sleep(0.3)
+        assert await reason() == "rule:short-v3"
     finally:
         stop_process(proc)
 
