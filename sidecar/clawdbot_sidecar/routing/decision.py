@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
-
-import numpy as np
-import numpy.typing as npt
 
 from clawdbot_api.v1alpha1.routingpolicy import (
     Adaptive,
@@ -55,7 +53,7 @@ from clawdbot_sidecar.routing.features import Features
 Route = Literal["local", "cloud", "reject"]
 Arm = Literal["local", "cloud"]
 ARMS: tuple[Arm, Arm] = ("local", "cloud")
-Vector = npt.NDArray[np.float64]
+Vector = tuple[float, ...]
 
 # Feature scales: each context value is squashed to about [0, 1] so that one exploration
 # strength suits all of them.
@@ -124,17 +122,15 @@ def rule_matches(match: RuleMatch, f: Features) -> bool:
 
 def context_vector(f: Features, s: Signals) -> Vector:
     """The bandit's context: a bias term plus request and target state, each about [0, 1]."""
-    return np.array(
-        [
-            1.0,
-            min(f.tokens / TOKENS_SCALE, 4.0),
-            f.complexity,
-            min(s.local_queue / QUEUE_SCALE, 2.0),
-            min(s.local_latency_s / LATENCY_SCALE_S, 2.0),
-            min(s.cloud_latency_s / LATENCY_SCALE_S, 2.0),
-            s.cloud_error_rate,
-            min(s.cloud_price_usd / PRICE_SCALE_USD, 4.0),
-        ]
+    return (
+        1.0,
+        min(f.tokens / TOKENS_SCALE, 4.0),
+        f.complexity,
+        min(s.local_queue / QUEUE_SCALE, 2.0),
+        min(s.local_latency_s / LATENCY_SCALE_S, 2.0),
+        min(s.cloud_latency_s / LATENCY_SCALE_S, 2.0),
+        s.cloud_error_rate,
+        min(s.cloud_price_usd / PRICE_SCALE_USD, 4.0),
     )
 
 
@@ -142,25 +138,61 @@ CONTEXT_DIM = 8
 MAX_REWARD = 1.0
 
 
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return math.fsum(x * y for x, y in zip(a, b, strict=True))
+
+
+def _matvec(m: list[list[float]], x: Sequence[float]) -> list[float]:
+    return [_dot(row, x) for row in m]
+
+
+def _cholesky(m: list[list[float]]) -> list[list[float]]:
+    """The lower-triangular L with L @ L.T == m, for a symmetric positive-definite m."""
+    n = len(m)
+    low = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            acc = m[i][j] - math.fsum(low[i][k] * low[j][k] for k in range(j))
+            if i == j:
+                # Rounding can leave a tiny negative pivot on a near-singular A^-1.
+                low[i][j] = math.sqrt(max(acc, 1e-12))
+            else:
+                low[i][j] = acc / low[j][j]
+    return low
+
+
+def _identity(n: int) -> list[list[float]]:
+    return [[1.0 if i == j else 0.0 for j in range(n)] for i in range(n)]
+
+
 @dataclass
 class _ArmModel:
-    """Ridge regression of reward on context, kept as A^-1 (Sherman-Morrison updates)."""
+    """Ridge regression of reward on context, kept as A^-1 (Sherman-Morrison updates).
 
-    a_inv: Vector = field(default_factory=lambda: np.eye(CONTEXT_DIM))
+    Eight dimensions: plain Python lists cost a few microseconds per update, less than
+    importing an array library into every client pod would cost in memory.
+    """
+
+    a_inv: list[list[float]] = field(default_factory=lambda: _identity(CONTEXT_DIM))
     # Optimistic prior: the bias weight starts at the best possible reward, so an arm that
     # had one bad draw early is still tried until the data say otherwise (a small
     # exploration setting alone would let the first lucky arm take all traffic).
-    b: Vector = field(default_factory=lambda: np.eye(CONTEXT_DIM)[0] * MAX_REWARD)
+    b: list[float] = field(default_factory=lambda: [MAX_REWARD] + [0.0] * (CONTEXT_DIM - 1))
     pulls: int = 0
 
     @property
-    def theta(self) -> Vector:
-        return self.a_inv @ self.b
+    def theta(self) -> list[float]:
+        return _matvec(self.a_inv, self.b)
 
-    def update(self, x: Vector, r: float) -> None:
-        ax = self.a_inv @ x
-        self.a_inv -= np.outer(ax, ax) / (1.0 + float(x @ ax))
-        self.b += r * x
+    def update(self, x: Sequence[float], r: float) -> None:
+        ax = _matvec(self.a_inv, x)
+        denominator = 1.0 + _dot(x, ax)
+        for i, row in enumerate(self.a_inv):
+            scale = ax[i] / denominator
+            for j in range(CONTEXT_DIM):
+                row[j] -= scale * ax[j]
+        for i, v in enumerate(x):
+            self.b[i] += r * v
         self.pulls += 1
 
 
@@ -176,7 +208,7 @@ class Bandit:
     def __init__(self, adaptive: Adaptive, *, seed: int | None = None) -> None:
         self.adaptive = adaptive
         self.arms: dict[Arm, _ArmModel] = {arm: _ArmModel() for arm in ARMS}
-        self._rng = np.random.default_rng(seed)
+        self._rng = random.Random(seed)
 
     def scores(self, x: Vector) -> dict[Arm, float]:
         """The score each arm gets for context ``x`` under the configured algorithm."""
@@ -184,15 +216,18 @@ class Bandit:
         algorithm = self.adaptive.algorithm
         out: dict[Arm, float] = {}
         for arm, m in self.arms.items():
-            mean = float(m.theta @ x)
+            theta = m.theta
             if algorithm == AdaptiveAlgorithm.LINUCB:
-                out[arm] = mean + alpha * math.sqrt(max(float(x @ m.a_inv @ x), 0.0))
+                spread = _dot(x, _matvec(m.a_inv, x))
+                out[arm] = _dot(theta, x) + alpha * math.sqrt(max(spread, 0.0))
             elif algorithm == AdaptiveAlgorithm.THOMPSON:
-                cov = (alpha**2) * m.a_inv
-                sample = self._rng.multivariate_normal(m.theta, cov, method="cholesky")
-                out[arm] = float(sample @ x)
+                # theta + alpha * L z, z standard normal: a draw from N(theta, alpha^2 A^-1).
+                low = _cholesky(m.a_inv)
+                z = [self._rng.gauss(0.0, 1.0) for _ in range(CONTEXT_DIM)]
+                noise = _matvec(low, z)
+                out[arm] = _dot([t + alpha * e for t, e in zip(theta, noise, strict=True)], x)
             else:
-                out[arm] = mean
+                out[arm] = _dot(theta, x)
         return out
 
     def choose(self, x: Vector) -> Arm:
@@ -200,12 +235,12 @@ class Bandit:
             self.adaptive.algorithm == AdaptiveAlgorithm.EPSILON_GREEDY
             and self._rng.random() < self.adaptive.exploration
         ):
-            return ARMS[int(self._rng.integers(2))]
+            return ARMS[self._rng.randrange(2)]
         scores = self.scores(x)
         return max(ARMS, key=lambda arm: scores[arm])
 
-    def update(self, arm: Arm, context: tuple[float, ...], r: float) -> None:
-        self.arms[arm].update(np.asarray(context, dtype=np.float64), r)
+    def update(self, arm: Arm, context: Sequence[float], r: float) -> None:
+        self.arms[arm].update(context, r)
 
 
 def _rule_target(policy: RoutingPolicySpec, f: Features) -> tuple[Target, str, bool]:
@@ -279,7 +314,7 @@ def _route(
             return Decision("cloud", "adaptive:only-cloud")
         x = context_vector(f, s)
         arm = bandit.choose(x)
-        return Decision(arm, f"adaptive:{policy.adaptive.algorithm.value}", tuple(x.tolist()))
+        return Decision(arm, f"adaptive:{policy.adaptive.algorithm.value}", x)
 
     if target == Target.CLOUD:
         if cloud_blocker is None:
