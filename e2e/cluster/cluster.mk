@@ -59,8 +59,10 @@ images: ## Build the container images with Docker (IMAGES="operator sidecar runt
 ##@ End-to-end tests
 
 .PHONY: e2e
-e2e: venv cluster-build ## E2E suite on the local control plane (starts and stops it).
-	$(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
+e2e: venv cluster-build ## E2E suite on its own local control plane (starts and stops it).
+	@# Its own state (.run/e2e-cluster), apart from the plane `make demo` and `make
+	@# cluster-up` run: the suite starts from an empty etcd whatever a demo left running.
+	CLAWDBOT_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster $(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
 
 .PHONY: e2e-kind
 e2e-kind: venv ## E2E suite on a kind cluster (needs Docker and kind).

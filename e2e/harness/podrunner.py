@@ -188,8 +188,26 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(repl, text)
 
 
+# This machine's own paths (the checkout, the venv, the interpreter): a value naming one is
+# the host's, never a pod's mount, even when a mount such as /tmp is a prefix of it (a
+# checkout under /tmp is common).
+HOST_PATHS = tuple(
+    sorted(
+        {str(Path(__file__).resolve().parents[2]), sys.prefix, sys.base_prefix, sys.executable},
+        key=len,
+        reverse=True,
+    )
+)
+
+
+def _host_path(text: str, start: int) -> bool:
+    rest = text[start:]
+    return any(rest == p or rest.startswith(p.rstrip("/") + "/") for p in HOST_PATHS)
+
+
 def rewrite_paths(text: str, mounts: Mapping[str, Path]) -> str:
-    """Rewrite a value that starts with a mountPath (or has `=mountPath`) to the local dir."""
+    """Rewrite a value that starts with a mountPath (or has `=mountPath`) to the local dir;
+    a value naming one of this machine's own paths (:data:`HOST_PATHS`) is left alone."""
     # Longest mountPath first, so /etc/a/b wins over /etc/a.
     for mount_path in sorted(mounts, key=len, reverse=True):
         prefix = mount_path.rstrip("/")
@@ -199,7 +217,7 @@ def rewrite_paths(text: str, mounts: Mapping[str, Path]) -> str:
             starts.append(eq + 1)
         for start in starts:
             rest = text[start + len(prefix) :]
-            if rest == "" or rest.startswith("/"):
+            if (rest == "" or rest.startswith("/")) and not _host_path(text, start):
                 return text[:start] + str(mounts[mount_path]) + rest
     return text
 

@@ -177,7 +177,8 @@ class RoutingCore:
         return self.cloud.breaker
 
     async def close(self) -> None:
-        """Release the cache's connections and flush the audit log."""
+        """Stop probing, release the cache's connections and flush the audit log."""
+        self.local.close()
         snap = self.snapshot
         if snap.cache is not None:
             await snap.cache.close()

@@ -145,13 +145,18 @@ def retry_after(seconds: str | None, millis: str | None = None) -> float | None:
 class _Target:
     """A parsed upstream URL: where to connect and the request line's path."""
 
-    __slots__ = ("head", "host", "key", "port", "scheme")
+    __slots__ = ("get_head", "head", "host", "key", "port", "scheme")
 
-    def __init__(self, scheme: str, host: str, port: int, head: bytes) -> None:
+    def __init__(self, scheme: str, host: str, port: int, path: str, host_header: str) -> None:
         self.scheme = scheme
         self.host = host
         self.port = port
-        self.head = head  # "POST <path> HTTP/1.1\r\nHost: ...\r\n" plus the fixed headers
+        common = f"Host: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
+        # "POST <path> HTTP/1.1\r\nHost: ...\r\n" plus the fixed headers
+        self.head = (f"POST {path} HTTP/1.1\r\n{common}Content-Type: application/json\r\n").encode(
+            "latin-1"
+        )
+        self.get_head = f"GET {path} HTTP/1.1\r\n{common}".encode("latin-1")
         self.key = (scheme, host, port)
 
 
@@ -171,11 +176,7 @@ def _parse_url(url: str) -> _Target:
     host_header = f"[{host}]" if ":" in host else host
     if not default:
         host_header = f"{host_header}:{port}"
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
-        "Content-Type: application/json\r\n"
-    )
-    return _Target(parts.scheme, host, port, head.encode("latin-1"))
+    return _Target(parts.scheme, host, port, path, host_header)
 
 
 def _header_block(headers: Mapping[str, str]) -> bytes:
@@ -541,6 +542,25 @@ class Upstream:
             raise UpstreamError("protocol", "upstream answered with a non-object JSON")
         return data
 
+    async def get_json(
+        self, url: str, timeout_s: float, connect_timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """GET and return the JSON answer (health checks, model lists); raises UpstreamError."""
+        target, conn, _ = await self._send(
+            url, None, {}, timeout_s, connect_timeout_s, accept=b"application/json"
+        )
+        status, raw, wait = conn.status, conn.answer(), conn.retry_after
+        self._release(target, conn)
+        if status >= 400:
+            raise _answer_error(status, raw, wait)
+        try:
+            data: Any = loads(raw)
+        except ValueError as exc:
+            raise UpstreamError("protocol", "upstream answered with invalid JSON") from exc
+        if not isinstance(data, dict):
+            raise UpstreamError("protocol", "upstream answered with a non-object JSON")
+        return data
+
     async def open_stream(
         self,
         url: str,
@@ -565,19 +585,18 @@ class Upstream:
     async def _send(
         self,
         url: str,
-        body: Mapping[str, Any],
+        body: Mapping[str, Any] | None,
         headers: Mapping[str, str],
         timeout_s: float,
         connect_timeout_s: float | None,
         *,
         accept: bytes,
     ) -> tuple[_Target, _Connection, float]:
-        """Write the request and wait for the head (a stream: ``accept`` is an event stream)
-        or the whole answer (JSON)."""
+        """Write the request (a POST of ``body``, a GET without one) and wait for the head
+        (a stream: ``accept`` is an event stream) or the whole answer (JSON)."""
         stream = accept == b"text/event-stream"
         target = self._target(url)
         extra = self._header_block(headers)
-        payload = dumps(body)
         # One loop for the client's life (its pooled connections belong to it); looking it
         # up costs a system call (getpid) per request.
         loop = self._loop
@@ -591,12 +610,16 @@ class Upstream:
         conn.streaming = stream
         timer = loop.call_at(deadline, _expire, waiter)
         assert conn.transport is not None
-        conn.transport.write(
-            b"".join(
-                (target.head, b"Accept: ", accept, b"\r\n", extra,
-                 b"Content-Length: ", str(len(payload)).encode(), b"\r\n\r\n", payload)
-            )
-        )  # fmt: skip
+        if body is None:  # a GET
+            conn.transport.write(b"".join((target.get_head, b"Accept: ", accept, b"\r\n\r\n")))
+        else:
+            payload = dumps(body)
+            conn.transport.write(
+                b"".join(
+                    (target.head, b"Accept: ", accept, b"\r\n", extra,
+                     b"Content-Length: ", str(len(payload)).encode(), b"\r\n\r\n", payload)
+                )
+            )  # fmt: skip
         try:
             await waiter
         except TimeoutError as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,15 +14,23 @@ from clawdbot_api.openai_wire import usage_of
 from clawdbot_sidecar.accounting.ledger import Outcome
 from clawdbot_sidecar.config import Limits
 from clawdbot_sidecar.upstream.client import Upstream, UpstreamError
-from clawdbot_sidecar.upstream.pool import LocalPool, NoEndpoint
+from clawdbot_sidecar.upstream.pool import EndpointState, LocalPool, NoEndpoint
 from clawdbot_sidecar.upstream.stream import relay
 
 __all__ = ["LOCAL_CONNECT_RETRIES", "LocalTarget", "Reply", "with_stream_usage"]
 
 log = logging.getLogger("clawdbot.sidecar")
 
-# Local attempts on connection failure: the first endpoint and up to this many others.
+# Local attempts when a replica can't take the request: the first and up to this many others.
 LOCAL_CONNECT_RETRIES = 2
+# Answers of a replica that refused the request without working on it (queue full, not
+# ready yet, draining, a proxy that found no backend): safe to send to another replica.
+REFUSED_STATUSES = frozenset({429, 502, 503})
+# An ejected replica is asked every this often whether it serves again (GET <base>/models
+# listing its model), so it is back in rotation within this of being ready, not after an
+# ejection that doubles with each repeat.
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass(slots=True)
@@ -44,17 +54,64 @@ class LocalTarget:
     def __init__(self, pool: LocalPool, client: Upstream) -> None:
         self.pool = pool
         self.client = client
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        pool.on_eject = self._probe_soon
+
+    def _probe_soon(self, state: EndpointState) -> None:
+        url = state.endpoint.url
+        if url in self._probes:
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self._probe(state))
+        except RuntimeError:  # no loop (a test driving the pool by hand): the timer decides
+            return
+        self._probes[url] = task
+        task.add_done_callback(lambda _: self._probes.pop(url, None))
+
+    async def _probe(self, state: EndpointState) -> None:
+        """Until the ejection ends, ask the replica whether it serves its model again."""
+        url = f"{state.endpoint.url.rstrip('/')}/models"
+        while self.pool.holds(state) and not state.healthy(time.monotonic()):
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            try:
+                listed = await self.client.get_json(url, PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+            except UpstreamError:
+                continue
+            data = listed.get("data")
+            models = (
+                {m.get("id") for m in data if isinstance(m, dict)}
+                if isinstance(data, list)
+                else set()
+            )
+            if state.endpoint.model in models:
+                self.pool.readmit(state)
+                return
+
+    def close(self) -> None:
+        """Stop probing ejected replicas."""
+        for task in list(self._probes.values()):
+            task.cancel()
 
     async def call(self, body: Mapping[str, Any], limits: Limits, out: Outcome) -> Reply:
         """Answer from a local endpoint; raises NoEndpoint or UpstreamError.
 
-        A replica that refuses the connection (or never accepts it) is left for another,
-        up to :data:`LOCAL_CONNECT_RETRIES` more: nothing reached it, so the retry is safe.
+        A replica that refuses the connection (or never accepts it), or answers that it
+        can't take the request now (:data:`REFUSED_STATUSES`: a replica still loading its
+        model, draining, or with a full queue), is left for another, up to
+        :data:`LOCAL_CONNECT_RETRIES` more: it did no work on the request, so the retry is
+        safe, and a starting replica must not send traffic to the cloud while a ready one
+        could answer.
         """
         tried: set[str] = set()
+        last: UpstreamError | None = None
         wants_usage = "stream_options" in body
         for _ in range(1 + LOCAL_CONNECT_RETRIES):
-            state = self.pool.pick(exclude=tried, model=out.model)
+            try:
+                state = self.pool.pick(exclude=tried, model=out.model)
+            except NoEndpoint:
+                if last is not None and last.kind == "status":
+                    raise last from None  # every replica refused it: its own answer
+                raise
             tried.add(state.endpoint.url)
             url = f"{state.endpoint.url.rstrip('/')}/{out.endpoint}"
             request = with_stream_usage({**body, "model": state.endpoint.model})
@@ -73,13 +130,24 @@ class LocalTarget:
                     url, request, {}, limits.local_timeout_s, limits.local_connect_timeout_s
                 )
             except UpstreamError as exc:
-                self.pool.end(state, started, ok=exc.kind == "status" and exc.status == 400)
-                if exc.kind != "connect":
+                refused = exc.kind == "status" and exc.status in REFUSED_STATUSES
+                # A 400 is the request's fault and a 429 a busy replica: neither is a broken
+                # one to eject.
+                healthy = exc.kind == "status" and exc.status in (400, 429)
+                self.pool.end(state, started, ok=healthy)
+                if exc.kind != "connect" and not refused:
                     raise
-                log.warning("local endpoint %s unreachable, trying another", state.endpoint.url)
+                last = exc
+                log.warning(
+                    "local endpoint %s %s, trying another",
+                    state.endpoint.url,
+                    f"answered {exc.status}" if refused else "unreachable",
+                )
                 continue
             self.pool.end(state, started, ok=True)
             out.local_endpoint = state
             out.prompt_tokens, out.completion_tokens = usage_of(result)
             return Reply(body=result)
+        if last is not None and last.kind == "status":
+            raise last  # every replica tried refused it: the upstream's own answer
         raise NoEndpoint(f"no local endpoint accepted a connection (tried {len(tried)})")

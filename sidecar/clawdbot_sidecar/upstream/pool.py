@@ -8,13 +8,16 @@ repeat (Envoy's outlier detection), then given traffic again.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from clawdbot_sidecar.config import LocalEndpoint
+
+log = logging.getLogger("clawdbot.sidecar")
 
 # Consecutive failures (connection errors, 5xx) before an endpoint is ejected.
 EJECT_AFTER_FAILURES = 3
@@ -70,6 +73,8 @@ class LocalPool:
     def __init__(self, endpoints: Iterable[LocalEndpoint] = (), *, seed: int | None = None):
         self._states: dict[str, EndpointState] = {}
         self._rng = random.Random(seed)
+        # Called with each endpoint as it is ejected (the local target probes it back).
+        self.on_eject: Callable[[EndpointState], None] | None = None
         self.update(endpoints)
 
     def update(self, endpoints: Iterable[LocalEndpoint]) -> None:
@@ -143,10 +148,28 @@ class LocalPool:
         if state.consecutive_failures >= EJECT_AFTER_FAILURES:
             self.eject(state)
 
-    @staticmethod
-    def eject(state: EndpointState) -> None:
-        """Take an endpoint out of rotation for a backoff period."""
+    def eject(self, state: EndpointState) -> None:
+        """Take an endpoint out of rotation for a backoff period (``on_eject`` is told)."""
         duration = min(BASE_EJECTION_S * 2**state.ejections, MAX_EJECTION_S)
+        log.warning(
+            "local endpoint %s ejected for %.0fs after %d failures in a row",
+            state.endpoint.url,
+            duration,
+            state.consecutive_failures,
+        )
         state.ejections += 1
         state.consecutive_failures = 0
         state.ejected_until = time.monotonic() + duration
+        if self.on_eject is not None:
+            self.on_eject(state)
+
+    def readmit(self, state: EndpointState) -> None:
+        """End an ejection early: a probe found the endpoint serving again."""
+        if state.ejected_until:
+            log.info("local endpoint %s serves again; back in rotation", state.endpoint.url)
+        state.ejected_until = 0.0
+        state.consecutive_failures = 0
+
+    def holds(self, state: EndpointState) -> bool:
+        """Whether ``state`` is still one of the pool's endpoints (not replaced or removed)."""
+        return self._states.get(state.endpoint.url) is state

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from sidecar_support import (
     CARD,
     EMAIL,
@@ -25,7 +26,7 @@ from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_cli.main import main as cli_main
 from clawdbot_sidecar.accounting import audit
 from clawdbot_sidecar.config import LocalEndpoint
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serve_app
 
 
 async def test_short_prompt_is_answered_by_the_local_onnx_model(
@@ -396,3 +397,72 @@ async def test_audit_records_the_status_and_fallback_of_each_answer(
     result = audit.verify(path)
     assert result.problem == audit.Tamper.EDITED and result.line == 5
     assert cli_main(["audit", "verify", str(path)]) == 1
+
+
+@pytest.mark.parametrize("status", [503, 429, 502])
+async def test_a_replica_that_refuses_is_left_for_a_ready_one_not_for_the_cloud(
+    local_url: str, cloud: str, make_sidecar: StartSidecar, status: int
+) -> None:
+    # A replica that is still loading its model (503), full (429) or behind a proxy with no
+    # backend (502) did no work: the next replica answers, the cloud isn't needed.
+    async def refuse(request: web.Request) -> web.Response:
+        body = {"error": {"message": "model is loading", "type": "server_error"}}
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    async with serve_app(app) as starting:
+        sc = await make_sidecar(policy(cloud), [f"{starting}/v1", local_url])
+        for _ in range(8):  # bounded: P2C picks the refusing replica about half the time
+            raw = await sc.chat("hi")
+            assert raw.headers["x-clawdbot-target"] == "local"
+            assert raw.headers["x-clawdbot-reason"] == "rule:short"
+        assert await received(cloud) == []
+        # With only the refusing replica, its own answer is what the fallback follows.
+        only = await make_sidecar(
+            policy(cloud, fallback={"localToCloud": False}), [f"{starting}/v1"]
+        )
+        with pytest.raises(openai.APIStatusError) as exc:
+            await only.chat("hi")
+        assert "model is loading" in exc.value.message
+
+
+async def test_an_ejected_replica_is_back_as_soon_as_it_serves_its_model(
+    cloud: str, make_sidecar: StartSidecar
+) -> None:
+    port = free_port()
+    sc = await make_sidecar(policy(cloud), [f"http://127.0.0.1:{port}/v1"])
+    state = sc.core.pool.states[0]
+    state.ejections = 5  # its next ejection lasts the longest backoff, a minute
+    for _ in range(3):  # nothing listens yet: the cloud answers, and the replica is ejected
+        raw = await sc.chat("hi")
+        assert raw.headers["x-clawdbot-target"] == "cloud"
+    assert not state.healthy(asyncio.get_running_loop().time())
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tiny-chat"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        message = {"role": "assistant", "content": "local"}
+        return web.json_response(
+            {"id": "x", "object": "chat.completion", "model": "tiny-chat",
+             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        )  # fmt: skip
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        targets = []
+        for _ in range(30):  # bounded: the probe runs every 0.5 s
+            await asyncio.sleep(0.1)
+            raw = await sc.chat("hi")
+            targets.append(raw.headers["x-clawdbot-target"])
+            if targets[-1] == "local":
+                break
+        assert targets[-1] == "local", targets  # seconds, not the minute of the ejection
+    finally:
+        await runner.cleanup()
