@@ -23,6 +23,7 @@ __all__ = [
     "US_STATES",
     "given_names",
     "is_given_name",
+    "is_surname_word",
     "is_surname",
     "surnames",
 ]
@@ -71,6 +72,11 @@ def is_surname(token: str) -> bool:
     if "-" in key:
         return all(part in surnames() or part in given_names() for part in key.split("-"))
     return key in surnames() or key in CN_PINYIN_SURNAMES
+
+
+def is_surname_word(token: str) -> bool:
+    """True when `token` is in the surname list, common word or not ("Brown", "King")."""
+    return _key(token) in surnames()
 
 
 # Capitalised words that start sentences, headings and product or place names, and that
@@ -152,6 +158,7 @@ STREET_SUFFIXES: Final = frozenset(
     trailer trlr tunnel tunl turnpike tpke underpass upas union un unions uns valley vly
     valleys vlys viaduct via view vw views vws village vlg villages vlgs ville vl vista vis
     walk walks wall way ways well wl wells wls close wynd rise quay embankment circus
+    overpass opas
     """.split()
 )
 

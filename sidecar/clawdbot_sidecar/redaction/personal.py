@@ -145,7 +145,7 @@ def _check_dob(text: str, m: re.Match[str]) -> tuple[int, int] | None:
 
 
 _DOB_EN: Final = re.compile(
-    r"(?<![A-Za-z])(?i:d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday"
+    r"(?=[DdBb])(?<![A-Za-z])(?i:d\.?o\.?b\.?|date[ \t]+of[ \t]+birth|birth[ \t]*date|birthday"
     r"|born(?:[ \t]+on)?)"
     r"[ \t]*(?:[:#=\-–(]|is|was|of)?[ \t]*(?:on[ \t]+)?(?P<v>" + _DATE + ")"
 )
@@ -186,9 +186,15 @@ def _id_check(min_digits: int, min_len: int = 5) -> Check:
     return check
 
 
-def _cued(en: str | None, zh: str | None) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+def _cued(
+    en: str | None, zh: str | None, first: str = ""
+) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    # A lookahead on the cues' first letters lets the search skip the other positions.
+    lead = f"(?=[{first}{first.upper()}])" if first else ""
     en_re = (
-        re.compile(rf"(?<![A-Za-z])(?i:{en})(?![A-Za-z]){_EN_ID_SEP}{_ID_VALUE}") if en else None
+        re.compile(rf"{lead}(?<![A-Za-z])(?i:{en})(?![A-Za-z]){_EN_ID_SEP}{_ID_VALUE}")
+        if en
+        else None
     )
     zh_re = re.compile(rf"(?:{zh}){_ZH_ID_SEP}{_ID_VALUE}") if zh else None
     return en_re, zh_re
@@ -196,10 +202,11 @@ def _cued(en: str | None, zh: str | None) -> tuple[re.Pattern[str] | None, re.Pa
 
 _MRN_EN, _MRN_ZH = _cued(
     r"mrn|mr#|medical[ \t]+record(?:s)?(?:[ \t]+(?:number|no|#))?|med[ \t]+rec"
-    r"|chart(?:[ \t]+(?:number|no|#))|patient[ \t]+(?:id|number|no|#)"
+    r"|chart(?:[ \t]+(?:number|no|#))?|patient[ \t]+(?:id|number|no|#)"
     r"|hospital[ \t]+(?:number|no|id)|health[ \t]+record(?:[ \t]+(?:number|no))?"
     r"|record[ \t]+(?:number|no)|unit[ \t]+number",
     r"病历号码|病历号|病历编号|病案号|住院号|门诊号|就诊号|就诊卡号|病人编号|患者编号|患者ID|病人ID",
+    "mcphru",
 )
 _HPID_EN, _HPID_ZH = _cued(
     r"member(?:ship)?[ \t]+(?:id|number|no|#)|subscriber[ \t]+(?:id|number|no)"
@@ -209,12 +216,14 @@ _HPID_EN, _HPID_ZH = _cued(
     r"|medicaid(?:[ \t]+(?:number|id|card|no))?|mbi|beneficiary[ \t]+(?:id|number)"
     r"|nhs[ \t]+(?:number|no)|insured[ \t]+id",
     r"医保卡号|医保号码|医保号|医保账号|医保卡|社保卡号|社保号码|社保号|社保卡|医疗保险号|参保号|保单号|保险单号",
+    "mspihgnb",
 )
-_PASSPORT_EN, _PASSPORT_ZH = _cued(r"passport", r"护照号码|护照号|护照|通行证号码|通行证号")
+_PASSPORT_EN, _PASSPORT_ZH = _cued(r"passport", r"护照号码|护照号|护照|通行证号码|通行证号", "p")
 _DL_EN, _DL_ZH = _cued(
     r"driver['’]?s?[ \t]+licen[cs]e|driving[ \t]+licen[cs]e|licen[cs]e[ \t]+(?:number|no|#)"
     r"|(?-i:DLN?)",
     r"驾驶证号码|驾驶证号|驾驶证|驾照号码|驾照号|驾照|驾驶执照号",
+    "dl",
 )
 
 # Medicare Beneficiary Identifiers have a fixed shape that order numbers rarely share:
@@ -246,82 +255,128 @@ def _known(word: str) -> bool:
     return gz.is_given_name(word) or gz.is_surname(word)
 
 
-def _name_span(text: str, start: int, end: int, need_known: bool) -> tuple[int, int] | None:
-    tokens = person_tokens(text, start, end)
-    if not tokens or tokens[0][0] != start:
-        return None
-    words = [text[a:b] for a, b in tokens if text[a].isupper() and text[b - 1] != "."]
-    if need_known and not any(_known(w) for w in words):
-        return None
-    return tokens[0][0], tokens[-1][1]
-
-
-_PERSON_TITLE: Final = re.compile(
-    r"(?<![A-Za-z])(?:Mrs|Mr|Ms|Mx|Miss|Mister|Madam|Mme|Mlle|Dr|Prof|Professor|Sir|Dame|Rev"
-    r"|Herr|Frau|Sra|Srta|Sr|MRS|MR|MS|DR)\.?[ \t]+(?P<name>" + _NAME + ")"
+# English names: one pass over capitalised word runs (the search skips to capitals), and
+# a check that reads the words before the run on its line. A run is a name when
+# - a title precedes it ("Dr. Okafor", "Mrs. Li"), or a cue that says so ("my name is",
+#   "name:", "signed");
+# - another cue precedes it ("patient", "daughter", "Dear", "spoke with") and one of its
+#   words is a known given name or surname;
+# - with no cue: it opens with a known given name and ends with a known surname (or a
+#   surname spelled with letters English doesn't use: "Dương", "Kołłątaj"), or it is a
+#   known given name followed by a verb people are the subject of ("Maria says ...").
+_REST: Final = rf"(?:(?<=[OD])['’][{_UP}]|(?<=M)a?c[{_UP}])?[{_LO}]+(?:-[{_UP}][{_LO}]+)?"
+_PERSON_VERB_RE: Final = (
+    r"says|said|reports|reported|states|stated|denies|denied|complains|complained|called"
+    r"|asked|presented|presents|came|comes|visited|arrived|returned|agreed|declined"
+    r"|confirmed|wants|wanted|needs|needed|has|had|is|was|will|would|can|could|did|does"
+    r"|feels|felt|noted|notes|mentioned|explained|requested|lives|lived|works|worked"
 )
-
-
-def _check_title(text: str, m: re.Match[str]) -> tuple[int, int] | None:
-    return _name_span(text, m.start("name"), m.end("name"), need_known=False)
-
-
-# Cues after which a capitalised word is a person's name. Strong ones say so outright;
-# after the others at least one word must be a known given name or surname.
+_PERSON_VERBS: Final = frozenset(_PERSON_VERB_RE.split("|"))
+# Candidates, cheapest first: a run of two or more capitalised words anywhere; one word
+# after a lower-case word, a comma or colon, or an abbreviation with a full stop ("Dr.");
+# one word before a verb people are the subject of. A single capitalised word opening a
+# sentence is none of these, which keeps most of them from reaching the check.
+_PERSON_EN: Final = re.compile(
+    rf"[{_UP}](?<![A-Za-z0-9_'’.@\-][{_UP}])"
+    rf"(?:{_REST}(?:[ \t]+(?:[{_UP}]\.(?=[ \t]+[{_UP}])|(?:{_PARTICLE}[ \t]+){{1,2}}{_TOK}"
+    rf"|{_TOK})){{1,3}}"
+    rf"|(?:(?<=[a-z,:;)][ \t][{_UP}])|(?<=[a-z,:;)][ \t]{{2}}[{_UP}])"
+    rf"|(?<=[A-Z][a-z]\.[ \t][{_UP}])|(?<=[A-Z][a-z]{{2}}\.[ \t][{_UP}])"
+    rf"|(?<=[A-Z][a-z]{{3}}\.[ \t][{_UP}])){_REST}"
+    rf"|{_REST}(?=[ \t]+(?:{_PERSON_VERB_RE})(?![a-z])))(?![{_LO}0-9_@])"
+)
+_TITLES: Final = frozenset(
+    ["mr", "mrs", "ms", "mx", "miss", "mister", "madam", "mme", "mlle", "dr", "prof",
+     "professor", "sir", "dame", "rev", "herr", "frau", "sr", "sra", "srta"]
+)  # fmt: skip
 _STRONG_CUES: Final = frozenset(
-    ["my name is", "my name's", "name is", "name:", "name -", "full name", "patient name",
-     "named", "legal name", "maiden name", "signed", "signature", "i am called"]
+    ["my name is", "my name's", "name is", "full name", "legal name", "maiden name",
+     "patient name", "first name", "last name", "family name", "given name", "client name",
+     "customer name", "contact name", "named", "signed", "signature", "i am called"]
 )  # fmt: skip
-_PERSON_CUE_EN: Final = re.compile(
-    r"(?<![A-Za-z])(?P<cue>(?i:my[ \t]+name(?:[ \t]+is|['’]s)|(?:full|legal|maiden|patient"
-    r"|first|last|family|given|client|customer|contact)[ \t]+name|name[ \t]+is|name[ \t]*[:\-]"
-    r"|named|called|signed|signature|sincerely|regards|cheers|thanks|thank[ \t]+you|dear|attn"
-    r"|attention|c/o|patient|pt|client|customer|caller|cardholder|account[ \t]+holder"
-    r"|policy[ \t]*holder|beneficiary|insured|subscriber|applicant|guarantor|employee|tenant"
-    r"|next[ \t]+of[ \t]+kin|emergency[ \t]+contact|contact(?:[ \t]+person)?|spouse|wife"
-    r"|husband|son|daughter|mother|father|brother|sister|guardian|parent|mom|dad|partner"
-    r"|referred[ \t]+by|seen[ \t]+by|treated[ \t]+by|spoke[ \t]+(?:with|to)|talked[ \t]+to"
-    r"|met[ \t]+with|(?:from|to|cc)[ \t]*:|hi|hello|hey|i[ \t]+am|i['’]m|this[ \t]+is"
-    r"|physician|surgeon|nurse|doctor|provider|therapist|pharmacist|technician))"
-    r"(?![A-Za-z])[ \t]*[:,\-–]?[ \t]*(?P<name>" + _NAME + ")"
-)
-# Each alternative of the cue opens with one of these (the search starts at the first).
-_PERSON_CUE_NEEDLES: Final = (
-    "my", "full", "legal", "maiden", "first", "last", "family", "given", "account", "policy",
-    "next", "emergency", "referred", "seen", "treated", "card", "name", "called", "signed",
-    "signature", "sincerely", "regards", "cheers", "thank",
-    "dear", "att", "c/o", "pt", "patient", "client", "customer", "caller", "holder",
-    "beneficiary", "insured", "subscriber", "applicant", "guarantor", "employee", "tenant",
-    "kin", "contact", "spouse", "wife", "husband", "son", "daughter", "mother", "father",
-    "brother", "sister", "guardian", "parent", "mom", "dad", "partner", "by", "spoke",
-    "talked", "met", "from", "to", "cc", "hi", "hello", "hey", "i am", "i'm",
-    "i’m", "this is", "physician", "surgeon", "nurse", "doctor", "provider", "therapist",
-    "pharmacist", "technician",
+# Roles a name follows directly ("daughter Giulietta", "patient Okonkwo"): as strong as
+# a title for the word right after them.
+_ROLE_CUES: Final = frozenset(
+    ["patient", "pt", "caller", "cardholder", "account holder", "policy holder",
+     "policyholder", "beneficiary", "insured", "subscriber", "applicant", "guarantor",
+     "tenant", "next of kin", "emergency contact", "contact person", "spouse", "wife",
+     "husband", "son", "daughter", "mother", "father", "brother", "sister", "guardian",
+     "mom", "dad", "physician", "surgeon", "nurse", "therapist", "pharmacist", "dear",
+     "attn", "c/o", "referred by", "seen by", "treated by", "spoke with", "spoke to",
+     "talked to", "met with", "reach", "named", "called"]
 )  # fmt: skip
+_CUES: Final = frozenset(
+    ["patient", "pt", "called", "sincerely", "regards", "cheers", "thanks", "thank you",
+     "dear", "attn", "attention", "c/o", "caller", "cardholder", "account holder",
+     "policy holder", "policyholder", "beneficiary", "insured", "subscriber", "applicant",
+     "guarantor", "employee", "tenant", "next of kin", "emergency contact", "contact person",
+     "contact", "client", "customer", "spouse", "wife", "husband", "son", "daughter",
+     "mother", "father", "brother", "sister", "guardian", "parent", "mom", "dad", "partner",
+     "referred by", "seen by", "treated by", "spoke with", "spoke to", "talked to",
+     "met with", "hi", "hello", "hey", "i am", "i'm", "i’m", "this is", "physician",
+     "surgeon", "nurse", "doctor", "provider", "therapist", "pharmacist", "technician",
+     "cc", "reach"]
+)  # fmt: skip
+# Cues that only count before a colon ("Name: ...", "From: ...").
+_COLON_CUES: Final = frozenset(["name", "cc", "contact"])
+_PREFIX_WIDTH: Final = 40
+_WORD: Final = re.compile(r"[^\s]+")
 
 
-def _check_person_cue(text: str, m: re.Match[str]) -> tuple[int, int] | None:
-    cue = " ".join(m["cue"].lower().split())
-    return _name_span(text, m.start("name"), m.end("name"), need_known=cue not in _STRONG_CUES)
-
-
-# Two or three capitalised words with no cue: a given name, maybe a middle name or
-# initial, and a surname.
-_PERSON_PAIR: Final = re.compile(
-    rf"[{_UP}](?<![A-Za-z0-9_'’.@\-][{_UP}])(?:(?<=M)c[{_UP}]|(?<=M)ac[{_UP}])?[{_LO}]+"
-    rf"[ \t]+(?:(?:{_TOK}|[{_UP}]\.)[ \t]+)?(?:{_PARTICLE}[ \t]+){{0,2}}{_TOK}"
-    rf"(?![{_LO}0-9_@])"
-)
-
-
-def _check_pair(text: str, m: re.Match[str]) -> tuple[int, int] | None:
-    words = [t.group() for t in _NAME_PART.finditer(text, m.start(), m.end())]
-    if len(words) < 2 or not gz.is_given_name(words[0]) or not gz.is_surname(words[-1]):
+def _cue_before(text: str, start: int) -> str | None:
+    """'title', 'strong' or 'cue' for the words right before `start` on its line."""
+    prefix = line_prefix(text, start, _PREFIX_WIDTH)
+    stripped = prefix.rstrip(" \t,:-–(")
+    colon = ":" in prefix[len(stripped) :]
+    words = [w.strip('.,;()"“”') for w in stripped.lower().split()[-3:]]
+    if not words:
         return None
-    for middle in words[1:-1]:
-        if not (middle.endswith(".") or middle.islower() or _known(middle)):
+    if (
+        words[-1] in _TITLES
+        and stripped[-len(words[-1]) - (stripped.endswith(".")) :][:1].isupper()
+    ):
+        return "title"
+    for n in (3, 2, 1):
+        phrase = " ".join(words[-n:])
+        if phrase in _STRONG_CUES or phrase in _ROLE_CUES:
+            return "strong"
+        if phrase in _COLON_CUES and colon:
+            return "strong" if phrase == "name" else "cue"
+        if phrase in _CUES and phrase not in _COLON_CUES:
+            return "cue"
+    return None
+
+
+def _check_person_en(text: str, m: re.Match[str]) -> tuple[int, int] | None:
+    tokens = person_tokens(text, m.start(), m.end())
+    if not tokens:
+        # After a title a surname that is also a word is still one ("Mrs. Brown").
+        first = _NAME_PART.match(text, m.start())
+        if first is None or not gz.is_surname_word(first.group()):
             return None
-    return m.span()
+        if _cue_before(text, m.start()) != "title":
+            return None
+        return first.span()
+    if tokens[0][0] != m.start():
+        return None
+    start, end = tokens[0][0], tokens[-1][1]
+    words = [text[a:b] for a, b in tokens if text[a].isupper() and text[b - 1] != "."]
+    cue = _cue_before(text, start)
+    if cue in ("title", "strong"):
+        return start, end
+    if cue == "cue" and any(_known(w) for w in words):
+        return start, end
+    if len(words) >= 2 and gz.is_given_name(words[0]):
+        last = words[-1]
+        if gz.is_surname(last) or (not last.isascii() and last.lower() not in gz.NAME_STOP_WORDS):
+            middles = words[1:-1]
+            if all(_known(w) for w in middles):
+                return start, end
+    if len(words) == 1 and gz.is_given_name(words[0]):
+        after = text[end : end + 16].split(None, 1)
+        if after and after[0].strip(".,;") in _PERSON_VERBS:
+            return start, end
+    return None
 
 
 _PERSON_ZH_CUE: Final = re.compile(
@@ -372,7 +427,24 @@ _PERSON_ZH_UNCUED: Final = re.compile(
 )
 # A name without a cue must not be the tail of a longer word: the character before it is
 # not Chinese, or a function word that separates phrases.
-_CN_SEPARATING: Final = frozenset("和与跟及同给向对由让叫请找把被是为在、，。：；！？“”（）《》 ")
+_CN_SEPARATING: Final = frozenset("和与跟及同给向对由让叫请找把被是为在打告诉知问、，。：；！？“”（）《》 ")
+
+
+# Two-character names ("王超") need more: a usual given-name character, and a character
+# after them that follows names (punctuation, a verb, a time word).
+_PERSON_ZH_SHORT: Final = re.compile(
+    rf"[{gz.CN_SURNAMES}][{''.join(sorted(gz.CN_GIVEN_CHARS))}]"
+    r"(?=[。，、；：！？,.;:!?）)]|说|来|去|今|昨|反|要|陪|的|在|是|也|已|都|表|称|打|让|问|和|与|$)"
+)
+
+
+def _check_zh_short(text: str, m: re.Match[str]) -> tuple[int, int] | None:
+    start = m.start()
+    if start > 0:
+        before = text[start - 1]
+        if "\u4e00" <= before <= "\u9fff" and before not in _CN_SEPARATING:
+            return None
+    return m.span()
 
 
 def _check_zh_uncued(text: str, m: re.Match[str]) -> tuple[int, int] | None:
@@ -399,7 +471,9 @@ _UNIT: Final = (
     r"(?:,?[ \t]*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Rm|Room|Bldg|Building|#)\.?"
     r"[ \t]*#?[A-Za-z0-9\-]{1,6}(?![A-Za-z0-9]))?"
 )
-_CITY: Final = rf"[{_UP}][{_LO}]+(?:[ \t]+[{_UP}][{_LO}]+){{0,2}}"
+_CITY: Final = (
+    rf"[{_UP}][{_LO}]+(?:-[A-Za-z][{_LO}]*)*(?:[ \t]+[{_UP}][{_LO}]+(?:-[A-Za-z][{_LO}]*)*){{0,2}}"
+)
 _POSTCODE: Final = (
     r"(?:[0-9]{5}(?:-[0-9]{4})?|[A-Z]{1,2}[0-9][A-Z0-9]?[ \t]?[0-9][A-Z]{2}"
     r"|[A-Z][0-9][A-Z][ \t]?[0-9][A-Z][0-9])(?![A-Za-z0-9])"
@@ -428,12 +502,28 @@ def _check_address_en(text: str, m: re.Match[str]) -> tuple[int, int] | None:
 # Continental spelling: the street word first or fused, the number after it
 # ("Kastanienallee 12", "Calle Mayor 5", "Rue de la Paix 8").
 _ADDRESS_EU: Final = re.compile(
-    rf"(?<![A-Za-z])(?:[{_UP}][{_LO}]*(?:straße|strasse|str\.|allee|weg|platz|gasse|ring|damm"
-    rf"|ufer|laan|straat|gracht|plein|vej|gatan|gata|gade|veien)"
-    rf"|(?:Calle|Avenida|Rua|Via|Viale|Piazza|Corso|Rue|Chemin|Carrer|Paseo|Plaza|Ulica|ul\.)"
+    rf"(?<![A-Za-z])(?:[{_UP}][{_LO}]*(?:-[{_UP}][{_LO}]+)*-?(?:straße|strasse|str\.|allee"
+    rf"|Allee|platz|Platz|gasse|Gasse|ring|Ring|weg|Weg|damm|laan|straat|gracht|plein|hof|pad"
+    rf"|steeg|dreef|kade|singel|gatan|gata|gade|veien)"
+    rf"|(?:Calle|Avenida|Rua|Via|Viale|Piazza|Corso|Rue|Chemin|Carrer|Paseo|Plaza|Ulica|ul\."
+    rf"|Rambla|Camino|Ronda|Travesía|Avinguda|Praça|Largo|Travessa|Alameda|Vicolo)"
     rf"(?:[ \t]+(?:[a-z]{{1,3}}|[{_UP}][{_LO}]+)){{1,4}}),?[ \t]+[0-9]{{1,4}}[a-z]?(?![0-9])"
+    rf"(?:,[ \t]*[0-9]{{4,5}}[ \t]*(?:[A-Z]{{2}}[ \t]+)?{_CITY})?"
+)
+# French and Spanish order: number first, the street type in lower case ("26, rue Peltier").
+_ADDRESS_FR: Final = re.compile(
+    rf"[0-9](?<![0-9A-Za-z_.,:/\-][0-9])[0-9]{{0,3}}(?:bis|ter)?,?[ \t]+(?:rue|chemin|avenue"
+    rf"|boulevard|bd|place|impasse|allée|quai|route|cours|passage|calle|carrer|rambla)[ \t]+"
+    rf"(?:(?:de|du|des|la|le|les|del|d['’])[ \t]*)*{_CITY}"
     rf"(?:,[ \t]*[0-9]{{4,5}}[ \t]+{_CITY})?"
 )
+_EU_STREET_NEEDLES: Final = (
+    "ring", "weg", "damm", "hof", "pad", "steeg", "dreef", "kade", "singel", "rambla",
+    "camino", "ronda", "travesía", "avinguda", "praça", "largo", "travessa", "alameda",
+    "vicolo", "straße", "strasse", "str.", "allee", "platz", "gasse", "laan", "straat", "gracht",
+    "plein", "gatan", "gata", "gade", "veien", "calle", "avenida", "rua", "via", "viale",
+    "piazza", "corso", "rue", "chemin", "carrer", "paseo", "plaza", "ulica", "ul.",
+)  # fmt: skip
 _PO_BOX: Final = re.compile(
     r"(?<![A-Za-z])(?i:p\.?[ \t]?o\.?[ \t]?box|post[ \t]+office[ \t]+box)[ \t]*#?[0-9]{1,6}"
     r"(?![0-9])"
@@ -508,13 +598,18 @@ def _check_phone_nanp(text: str, m: re.Match[str]) -> tuple[int, int] | None:
 # Chinese mobile numbers: 1[3-9]x xxxx xxxx, with spaces or dashes or none, optionally
 # behind +86 / 0086 / (+86); Chinese text around them needs no spaces.
 _PHONE_CN_MOBILE: Final = re.compile(
-    r"(?:(?<![0-9A-Za-z_+])(?:\+|00)86[ \t\-]?|\(\+?86\)[ \t\-]?)?"
     r"1(?<![0-9A-Za-z_.]1)[3-9][0-9](?:[ \t\-]?[0-9]{4}){2}(?![0-9A-Za-z_]|[.\-][0-9])"
 )
+# The country code in front, taken with the number: "+86 ", "0086", "(+86)".
+_CN_COUNTRY_CODE: Final = re.compile(r"(?:\(\+?86\)|(?<![0-9A-Za-z_+])(?:\+|00)86)[ \t\-]?\Z")
 
 
 def _check_cn_mobile(text: str, m: re.Match[str]) -> tuple[int, int] | None:
-    return None if _after_id_word(text, m.start()) else m.span()
+    start = m.start()
+    code = _CN_COUNTRY_CODE.search(text, max(0, start - 6), start)
+    if code is not None:
+        start = code.start()
+    return None if _after_id_word(text, start) else (start, m.end())
 
 
 # National numbers behind a trunk 0 with mixed separators ("020-7946 0958", "0755-8888
@@ -540,7 +635,7 @@ def _check_trunk_loose(text: str, m: re.Match[str]) -> tuple[int, int] | None:
 
 # Bare digit runs after a phone cue: "phone: 07700900123", "手机：13800138000".
 _PHONE_CUED_EN: Final = re.compile(
-    r"(?<![A-Za-z])(?i:phone|tel|telephone|mobile|cell|cellphone|fax|whatsapp|ph|mob)"
+    r"(?=[PpTtMmCcFfWw])(?<![A-Za-z])(?i:phone|tel|telephone|mobile|cell|cellphone|fax|whatsapp|ph|mob)"
     r"(?![A-Za-z])[ \t]*(?:no\.?|number|#)?[ \t]*[:#=\-]?[ \t]*(?:is[ \t]+)?"
     r"(?P<v>\+?[0-9]{9,14})(?![0-9A-Za-z])"
 )
@@ -564,21 +659,13 @@ Spec = tuple[
 
 def specs() -> list[Spec]:
     """The detectors of this module, in a fixed order; `detectors.builtin_detectors`
-    turns them into `Detector`s with their entity's priority."""
+    turns them into `Detector`s with their entity's priority. Loads the gazetteers, so a
+    policy pays for that when it applies, not its first request."""
+    gz.given_names()
+    gz.surnames()
     dob_needles = ("dob", "d.ob", "do.b", "d.o.b", "date", "birth", "born")
     out: list[Spec] = [
-        ("PERSON", _PERSON_TITLE, _check_title, (), False, None, None, False),
-        (
-            "PERSON",
-            _PERSON_CUE_EN,
-            _check_person_cue,
-            _PERSON_CUE_NEEDLES,
-            True,
-            0,
-            None,
-            False,
-        ),
-        ("PERSON", _PERSON_PAIR, _check_pair, (), False, None, None, False),
+        ("PERSON", _PERSON_EN, _check_person_en, (), False, None, None, False),
         ("PERSON", _PERSON_ZH_CUE, _check_zh_cue, (), False, None, None, True),
         (
             "PERSON",
@@ -591,9 +678,11 @@ def specs() -> list[Spec]:
             True,
         ),
         ("PERSON", _PERSON_ZH_UNCUED, _check_zh_uncued, (), False, None, None, True),
+        ("PERSON", _PERSON_ZH_SHORT, _check_zh_short, (), False, None, None, True),
         ("ADDRESS", _ADDRESS_EN, _check_address_en, (), False, None, 0, False),
-        ("ADDRESS", _ADDRESS_EU, None, (), False, None, None, False),
-        ("ADDRESS", _PO_BOX, None, ("box",), True, None, 0, False),
+        ("ADDRESS", _ADDRESS_EU, None, _EU_STREET_NEEDLES, True, None, None, False),
+        ("ADDRESS", _ADDRESS_FR, None, (), False, None, 0, False),
+        ("ADDRESS", _PO_BOX, None, ("box",), True, None, None, False),
         ("ADDRESS", _ADDRESS_ZH, _check_address_zh, (), False, None, None, True),
         (
             "ADDRESS",
@@ -664,9 +753,10 @@ def specs() -> list[Spec]:
 
 
 _SSN_CUED: Final = re.compile(
-    r"(?<![A-Za-z])(?i:ssn|ss#|ss[ \t]?no|social[ \t]+security(?:[ \t]+(?:number|no|#))?"
+    r"(?=[Ss])(?<![A-Za-z])(?i:ssn|ss#|ss[ \t]?no|social[ \t]+security(?:[ \t]+(?:number|no|#))?"
     r"|soc[ \t]?sec)(?![A-Za-z])[ \t]*(?:(?:number|no|#)\.?[ \t]*)?[:#=\-]?[ \t]*#?[ \t]*"
-    r"(?P<area>[0-9]{3})(?P<sep>[ \-.]?)(?P<group>[0-9]{2})(?P=sep)(?P<serial>[0-9]{4})(?![0-9])"
+    r"(?:is[ \t]+)?(?P<area>[0-9]{3})(?P<sep>[ \-.]?)(?P<group>[0-9]{2})(?P=sep)"
+    r"(?P<serial>[0-9]{4})(?![0-9])"
 )
 _SSN_NEEDLES: Final = ("ss", "social", "soc")
 
