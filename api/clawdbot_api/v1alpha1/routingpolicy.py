@@ -30,7 +30,8 @@ class Target(StrEnum):
 
 
 class Entity(StrEnum):
-    """Kinds of sensitive data the redactor recognises."""
+    """Kinds of sensitive data the redactor recognises (docs/routing.md says what each
+    one counts and what it deliberately leaves alone)."""
 
     EMAIL = "EMAIL"
     PHONE = "PHONE"
@@ -40,6 +41,13 @@ class Entity(StrEnum):
     US_SSN = "US_SSN"
     CN_RESIDENT_ID = "CN_RESIDENT_ID"
     API_KEY = "API_KEY"
+    PERSON = "PERSON"
+    ADDRESS = "ADDRESS"
+    DATE_OF_BIRTH = "DATE_OF_BIRTH"
+    MEDICAL_RECORD_NUMBER = "MEDICAL_RECORD_NUMBER"
+    HEALTH_PLAN_ID = "HEALTH_PLAN_ID"
+    PASSPORT = "PASSPORT"
+    DRIVERS_LICENSE = "DRIVERS_LICENSE"
 
 
 class LocalModelRef(ApiModel):
@@ -187,6 +195,23 @@ class CustomEntity(ApiModel):
     """Regular expression (Python re syntax) matching the sensitive text."""
 
 
+class RedactionModel(ApiModel):
+    """A named-entity model that looks at cloud-bound text after the pattern tier."""
+
+    enabled: bool = False
+    """Run the model on every cloud-bound request; when it can't load or run, the request is
+    blocked (stays local, or is refused), never sent unchecked."""
+    pipeline: str = Field(
+        default="en_core_web_sm", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$"
+    )
+    """Installed spaCy pipeline package (the `ner` extra installs en_core_web_sm 3.8)."""
+    entities: list[Entity] = Field(
+        default_factory=lambda: [Entity.PERSON, Entity.ADDRESS, Entity.DATE_OF_BIRTH],
+        max_length=16,
+    )
+    """Entities the model may add; its findings of other kinds are dropped."""
+
+
 class Redaction(ApiModel):
     """What is removed from requests before they leave for the cloud."""
 
@@ -206,8 +231,10 @@ class Redaction(ApiModel):
     uninspectable: UninspectableContent = UninspectableContent.LOCAL
     """Requests holding content that can't be inspected as text (image, audio and file parts,
     prompts as token ids): local (answered locally only, never sent to the cloud), reject
-    (refused when a rule sends them to the cloud; answered locally otherwise) or allow (sent
-    to the cloud uninspected, which the audit records). Applies while redaction is enabled."""
+    (refused with 400 unless the policy answers them locally anyway) or allow (sent to the
+    cloud uninspected). Applies while redaction is enabled."""
+    model: RedactionModel = Field(default_factory=RedactionModel)
+    """The optional model tier: a named-entity model on cloud-bound text."""
 
 
 class CacheBackend(StrEnum):

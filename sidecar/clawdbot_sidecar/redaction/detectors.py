@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 (typographic dashes are separators people type)
 """Pattern detectors: candidates by pre-compiled regex, confirmed by validators.
 
 Each detector is a compiled pattern, literal needles that must occur in the text for the
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from .personal import specs
 from .validators import (
     IBAN_LENGTHS,
     cn_resident_id_valid,
@@ -61,6 +63,8 @@ class Detector:
     # digits are optional). Texts without a digit skip the pattern; others are searched
     # from that far before their first digit.
     digit_lead: int | None = None
+    # Every match holds a character outside ASCII (Chinese text): ASCII texts skip it.
+    non_ascii: bool = False
 
 
 # --- validators bound to matches -------------------------------------------------------
@@ -283,16 +287,121 @@ _ASSIGNMENT: Final = re.compile(
     r"(?:\"(?P<dq>[^\"\r\n]{1,256})\"|'(?P<sq>[^'\r\n]{1,256})'|(?P<bare>[^\s\"',;&<>]{1,256}))"
 )
 
+# --- less canonical spellings of the same entities ------------------------------------
+# Each finds values the canonical pattern above misses; where both match, the findings
+# merge. Boundaries are ASCII-only, so Chinese text may touch a value ("卡号4111...").
+
+_CARD_SEP: Final = r"(?:[ \t]*[.\-–_/][ \t]*|[ \t]{1,3})"
+_CREDIT_CARD_LOOSE: Final = re.compile(
+    r"[2-6](?<![0-9A-Za-z_.\-][2-6])(?:[0-9]{3}(?:"
+    + _CARD_SEP
+    + r"[0-9]{4}){2}"
+    + _CARD_SEP
+    + r"[0-9]{1,4}(?:"
+    + _CARD_SEP
+    + r"[0-9]{1,3})?|[0-9]{3}"
+    + _CARD_SEP
+    + r"[0-9]{6}"
+    + _CARD_SEP
+    + r"[0-9]{4,5}|[0-9]{12,18})(?![0-9A-Za-z_]|[.,\-][0-9])"
+)
+_GROUP_CUT: Final = re.compile(r"[^0-9]+[0-9]+\Z")
+
+
+def _check_card_loose(text: str, m: re.Match[str]) -> tuple[int, int] | None:
+    raw = m.group()
+    while True:
+        digits = "".join(c for c in raw if c.isdigit())
+        if len(digits) < 13:
+            return None
+        if len(digits) <= 19 and luhn_valid(digits):
+            return m.start(), m.start() + len(raw)
+        cut = _GROUP_CUT.search(raw)
+        if cut is None:
+            return None
+        raw = raw[: cut.start()]
+
+
+# IBANs in any case, with spaces, dashes or dots. The match opens at the check digits so
+# the search can skip to digits; the two country letters are taken by the check.
+_IBAN_LOOSE: Final = re.compile(
+    r"[0-9](?<=[A-Za-z]{2}[0-9])(?<![A-Za-z0-9][A-Za-z]{2}[0-9])[0-9]"
+    r"(?:[ \t\-.]?[A-Za-z0-9]){11,32}"
+)
+
+
+def _check_iban_loose(text: str, m: re.Match[str]) -> tuple[int, int] | None:
+    start = m.start() - 2
+    country = text[start : start + 2].upper()
+    length = IBAN_LENGTHS.get(country)
+    if length is None:
+        return None
+    chars: list[str] = []
+    end = start
+    for i in range(start, m.end()):
+        ch = text[i]
+        if ch.isalnum():
+            chars.append(ch.upper())
+            if len(chars) == length:
+                end = i + 1
+                break
+    else:
+        return None
+    if end < len(text) and text[end].isascii() and text[end].isalnum():
+        return None
+    return (start, end) if iban_valid("".join(chars)) else None
+
+
+# CN resident IDs written in groups: 6-8-4 or 6-4-4-4, with spaces or dashes.
+_CN_ID_LOOSE: Final = re.compile(
+    r"[1-9](?<![0-9A-Za-z][1-9])[0-9]{5}(?P<s>[ \t\-]{1,2})(?:[0-9]{8}|[0-9]{4}(?P=s)[0-9]{4})"
+    r"(?P=s)[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
+)
+
+
+def _check_cn_id_loose(text: str, m: re.Match[str]) -> tuple[int, int] | None:
+    compact = "".join(c for c in m.group() if c.isalnum())
+    return m.span() if cn_resident_id_valid(compact) else None
+
+
+# "+<country>" right after Chinese text, and the "00" international prefix (the same
+# trimming as "+<country>" numbers).
+_PHONE_INTL_LOOSE: Final = re.compile(
+    r"(?:\+|00(?=[1-9]))(?<![0-9A-Za-z_+]\+)(?<![0-9A-Za-z_+]00)[1-9][0-9 .\-()]{6,24}[0-9]"
+    r"(?![0-9])"
+)
+_LATIN: Final = "A-Za-z0-9À-ÖØ-öø-ɏ"
+# Addresses with accented letters ("josé@ejemplo.es").
+_EMAIL_LATIN: Final = re.compile(
+    rf"(?<![{_LATIN}._%+\-])[{_LATIN}][{_LATIN}._%+\-]{{0,63}}"
+    rf"@(?:[{_LATIN}](?:[{_LATIN}\-]{{0,61}}[{_LATIN}])?\.)+[A-Za-z]{{2,24}}(?![A-Za-z0-9\-])"
+)
+# Spelled-out separators in brackets: "jane.doe [at] example [dot] com", "jane(at)ex.org".
+_EMAIL_SPELLED: Final = re.compile(
+    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}[ \t]*[\[({<][ \t]*(?i:at|@)[ \t]*"
+    r"[\])}>][ \t]*[A-Za-z0-9\-]{1,63}(?:[ \t]*(?:\.|[\[({<][ \t]*(?i:dot|\.)[ \t]*[\])}>])"
+    r"[ \t]*[A-Za-z0-9\-]{1,63})+"
+)
+
+
 PRIORITY: Final[dict[str, int]] = {
-    # Ties in length go to the more specific entity.
+    # Ties in length go to the more specific entity: checksummed and cued identifiers
+    # before shapes (a medical record number that also reads as a phone number is one).
     "API_KEY": 1,
     "CN_RESIDENT_ID": 2,
     "IBAN": 3,
     "CREDIT_CARD": 4,
     "US_SSN": 5,
-    "EMAIL": 6,
-    "IP_ADDRESS": 7,
-    "PHONE": 8,
+    "MEDICAL_RECORD_NUMBER": 6,
+    "HEALTH_PLAN_ID": 7,
+    "PASSPORT": 8,
+    "DRIVERS_LICENSE": 9,
+    "DATE_OF_BIRTH": 10,
+    "EMAIL": 11,
+    "IP_ADDRESS": 12,
+    "PHONE": 13,
+    "ADDRESS": 14,
+    "PERSON": 15,
 }
 CUSTOM_PRIORITY: Final = 0  # the policy author's own definition wins ties
 
@@ -301,13 +410,24 @@ def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
     """Detectors for the given built-in entity names, in a fixed order."""
     table: dict[str, list[Detector]] = {
         # The local part before the "@" is 1 to 64 characters long.
-        "EMAIL": [Detector("EMAIL", _EMAIL, PRIORITY["EMAIL"], ("@",), needle_lead=64)],
+        "EMAIL": [
+            Detector("EMAIL", _EMAIL, PRIORITY["EMAIL"], ("@",), needle_lead=64),
+            Detector("EMAIL", _EMAIL_LATIN, PRIORITY["EMAIL"], ("@",), needle_lead=64),
+            Detector(
+                "EMAIL", _EMAIL_SPELLED, PRIORITY["EMAIL"], ("at]", "at)", "at}", "at>", "@]",
+                "@)", "@}", "@>"), needles_casefold=True, needle_lead=72,
+            ),
+        ],
         "PHONE": [
             Detector(
                 "PHONE", _PHONE_INTL, PRIORITY["PHONE"], ("+",), check=_check_phone_intl,
                 needle_lead=0, digit_lead=1,
             ),
             Detector("PHONE", _PHONE_NANP, PRIORITY["PHONE"], digit_lead=1),  # "(" first
+            Detector(
+                "PHONE", _PHONE_INTL_LOOSE, PRIORITY["PHONE"], check=_check_phone_intl,
+                digit_lead=2,
+            ),
             Detector(
                 "PHONE", _PHONE_TRUNK, PRIORITY["PHONE"], ("0",), check=_check_phone_trunk,
                 needle_lead=1, digit_lead=1,
@@ -317,9 +437,18 @@ def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
             Detector(
                 "CREDIT_CARD", _CREDIT_CARD, PRIORITY["CREDIT_CARD"], check=_check_credit_card,
                 digit_lead=0,
-            )
+            ),
+            Detector(
+                "CREDIT_CARD", _CREDIT_CARD_LOOSE, PRIORITY["CREDIT_CARD"],
+                check=_check_card_loose, digit_lead=0,
+            ),
         ],
-        "IBAN": [Detector("IBAN", _IBAN, PRIORITY["IBAN"], check=_check_iban, digit_lead=2)],
+        "IBAN": [
+            Detector("IBAN", _IBAN, PRIORITY["IBAN"], check=_check_iban, digit_lead=2),
+            Detector(
+                "IBAN", _IBAN_LOOSE, PRIORITY["IBAN"], check=_check_iban_loose, digit_lead=0
+            ),
+        ],
         "IP_ADDRESS": [
             Detector(
                 "IP_ADDRESS", _IPV4, PRIORITY["IP_ADDRESS"], (".",), check=_check_ipv4,
@@ -337,7 +466,11 @@ def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
             Detector(
                 "CN_RESIDENT_ID", _CN_ID, PRIORITY["CN_RESIDENT_ID"], check=_check_cn_id,
                 digit_lead=0,
-            )
+            ),
+            Detector(
+                "CN_RESIDENT_ID", _CN_ID_LOOSE, PRIORITY["CN_RESIDENT_ID"],
+                check=_check_cn_id_loose, digit_lead=0,
+            ),
         ],
         "API_KEY": [
             Detector(
@@ -361,6 +494,20 @@ def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
             ),
         ],
     }  # fmt: skip
+    for entity, regex, check, needles, folded, needle_lead, digit_lead, non_ascii in specs():
+        table.setdefault(entity, []).append(
+            Detector(
+                entity,
+                regex,
+                PRIORITY[entity],
+                needles,
+                needles_casefold=folded,
+                check=check,
+                needle_lead=needle_lead,
+                digit_lead=digit_lead,
+                non_ascii=non_ascii,
+            )
+        )
     chosen = set(entities)
     return [d for name, ds in table.items() if name in chosen for d in ds]
 

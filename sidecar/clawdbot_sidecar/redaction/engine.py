@@ -265,8 +265,14 @@ class Redactor:
         """
         lowered: str | None = None
         first_digit = -2  # not looked for yet; -1: none
+        ascii_only: bool | None = None
         for det in detectors:
             start = 0
+            if det.non_ascii:
+                if ascii_only is None:
+                    ascii_only = text.isascii()
+                if ascii_only:
+                    continue
             if det.needles:
                 if det.needles_casefold:
                     if lowered is None:
