@@ -23,8 +23,8 @@ __all__ = [
     "US_STATES",
     "given_names",
     "is_given_name",
-    "is_surname_word",
     "is_surname",
+    "is_surname_word",
     "surnames",
 ]
 

@@ -427,7 +427,10 @@ _PERSON_ZH_UNCUED: Final = re.compile(
 )
 # A name without a cue must not be the tail of a longer word: the character before it is
 # not Chinese, or a function word that separates phrases.
-_CN_SEPARATING: Final = frozenset("和与跟及同给向对由让叫请找把被是为在打告诉知问、，。：；！？“”（）《》 ")
+_CN_SEPARATING: Final = frozenset(
+    "和与跟及同给向对由让叫请找把被是为在打告诉知问"  # function words
+    "、，。：；！？“”（）《》 "  # punctuation
+)
 
 
 # Two-character names ("王超") need more: a usual given-name character, and a character
