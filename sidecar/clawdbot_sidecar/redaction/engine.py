@@ -152,6 +152,11 @@ class Redactor:
         """The configuration this redactor was built from."""
         return self._config
 
+    @property
+    def active(self) -> frozenset[str]:
+        """The entities this redactor rewrites."""
+        return frozenset(self._modes)
+
     def detect(self, text: str) -> list[Span]:
         """Non-overlapping findings in `text`, sorted by position.
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Final
 
 from clawdbot_api.v1alpha1.routingpolicy import RedactionModel
@@ -37,7 +39,7 @@ from .engine import Findings
 from .gazetteer import NAME_STOP_WORDS
 from .personal import line_prefix
 
-__all__ = ["MODEL_LABELS", "ModelTier", "ModelTierError", "merge_findings"]
+__all__ = ["MODEL_LABELS", "ModelTier", "ModelTierError", "ModelTierRunner", "merge_findings"]
 
 
 class ModelTierError(RuntimeError):
@@ -163,6 +165,23 @@ class ModelTier:
             if _DIGIT.search(before) is None and _DIGIT.search(after) is None:
                 return None
         return entity
+
+
+@dataclass(frozen=True)
+class ModelTierRunner:
+    """A loaded model tier and the one worker thread that runs it (spaCy's pipeline is
+    not shared between threads; requests queue for it)."""
+
+    tier: ModelTier
+    executor: ThreadPoolExecutor
+
+    @classmethod
+    def load(cls, tier: ModelTier) -> ModelTierRunner:
+        return cls(tier, ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-tier"))
+
+    def close(self) -> None:
+        """Stop the worker once what is queued has run."""
+        self.executor.shutdown(wait=False)
 
 
 def merge_findings(fast: Findings, extra: Iterable[Span]) -> Findings:

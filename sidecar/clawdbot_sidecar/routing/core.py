@@ -64,6 +64,7 @@ log = logging.getLogger("clawdbot.sidecar")
 DEFAULT_COMPLETION_TOKENS = 256
 # Reject reasons answered at once, before the cache: the policy refuses the request itself.
 _REFUSALS = (
+    "model-tier-unavailable",
     "rule:",
     "default",
     "embeddings:no-cloud-model",
@@ -149,6 +150,8 @@ class RoutingCore:
         if old.cache is not None and old.cache is not new.cache:
             with contextlib.suppress(RuntimeError):  # no loop yet: nothing was opened
                 asyncio.get_running_loop().create_task(old.cache.close())
+        if old.model_tier is not None and old.model_tier is not new.model_tier:
+            old.model_tier.close()
 
     @property
     def config(self) -> SidecarConfig:
@@ -180,6 +183,8 @@ class RoutingCore:
         """Stop probing, release the cache's connections and flush the audit log."""
         self.local.close()
         snap = self.snapshot
+        if snap.model_tier is not None:
+            snap.model_tier.close()
         if snap.cache is not None:
             await snap.cache.close()
         if snap.audit is not None:
@@ -366,6 +371,8 @@ class RoutingCore:
         snap: snapshots.Snapshot, pii: Mapping[str, int], seen: Inspection
     ) -> str | None:
         """Why the request must not leave, besides blocked entities; None if it may."""
+        if snap.model_tier_error is not None:
+            return "model-tier-unavailable"
         redaction = snap.config.policy.redaction
         if (
             redaction.enabled
@@ -404,6 +411,12 @@ class RoutingCore:
                 f"the request holds sensitive data ({what}) the policy keeps from the cloud, "
                 "and no local model can answer it (embeddings are never computed by the other "
                 "side's model, whose vectors would not be comparable)",
+                reason=reason,
+            )
+        if reason == "model-tier-unavailable":
+            raise SensitiveDataBlocked(
+                "the policy's model tier (spec.redaction.model) can't run, so nothing may "
+                "leave for the cloud, and no local model can answer this request",
                 reason=reason,
             )
         if reason.startswith("uninspectable:"):
@@ -473,6 +486,8 @@ class RoutingCore:
             redactor=snap.redactor,
             api_key=config.cloud_api_key,
             connect_timeout_s=config.limits.cloud_connect_timeout_s,
+            model_tier=snap.model_tier,
+            model_tier_error=snap.model_tier_error,
         )
         return await self.cloud.call(body, call, out)
 

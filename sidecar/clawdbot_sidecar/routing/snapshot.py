@@ -11,6 +11,7 @@ force, cloud URL and redaction included.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,9 +22,12 @@ from clawdbot_sidecar.accounting.ledger import Books
 from clawdbot_sidecar.cache import ResponseCache, build_cache
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor
+from clawdbot_sidecar.redaction.model_tier import ModelTier, ModelTierError, ModelTierRunner
 from clawdbot_sidecar.routing.decision import Bandit
 
 __all__ = ["Snapshot", "build"]
+
+log = logging.getLogger("clawdbot.sidecar")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,10 @@ class Snapshot:
     """Entities some ``containsPII: true`` rule asks about (all, for one naming none)."""
     redacted_entities: frozenset[str]
     """Entities redaction rewrites (none while it is disabled)."""
+    model_tier: ModelTierRunner | None = None
+    """The model tier, when the policy enables it and it loaded."""
+    model_tier_error: str | None = None
+    """Why the enabled model tier can't run: then nothing is sent to the cloud."""
 
     @property
     def books(self) -> Books:
@@ -108,6 +116,7 @@ def build(
             raise
     known = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
     redaction = redactor.config
+    tier, tier_error = _model_tier(config, previous)
     return Snapshot(
         config=config,
         redactor=redactor,
@@ -120,7 +129,29 @@ def build(
         pii_entities=known,
         pii_rule_entities=_rule_entities(config, known),
         redacted_entities=frozenset(redaction.active_entities() if redaction.enabled else ()),
+        model_tier=tier,
+        model_tier_error=tier_error,
     )
+
+
+def _model_tier(
+    config: SidecarConfig, previous: Snapshot | None
+) -> tuple[ModelTierRunner | None, str | None]:
+    """The model tier ``config`` asks for: reused when its settings are unchanged, loaded
+    otherwise (a pipeline takes a second or two); the error when it can't load."""
+    settings = config.policy.redaction.model
+    if not (config.policy.redaction.enabled and settings.enabled):
+        return None, None
+    if previous is not None:
+        before = previous.config.policy.redaction
+        if before.enabled and before.model == settings:
+            return previous.model_tier, previous.model_tier_error
+    try:
+        return ModelTierRunner.load(ModelTier.load(settings)), None
+    except ModelTierError as exc:
+        # The policy still applies, with the cloud closed to it: fail closed, loudly.
+        log.error("%s; no request leaves for the cloud until it loads", exc)
+        return None, str(exc)
 
 
 def _rule_entities(config: SidecarConfig, known: tuple[str, ...]) -> frozenset[str]:

@@ -18,7 +18,8 @@ from clawdbot_api.v1alpha1.routingpolicy import CloudEndpoint, Redaction
 from clawdbot_sidecar.accounting.ledger import Outcome
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.errors import SensitiveDataBlocked
-from clawdbot_sidecar.redaction import Redactor, Restorer
+from clawdbot_sidecar.redaction import Redactor, Restorer, iter_request_texts
+from clawdbot_sidecar.redaction.model_tier import ModelTierError, ModelTierRunner, merge_findings
 from clawdbot_sidecar.upstream.breaker import CircuitBreaker
 from clawdbot_sidecar.upstream.client import Upstream, UpstreamError, backoff_delay
 from clawdbot_sidecar.upstream.local import Reply, with_stream_usage
@@ -40,6 +41,10 @@ class CloudCall:
     redactor: Redactor
     api_key: str | None
     connect_timeout_s: float
+    model_tier: ModelTierRunner | None = None
+    """The model tier to run on the cloud-bound texts, if the policy enables it."""
+    model_tier_error: str | None = None
+    """Why the enabled model tier can't run (then nothing is sent)."""
 
 
 class CloudTarget:
@@ -55,6 +60,8 @@ class CloudTarget:
     async def call(self, body: Mapping[str, Any], call: CloudCall, out: Outcome) -> Reply:
         """Answer from the cloud; raises NoEndpoint, UpstreamError or SensitiveDataBlocked."""
         cloud = call.endpoint
+        if call.redaction.enabled and (call.model_tier is not None or call.model_tier_error):
+            await self._model_findings(body, call, out)
         result = call.redactor.redact_request(body, memo=out.findings)
         if result.is_blocked:
             raise SensitiveDataBlocked(
@@ -77,6 +84,35 @@ class CloudTarget:
         request = with_stream_usage(request)
         wants_usage = "stream_options" in body
         return await self._attempts(request, call, out, restorer, wants_usage=wants_usage)
+
+    @staticmethod
+    async def _model_findings(body: Mapping[str, Any], call: CloudCall, out: Outcome) -> None:
+        """Add the model tier's findings to the fast tier's (``out.findings``) for every
+        cloud-bound text; the request is blocked when the tier can't run (fail closed)."""
+        runner = call.model_tier
+        if runner is None:
+            raise SensitiveDataBlocked(
+                f"the policy's model tier can't run ({call.model_tier_error}); nothing "
+                "leaves for the cloud until it can",
+                reason="model-tier-unavailable",
+            )
+        texts = list(dict.fromkeys(t for t in iter_request_texts(body) if t.strip()))
+        if not texts:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(runner.executor, runner.tier.find, texts)
+        except (ModelTierError, RuntimeError) as exc:  # RuntimeError: its worker is shut down
+            raise SensitiveDataBlocked(
+                f"the policy's model tier failed on this request ({exc}); it is not sent",
+                reason="model-tier-failed",
+            ) from exc
+        active = call.redactor.active
+        for text, spans in zip(texts, found, strict=True):
+            extra = [s for s in spans if s.entity in active]
+            if extra:
+                fast = call.redactor.inspect(text, out.findings)
+                out.findings[text] = merge_findings(fast, extra)
 
     async def _attempts(
         self,

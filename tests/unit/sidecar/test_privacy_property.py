@@ -25,8 +25,17 @@ from sidecar_support import Sidecar, StartSidecar, policy
 
 from tests.support.servers import free_port
 
-# Values the fast tier finds in any of the formats below (one per built-in entity kind).
+# Values the fast tier finds wherever they stand (one or more per built-in entity kind).
 PLANTED = [
+    "Maria Garcia",
+    "王小明",
+    "1600 Pennsylvania Avenue NW, Washington, DC 20500",
+    "DOB: 03/14/1985",
+    "MRN 00123456",
+    "passport E12345678",
+    "member ID: XJH123456789",
+    "13812345678",
+    "+86 138 1234 5678",
     "jane.doe@example.com",
     "J.Smith+billing@Mail.Example.org",
     "4111 1111 1111 1111",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from sidecar_support import EMAIL, LONG_FILLER, StartSidecar, policy, received
@@ -152,3 +153,44 @@ async def test_a_config_that_fails_to_build_leaves_the_old_one_in_force_whole(
     finally:
         await core.close()
         await upstream.close()
+
+
+NAME_ONLY_THE_MODEL_FINDS = "Oluwaseun Adeyemi-Bakare"
+
+
+async def test_the_model_tier_removes_what_the_patterns_miss_before_the_cloud(
+    local_url: str, cloud: str, make_sidecar: StartSidecar
+) -> None:
+    prompt = f"Yesterday {NAME_ONLY_THE_MODEL_FINDS} came back with a cough."
+    fast_only = await make_sidecar(policy(cloud, rules=[], defaultTarget="cloud"), [local_url])
+    await fast_only.chat(prompt)
+    assert NAME_ONLY_THE_MODEL_FINDS in json.dumps(await received(cloud))  # the patterns miss it
+
+    async with aiohttp.ClientSession() as s:
+        await s.delete(f"{cloud}/_stub/requests")
+    with_model = await make_sidecar(
+        policy(cloud, rules=[], defaultTarget="cloud", redaction={"model": {"enabled": True}}),
+        [local_url],
+    )
+    raw = await with_model.chat(prompt)
+    assert raw.headers["x-clawdbot-target"] == "cloud"
+    sent = json.dumps(await received(cloud))
+    assert NAME_ONLY_THE_MODEL_FINDS not in sent and "<PERSON_" in sent
+    # Pseudonymized, so the answer carries the name again.
+    assert NAME_ONLY_THE_MODEL_FINDS in raw.parse().choices[0].message.content
+
+
+async def test_a_model_tier_that_cannot_load_closes_the_cloud(
+    local_url: str, cloud: str, make_sidecar: StartSidecar
+) -> None:
+    spec = policy(cloud, redaction={"model": {"enabled": True, "pipeline": "xx_not_installed"}})
+    sc = await make_sidecar(spec, [local_url])
+    assert sc.core.snapshot.model_tier_error is not None
+    raw = await sc.chat(f"{LONG_FILLER} nothing personal here")
+    assert raw.headers["x-clawdbot-target"] == "local"  # the cloud rule, held back
+    assert raw.headers["x-clawdbot-reason"] == "model-tier-unavailable"
+    assert await received(cloud) == []
+    down = await make_sidecar(spec, [dead_endpoint()])
+    with pytest.raises(openai.APIStatusError):
+        await down.chat(f"{LONG_FILLER} nothing personal here")
+    assert await received(cloud) == []
