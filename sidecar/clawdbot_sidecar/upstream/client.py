@@ -530,17 +530,7 @@ class Upstream:
         target, conn, _ = await self._send(
             url, body, headers, timeout_s, connect_timeout_s, accept=b"application/json"
         )
-        status, raw, wait = conn.status, conn.answer(), conn.retry_after
-        self._release(target, conn)  # the answer was read whole, error or not
-        if status >= 400:
-            raise _answer_error(status, raw, wait)
-        try:
-            data: Any = loads(raw)
-        except ValueError as exc:
-            raise UpstreamError("protocol", "upstream answered with invalid JSON") from exc
-        if not isinstance(data, dict):
-            raise UpstreamError("protocol", "upstream answered with a non-object JSON")
-        return data
+        return self._json_answer(target, conn)
 
     async def get_json(
         self, url: str, timeout_s: float, connect_timeout_s: float | None = None
@@ -549,8 +539,12 @@ class Upstream:
         target, conn, _ = await self._send(
             url, None, {}, timeout_s, connect_timeout_s, accept=b"application/json"
         )
+        return self._json_answer(target, conn)
+
+    def _json_answer(self, target: _Target, conn: _Connection) -> dict[str, Any]:
+        """The JSON object a whole answer holds, or the UpstreamError it means."""
         status, raw, wait = conn.status, conn.answer(), conn.retry_after
-        self._release(target, conn)
+        self._release(target, conn)  # the answer was read whole, error or not
         if status >= 400:
             raise _answer_error(status, raw, wait)
         try:
