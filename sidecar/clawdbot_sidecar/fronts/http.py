@@ -237,28 +237,27 @@ class _Connection(asyncio.Protocol):
         self._flow()
 
     def data_received(self, data: bytes) -> None:
-        if self.refusing:
-            return
-        if self.state.raw_body_left:
-            data = self._raw_body(data)
-            if not data or self.refusing:
+        # A loop, not recursion: a client may pipeline thousands of upgrade offers in one
+        # read, each of which hands the rest of the read to a fresh parser.
+        while data and not self.refusing:
+            if self.state.raw_body_left:
+                data = self._raw_body(data)
+                if not data or self.refusing:
+                    return
+            try:
+                self.parser.feed_data(data)
                 return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # An upgrade offer (h2c, websocket) the server does not take: the request is
-            # answered as a plain one, and HTTP/1.1 goes on after it. llhttp stops at the
-            # end of the head; the body, if any, is read as a body first.
-            if self.refusing:
+            except httptools.HttpParserUpgrade as exc:
+                # An upgrade offer (h2c, websocket) the server does not take: the request is
+                # answered as a plain one, and HTTP/1.1 goes on after it. llhttp stops at the
+                # end of the head; the body, if any, is read as a body first.
+                self.parser = httptools.HttpRequestParser(self)
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                data = data[offset:]
+            except httptools.HttpParserError as exc:
+                if not self.refusing:
+                    self._refuse(self.server.refusals.error(400, f"malformed HTTP request: {exc}"))
                 return
-            self.parser = httptools.HttpRequestParser(self)
-            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            rest = data[offset:]
-            if rest:
-                self.data_received(rest)
-        except httptools.HttpParserError as exc:
-            if not self.refusing:
-                self._refuse(self.server.refusals.error(400, f"malformed HTTP request: {exc}"))
 
     # -- httptools callbacks (after a refusal, the rest of the buffer is ignored)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -207,6 +208,18 @@ async def test_a_bodyless_upgrade_offer_is_answered_as_a_plain_request(serve: Se
         assert (await read_response(reader))[0] == 200
         assert (await read_response(reader))[0] == 200
     assert app.paths == ["/u", "/v"]
+
+
+async def test_thousands_of_pipelined_upgrade_offers_are_each_answered(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    offers = 5000  # each hands the rest of the read to a fresh parser
+    async with serve() as (app, server), connect(server.port) as (reader, writer):
+        writer.write(b"GET /u HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n" * offers)
+        for _ in range(offers):
+            assert (await read_response(reader))[0] == 200
+    assert len(app.requests) == offers
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_chunked_trailers_never_touch_the_request_headers(serve: Serve) -> None:
