@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -215,6 +215,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
             return
         self.server.connections.add(self)
+        self.server.idle_connections[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -264,6 +265,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if not self.refusing:
             self.state = _State(deadline=self.loop.time() + self.server.header_timeout_s)
+            self.server.idle_connections.pop(self, None)  # busy until answered
 
     def on_url(self, url: bytes) -> None:
         if not self.refusing:
@@ -456,6 +458,8 @@ class _Connection(asyncio.Protocol):
         finally:
             self.task = None
             self.last_active = self.loop.time()
+            if self.idle and self.state.deadline is None and not self.closed:
+                self.server.idle_connections[self] = None  # the most recently idle: last
             if self.server.closing and not self.queue:
                 self.close()
 
@@ -604,6 +608,9 @@ class HttpServer:
         # Often enough that a deadline is enforced within half of itself.
         self._sweep_s = min(IDLE_SWEEP_S, header_timeout_s / 2, body_timeout_s / 2)
         self.connections: set[_Connection] = set()
+        # Connections with no request in progress, the longest idle first: the one to
+        # close when a new connection needs room, found in O(1) however many there are.
+        self.idle_connections: OrderedDict[_Connection, None] = OrderedDict()
         self.refused_connections = 0
         """Connections closed at once because every one of max_connections was busy."""
         self.closing = False
@@ -635,15 +642,20 @@ class HttpServer:
         makes room for it; when every connection is busy, it is refused."""
         if len(self.connections) < self.max_connections:
             return True
-        idle = [c for c in self.connections if c.idle and c.state.deadline is None]
-        if not idle:
-            self.refused_connections += 1
-            return False
-        min(idle, key=lambda c: c.last_active).close()
-        return True
+        while self.idle_connections:
+            oldest, _ = self.idle_connections.popitem(last=False)
+            if not oldest.closed:
+                oldest.close()
+                # Gone now, not when the loop reports it: the next admission in the same
+                # batch of accepts must not count it.
+                self.connections.discard(oldest)
+                return True
+        self.refused_connections += 1
+        return False
 
     def connection_lost(self, conn: _Connection) -> None:
         self.connections.discard(conn)
+        self.idle_connections.pop(conn, None)
         if self.closing and not self.connections:
             self._all_closed.set()
 
