@@ -18,6 +18,8 @@ import pytest
 
 from clawdbot_sidecar.fronts.http import (
     MAX_HEADERS,
+    MAX_PIPELINED,
+    PARSE_SLICE_BYTES,
     HttpServer,
     Refusals,
     Request,
@@ -323,6 +325,25 @@ async def _count_answers(client: socket.socket, expected: int) -> int:
     return seen
 
 
+async def test_one_read_of_thousands_of_tiny_requests_is_parsed_as_answers_make_room(
+    serve: Serve,
+) -> None:
+    tiny = b"GET /t HTTP/1.1\r\n\r\n"
+    count = 10_000  # 190 KB: one or two reads
+    async with serve() as (app, server), connect(server.port) as (reader, writer):
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n" + tiny * count)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the server has read what it will while /slow waits
+        (conn,) = server.connections
+        # One parse slice of tiny requests at most, not the whole read (10,000 requests,
+        # each a few hundred bytes of objects).
+        assert len(conn.queue) <= MAX_PIPELINED + PARSE_SLICE_BYTES // len(tiny)
+        app.release.set()
+        for _ in range(count + 1):  # and every one is answered, in order
+            assert (await read_response(reader))[0] == 200
+    assert app.paths == ["/slow"] + ["/t"] * count
+
+
 async def test_slow_loris_headers_are_cut_off_by_the_header_timeout(serve: Serve) -> None:
     async with serve() as (app, server):
         async with connect(server.port) as (reader, writer):
@@ -441,6 +462,7 @@ def test_the_same_holds_on_uvloop() -> None:
         test_chunked_trailers_never_touch_the_request_headers,
         test_more_header_fields_than_the_limit_get_431,
         test_a_client_that_never_reads_cannot_grow_the_write_buffer,
+        test_one_read_of_thousands_of_tiny_requests_is_parsed_as_answers_make_room,
         test_slow_loris_headers_are_cut_off_by_the_header_timeout,
         test_a_body_that_does_not_arrive_is_cut_off_by_the_body_timeout,
         test_a_client_that_stops_reading_a_stream_is_cut_off,
