@@ -208,6 +208,7 @@ class _Connection(asyncio.Protocol):
         # Read but not parsed yet: the rest of a read that brought more pipelined requests
         # than may wait (see data_received).
         self.unparsed = b""
+        self.queued_bytes = 0  # body bytes of the requests in `queue`
         # (method, keep-alive, chunked) of an Upgrade request whose body is being read raw.
         self._after_raw_body: tuple[str, bool, bool] = ("", False, False)
 
@@ -250,7 +251,7 @@ class _Connection(asyncio.Protocol):
         # A loop, not recursion: a client may pipeline thousands of upgrade offers in one
         # read, each of which hands the rest of the read to a fresh parser.
         while pos < end and not self.refusing:
-            if len(self.queue) >= MAX_PIPELINED:
+            if self._backlogged():
                 # The rest is parsed once answers have made room (reading is paused till
                 # then): one read of thousands of tiny pipelined requests never becomes
                 # thousands of queued requests.
@@ -434,15 +435,29 @@ class _Connection(asyncio.Protocol):
     def _enqueue(self, pending: _Pending) -> None:
         if self.task is not None:
             self.queue.append(pending)
+            if pending.request is not None:
+                self.queued_bytes += len(pending.request.body)
             self._flow()
             return
         self.task = self.loop.create_task(self._serve(pending))
 
+    def _backlogged(self) -> bool:
+        """Enough waits to be answered: MAX_PIPELINED requests, or a body limit's worth of
+        bodies (16 queued bodies of 4 MiB each would hold 64 MiB per connection)."""
+        return len(self.queue) >= MAX_PIPELINED or self.queued_bytes >= self.server.max_body_bytes()
+
+    def _has_room(self) -> bool:
+        """Half the backlog is answered: reading and parsing go on."""
+        return (
+            len(self.queue) < MAX_PIPELINED // 2
+            and self.queued_bytes < self.server.max_body_bytes() // 2
+        )
+
     def _flow(self) -> None:
         """Pause reading while answers can't be written or too many wait; resume after."""
-        if self.writing_paused or len(self.queue) >= MAX_PIPELINED or self.unparsed:
+        if self.writing_paused or self.unparsed or self._backlogged():
             pause = True
-        elif len(self.queue) < MAX_PIPELINED // 2 or self.refusing:
+        elif self._has_room() or self.refusing:
             pause = False
         else:
             return  # in between: keep the current state (no flapping)
@@ -472,7 +487,9 @@ class _Connection(asyncio.Protocol):
                 # The next answer waits until the client has read enough of this one.
                 await self._drain()
                 pending = self.queue.popleft()
-                if self.unparsed and len(self.queue) < MAX_PIPELINED // 2:
+                if pending.request is not None:
+                    self.queued_bytes -= len(pending.request.body)
+                if self.unparsed and self._has_room():
                     rest, self.unparsed = self.unparsed, b""
                     self.data_received(rest)
                 self._flow()
@@ -489,6 +506,7 @@ class _Connection(asyncio.Protocol):
     def _finish(self, last: _Pending) -> None:
         """The connection ends after ``last``'s answer."""
         self.queue.clear()
+        self.queued_bytes = 0
         self.unparsed = b""
         if last.refusal is None or self.transport is None or self.closed:
             self.close()

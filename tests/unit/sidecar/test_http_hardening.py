@@ -344,6 +344,28 @@ async def test_one_read_of_thousands_of_tiny_requests_is_parsed_as_answers_make_
     assert app.paths == ["/slow"] + ["/t"] * count
 
 
+async def test_queued_bodies_are_bounded_by_the_body_limit_not_by_their_count(
+    serve: Serve,
+) -> None:
+    body = b"b" * (LIMIT - 1024)  # each just under the limit
+    count = 40
+    async with serve() as (app, server), connect(server.port) as (reader, writer):
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        for i in range(count):
+            writer.write(
+                b"POST /b%d HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (i, len(body)) + body
+            )
+        await asyncio.sleep(0.2)  # the server has read what it will while /slow waits
+        (conn,) = server.connections
+        queued = sum(len(p.request.body) for p in conn.queue if p.request is not None)
+        # A body limit's worth waits, plus the one that crossed it (16 would be 15 limits).
+        assert queued <= 2 * LIMIT, f"{queued} body bytes queued"
+        app.release.set()
+        for _ in range(count + 1):
+            assert (await read_response(reader))[0] == 200
+    assert app.paths == ["/slow"] + [f"/b{i}" for i in range(count)]
+
+
 async def test_slow_loris_headers_are_cut_off_by_the_header_timeout(serve: Serve) -> None:
     async with serve() as (app, server):
         async with connect(server.port) as (reader, writer):
@@ -463,6 +485,7 @@ def test_the_same_holds_on_uvloop() -> None:
         test_more_header_fields_than_the_limit_get_431,
         test_a_client_that_never_reads_cannot_grow_the_write_buffer,
         test_one_read_of_thousands_of_tiny_requests_is_parsed_as_answers_make_room,
+        test_queued_bodies_are_bounded_by_the_body_limit_not_by_their_count,
         test_slow_loris_headers_are_cut_off_by_the_header_timeout,
         test_a_body_that_does_not_arrive_is_cut_off_by_the_body_timeout,
         test_a_client_that_stops_reading_a_stream_is_cut_off,
