@@ -13,6 +13,9 @@ PY_PACKAGES := api/clawdbot_api operator/clawdbot_operator sidecar/clawdbot_side
 	runtime/clawdbot_runtime cli/clawdbot_cli testing/clawdbot_testing
 PY_SOURCES := api operator sidecar runtime cli testing tests e2e bench demo
 PYTEST_ARGS ?=
+# make fuzz: seconds of coverage-guided fuzzing per target (make test runs 3 each).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := http_front openai_body grpc_infer config
 
 ##@ General
 
@@ -108,6 +111,21 @@ unit: venv ## Unit tests: no cluster, no network beyond loopback.
 
 .PHONY: test
 test: lint typecheck verify unit chart-test images-lint e2e ## Everything CI runs.
+
+# The corpus grows in .run/fuzz/corpus (seeds stay in tests/fuzz/corpus); an input that
+# breaks an invariant is written to .run/fuzz/<target>-crash-* and stops the run (delete
+# it once fixed; run.py TARGET FILE replays one input).
+.PHONY: fuzz
+fuzz: venv ## Fuzz the sidecar's parsers of untrusted input with atheris, FUZZ_SECONDS (60) per target.
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p .run/fuzz/corpus/$$t; \
+		echo "==> fuzzing $$t for $(FUZZ_SECONDS)s"; \
+		$(BIN)/python tests/fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=.run/fuzz/$$t- .run/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+			2>&1 | grep -E '^(Done|stat::number_of_executed_units|INFO: Seed)|Uncaught|Finding|Error|crash-' \
+			|| true; \
+		if ls .run/fuzz/$$t-crash-* >/dev/null 2>&1; then echo "fuzz: finding in $$t: $$(ls .run/fuzz/$$t-crash-*)"; exit 1; fi; \
+	done
 
 ##@ Chart and images
 

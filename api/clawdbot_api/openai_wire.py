@@ -19,6 +19,7 @@ from typing import Any, Final
 import orjson
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "MAX_SSE_LINE_BYTES",
     "SSE_DONE",
     "SseDecoder",
@@ -35,18 +36,54 @@ SSE_DONE: Final = b"data: [DONE]\n\n"
 # An SSE line from a well-behaved server is a few kilobytes at most (one chunk of tokens);
 # a longer one is a broken or hostile peer, and buffering it would cost unbounded memory.
 MAX_SSE_LINE_BYTES: Final = 1 << 20
+# Arrays and objects nested deeper than this are refused. OpenAI bodies nest a handful of
+# levels (a tool's JSON Schema a few more), while everything that walks a body (redaction,
+# cache keys, the encoder: orjson's stops at 254) recurses once or more per level, and
+# Python's stack ends near 1,000 frames: a body 900 deep parsed, then failed in a walker.
+MAX_JSON_DEPTH: Final = 128
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | str, *, max_depth: int | None = MAX_JSON_DEPTH) -> Any:
     """Parse JSON with orjson; what only the standard library accepts (NaN, integers beyond
-    64 bits) still parses, through it. Raises ValueError (also for nesting orjson refuses)."""
+    64 bits) still parses, through it. Raises ValueError, also for arrays and objects
+    nested deeper than ``max_depth`` (None: as deep as the parsers allow)."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         try:
-            return json.loads(data)
+            value = json.loads(data)
         except RecursionError as exc:  # nested deeper than the interpreter's stack allows
             raise ValueError("JSON nested too deeply") from exc
+    if max_depth is not None and _brackets(data) > max_depth and _nested_deeper(value, max_depth):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _brackets(data: bytes | str) -> int:
+    """Opening brackets in ``data``, at C speed: a document with fewer of them than the
+    depth limit can't nest past it, and needs no walk."""
+    if isinstance(data, str):
+        return data.count("[") + data.count("{")
+    return data.count(b"[") + data.count(b"{")
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest deeper than ``limit``, level by level
+    (not recursing: the point is to refuse what recursion can't handle)."""
+    if type(value) is not dict and type(value) is not list:
+        return False  # a string full of brackets
+    level = [value]
+    for _ in range(limit):
+        deeper = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    deeper.append(child)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def dumps(value: Any) -> bytes:

@@ -48,6 +48,8 @@ _COMPLETE: Final = frozenset({"stop", "length", "tool_calls", "function_call"})
 # short, repeated answers a cache is for, and a Redis round trip of megabytes costs more
 # than it saves.
 MAX_VALUE_BYTES: Final = 1024 * 1024
+# What an entry costs the memory backend beyond its key and value (see MemoryCache._weight).
+ENTRY_OVERHEAD_BYTES: Final = 256
 _KEY_VERSION: Final = "v1"
 
 
@@ -149,22 +151,36 @@ class ResponseCache(Protocol):
 
 
 class MemoryCache:
-    """A per-process LRU with a TTL; O(1) get and set."""
+    """A per-process LRU with a TTL, bounded in entries and in bytes; O(1) get and set."""
 
     def __init__(
         self,
         *,
         max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
         ttl_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._ttl_s = ttl_s
         self._clock = clock
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        """What the entries weigh, as counted against ``max_bytes``."""
+        return self._bytes
+
+    @staticmethod
+    def _weight(key: str, raw: bytes) -> int:
+        # The value, the key and what Python spends on an entry (the tuple, the bytes and
+        # str headers, the OrderedDict's link): ~250 bytes, so tiny answers count too.
+        return len(raw) + len(key) + ENTRY_OVERHEAD_BYTES
 
     async def get(self, key: str) -> CachedResponse | None:
         """The stored answer, refreshed as most recently used; None if absent or expired."""
@@ -173,24 +189,35 @@ class MemoryCache:
             return None
         expires, raw = found
         if self._clock() >= expires:
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return CachedResponse.decode(raw)
 
     async def set(self, key: str, value: CachedResponse) -> None:
-        """Store an answer, evicting the least recently used entries beyond the limit."""
-        raw = value.encode()
-        if len(raw) > MAX_VALUE_BYTES:
+        """Store an answer, evicting the least recently used entries beyond the limits."""
+        # orjson hands back bytes in the buffer it wrote them to, several times their size
+        # (a 200-byte answer held 4 KiB); a copy holds what it counts, for the TTL.
+        raw = memoryview(value.encode()).tobytes()
+        weight = self._weight(key, raw)
+        if len(raw) > MAX_VALUE_BYTES or weight > self._max_bytes:
             return
+        if key in self._entries:
+            self._drop(key)
         self._entries[key] = (self._clock() + self._ttl_s, raw)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._bytes += weight
+        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> None:
+        _, raw = self._entries.pop(key)
+        self._bytes -= self._weight(key, raw)
 
     async def close(self) -> None:
         """Drop every entry."""
         self._entries.clear()
+        self._bytes = 0
 
 
 # A cache lookup sits in front of every request: a Redis that does not answer within these
@@ -308,4 +335,6 @@ def build_cache(policy: Cache, *, key_prefix: str = "clawdbot:cache:") -> Respon
         if policy.redis_url is None:
             raise ValueError("cache.redisURL: required when cache.backend is redis")
         return RedisCache.from_url(policy.redis_url, ttl_s=policy.ttl_seconds, prefix=key_prefix)
-    return MemoryCache(max_entries=policy.max_entries, ttl_s=policy.ttl_seconds)
+    return MemoryCache(
+        max_entries=policy.max_entries, max_bytes=policy.max_bytes, ttl_s=policy.ttl_seconds
+    )

@@ -77,17 +77,60 @@ class SidecarConfig(_Model):
     """Body and concurrency limits."""
 
 
+# A config nests about eight levels (policy, rules, match, headers); PyYAML composes a
+# document by recursion, and a few thousand levels of "[" exhaust Python's stack.
+MAX_CONFIG_DEPTH = 64
+# Validation errors reported for one file; past these, the count of the rest (a generated
+# file can break thousands of items, and the message goes to a log).
+MAX_REPORTED_ERRORS = 20
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file, line and field."""
 
 
-def parse_config(text: str, source: str = "<config>") -> SidecarConfig:
-    """Parse a sidecar config file: {policy: RoutingPolicy or its spec, endpoints: [...]}."""
+def _check_depth(text: str, source: str) -> None:
+    """Refuse YAML nested deeper than MAX_CONFIG_DEPTH before it is composed. The event
+    parser keeps its own stack, so reading events never recurses."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 0
+                raise ConfigError(f"{source}:{line}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _load_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers) and its value, composed once."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text) or {}
+        _check_depth(text, source)
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    return root, data
+
+
+def _shorten(message: str) -> str:
+    lines = message.split("\n")
+    if len(lines) <= MAX_REPORTED_ERRORS:
+        return message
+    rest = len(lines) - MAX_REPORTED_ERRORS
+    return "\n".join([*lines[:MAX_REPORTED_ERRORS], f"... and {rest} more errors"])
+
+
+def parse_config(text: str, source: str = "<config>") -> SidecarConfig:
+    """Parse a sidecar config file: {policy: RoutingPolicy or its spec, endpoints: [...]}.
+    Raises ConfigError, and only that, for anything that is not a usable config."""
+    root, data = _load_yaml(text, source)
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with policy and endpoints")
     policy = data.get("policy")
@@ -102,15 +145,17 @@ def parse_config(text: str, source: str = "<config>") -> SidecarConfig:
         msg = format_validation_error(exc, source, root)
         if prefix:
             msg = msg.replace(": policy.", ": policy.spec.")
-        raise ConfigError(msg) from exc
+        raise ConfigError(_shorten(msg)) from exc
 
 
 def load_config(path: Path, api_key_env: str = "CLAWDBOT_CLOUD_API_KEY") -> SidecarConfig:
     """Load a config file and the cloud API key (from env, or the file the policy names)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     config = parse_config(text, str(path))
     return config.model_copy(update={"cloud_api_key": _api_key(api_key_env)})
 

@@ -266,6 +266,9 @@ class Cache(CelValidated):
     """How long an answer stays cached."""
     max_entries: int = Field(default=10000, ge=1)
     """Entries kept by the memory backend."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes of answers kept by the memory backend (least recently used evicted first): the
+    sidecar's memory for the cache, whatever the size of the answers (default 64 MiB)."""
     cache_restored_pii: bool = False
     """Cache answers into which redacted values were restored (off: they may hold PII)."""
 

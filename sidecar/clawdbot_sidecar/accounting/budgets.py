@@ -35,6 +35,7 @@ class SlidingSum:
 
     def add(self, value: float, now: float) -> None:
         """Count ``value`` at time ``now`` (monotonic seconds)."""
+        self._expire(now)  # also when nobody asks for the total: the ring stays bounded
         slot = int(now // self.bucket_s)
         if self._buckets and self._buckets[-1][0] == slot:
             _, old = self._buckets[-1]
@@ -44,15 +45,20 @@ class SlidingSum:
         self._total += value
 
     def total(self, now: float) -> float:
-        """What was added in the window ending at ``now``."""
-        # A bucket leaves once all of it is older than the window.
-        oldest = int((now - self.window_s) // self.bucket_s)
+        """What was added in the window ending at ``now`` (and up to one bucket before)."""
+        self._expire(now)
+        return self._total
+
+    def _expire(self, now: float) -> None:
+        # A bucket leaves once all of it is older than the window: a value added at t counts
+        # while now - t <= window_s, as an exact window would, and at most one bucket
+        # longer, never shorter (leaving at the bucket's start let spend in early).
+        cutoff = now - self.window_s
         buckets = self._buckets
-        while buckets and buckets[0][0] <= oldest:
+        while buckets and (buckets[0][0] + 1) * self.bucket_s <= cutoff:
             self._total -= buckets.popleft()[1]
         if not buckets:
             self._total = 0.0  # no float drift left behind by the subtractions
-        return self._total
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -30,6 +30,7 @@ from clawdbot_api.openai_wire import loads
 from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
 from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from clawdbot_sidecar.errors import RequestError
+from clawdbot_sidecar.fronts.http import HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS
 from clawdbot_sidecar.protocol import generate_pb2 as gen
 from clawdbot_sidecar.protocol import generate_pb2_grpc as gen_grpc
 from clawdbot_sidecar.routing.core import RoutingCore
@@ -448,9 +449,24 @@ def _address(host: str, port: int) -> str:
 
 
 class GrpcFront:
-    """The grpc.aio server: inference, generate, health and reflection on one port."""
+    """The grpc.aio server: inference, generate, health and reflection on one port.
 
-    def __init__(self, core: RoutingCore, host: str, port: int) -> None:
+    Bounded like the HTTP front (tests pass shorter limits): a connection must finish its
+    HTTP/2 handshake within ``handshake_timeout_s`` (slow-loris), one idle for
+    ``idle_timeout_s`` is closed with GOAWAY (clients reconnect on their next call), and
+    past ``max_connections`` new connections are refused until one of those frees a slot.
+    """
+
+    def __init__(
+        self,
+        core: RoutingCore,
+        host: str,
+        port: int,
+        *,
+        handshake_timeout_s: float = HEADER_TIMEOUT_S,
+        idle_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.core = core
         self.draining = False
         self._serving_task: asyncio.Task[None] | None = None
@@ -460,6 +476,10 @@ class GrpcFront:
                 # The HTTP front's body limit; a larger message is refused with
                 # RESOURCE_EXHAUSTED before it is decoded.
                 ("grpc.max_receive_message_length", core.config.limits.max_body_bytes),
+                # gRPC's own defaults: 120 s for a handshake, no idle limit, no cap.
+                ("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000)),
+                ("grpc.max_connection_idle_ms", int(idle_timeout_s * 1000)),
+                ("grpc.max_allowed_incoming_connections", max_connections),
             ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self), self.server)  # type: ignore[no-untyped-call]

@@ -87,7 +87,7 @@ class RestFront:
             max_body_bytes=lambda: self.core.config.limits.max_body_bytes,
             refusals=Refusals(
                 too_large=self._too_large,
-                bad_request=lambda message: error_response(RequestError(400, message)),
+                error=lambda status, message: error_response(RequestError(status, message)),
                 internal_error=self._internal_error,
             ),
         )

@@ -14,7 +14,9 @@ Its events are read as the app consumes them; a slow app pauses reading from the
 
 Everything an upstream sends is bounded: answers to :data:`MAX_ANSWER_BYTES` (compressed or
 not: a small gzip body that inflates past the limit is refused, not inflated), event lines to
-:data:`clawdbot_api.openai_wire.MAX_SSE_LINE_BYTES`.
+:data:`clawdbot_api.openai_wire.MAX_SSE_LINE_BYTES`, JSON nesting to
+:data:`clawdbot_api.openai_wire.MAX_JSON_DEPTH`. A compressed body is inflated in bounded
+steps (a stream's as the app reads it), so a bomb costs one step of memory, not its size.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ IDLE_CONNECTION_S = 15.0
 MAX_IDLE_PER_UPSTREAM = 256
 # An answer larger than this is a broken upstream (OpenAI answers are kilobytes).
 MAX_ANSWER_BYTES: Final = 64 * 1024 * 1024
-# Unread stream bytes at which reading from the upstream pauses until the app catches up.
+# Unread stream bytes at which reading from the upstream pauses until the app catches up;
+# also what a compressed stream is inflated by at a time.
 STREAM_BUFFER_BYTES: Final = 256 * 1024
+# A compressed whole answer is inflated by this much at a time, each step checked against
+# MAX_ANSWER_BYTES, so refusing a bomb never holds more than the limit.
+INFLATE_STEP_BYTES: Final = 1024 * 1024
 USER_AGENT = "clawdbot-sidecar"
 # Upstream URLs come from config (a handful in practice); the parse cache is cleared beyond.
 MAX_CACHED_TARGETS = 1024
@@ -194,26 +200,40 @@ class _Closed(Exception):
 
 
 class _Inflater:
-    """Decodes a compressed body incrementally, refusing to grow past the answer limit."""
+    """Decodes a compressed body in bounded steps, refusing to grow past the answer limit.
+
+    Each :meth:`feed` inflates at most ``max_out`` bytes; compressed input it did not get to
+    waits in the inflater (:attr:`pending`) for the next call. A bomb (a few hundred KiB
+    that inflate to gigabytes) thus costs one step of memory at a time, never its size.
+    """
 
     def __init__(self, encoding: bytes) -> None:
         # zlib or gzip header (auto-detected) first; raw deflate if that fails at once.
         self._d = zlib.decompressobj(47)
         self._raw_tried = encoding == b"gzip"
-        self._size = 0
+        self._started = False
+        self.size = 0
+        """Bytes inflated so far."""
 
-    def feed(self, data: bytes) -> bytes:
+    @property
+    def pending(self) -> bool:
+        """Compressed input is waiting for the next :meth:`feed`."""
+        return bool(self._d.unconsumed_tail)
+
+    def feed(self, data: bytes, max_out: int) -> bytes:
+        """Up to ``max_out`` inflated bytes of the input so far and ``data``."""
+        tail = self._d.unconsumed_tail
         try:
-            out = self._d.decompress(data, MAX_ANSWER_BYTES - self._size + 1)
+            out = self._d.decompress(tail + data if tail else data, max_out)
         except zlib.error as exc:
-            if self._raw_tried or self._size:
+            if self._raw_tried or self._started:
                 raise UpstreamError("protocol", "upstream sent a corrupt body") from exc
             self._raw_tried = True
             self._d = zlib.decompressobj(-15)
-            return self.feed(data)
-        self._raw_tried = True
-        self._size += len(out)
-        if self._size > MAX_ANSWER_BYTES or self._d.unconsumed_tail:
+            return self.feed(data, max_out)
+        self._raw_tried = self._started = True
+        self.size += len(out)
+        if self.size > MAX_ANSWER_BYTES:
             raise UpstreamError("protocol", "upstream answer is too large once decompressed")
         return out
 
@@ -318,14 +338,28 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.inflater is not None:
-            body = self.inflater.feed(body)
-        elif self.size > MAX_ANSWER_BYTES:
-            raise UpstreamError("protocol", "upstream answer is too large")
+        inflater = self.inflater
         if self.streaming and 200 <= self.status < 300:
+            if inflater is not None:
+                # One step now; the rest as the reader takes it (see take), with reading
+                # paused meanwhile: compressed input can't pile up behind it either.
+                body = inflater.feed(body, STREAM_BUFFER_BYTES)
+                if inflater.pending:
+                    self._pause_reading()
+            elif self.size > MAX_ANSWER_BYTES:
+                raise UpstreamError("protocol", "upstream answer is too large")
             self._queue(body)
             return
-        self.body.append(body)
+        if inflater is None:
+            if self.size > MAX_ANSWER_BYTES:
+                raise UpstreamError("protocol", "upstream answer is too large")
+            self.body.append(body)
+            return
+        # A whole answer: inflated in steps, so a bomb is refused at the limit with no more
+        # than the limit held (each step checks it).
+        self.body.append(inflater.feed(body, INFLATE_STEP_BYTES))
+        while inflater.pending:
+            self.body.append(inflater.feed(b"", INFLATE_STEP_BYTES))
 
     def on_message_complete(self) -> None:
         if 100 <= self.status < 200:
@@ -353,17 +387,33 @@ class _Connection(asyncio.Protocol):
             return
         self.pending.append(data)
         self.pending_bytes += len(data)
-        if self.pending_bytes > STREAM_BUFFER_BYTES and self.transport is not None:
-            self.transport.pause_reading()
-            self.reading_paused = True
+        if self.pending_bytes > STREAM_BUFFER_BYTES:
+            self._pause_reading()
         self._wake_reader()
 
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self.reading_paused and not self.closed:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    @property
+    def readable_now(self) -> bool:
+        """Stream bytes can be taken: queued, or compressed and waiting to be inflated."""
+        return bool(self.pending) or (self.inflater is not None and self.inflater.pending)
+
     def take(self) -> bytes:
-        """Queued stream bytes (resuming reading once the queue is drained)."""
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.pending_bytes = 0
-        if self.reading_paused and self.transport is not None and not self.closed:
+        """Queued stream bytes, or the next inflated step (resuming reading once nothing
+        is left); raises UpstreamError when the inflated stream passes its limit."""
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+        elif self.inflater is not None and self.inflater.pending:
+            data = self.inflater.feed(b"", STREAM_BUFFER_BYTES)
+        else:
+            data = b""
+        inflating = self.inflater is not None and self.inflater.pending
+        if self.reading_paused and not inflating and self.transport is not None and not self.closed:
             self.transport.resume_reading()
             self.reading_paused = False
         return data
@@ -430,7 +480,7 @@ class StreamHandle:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if conn.pending:
+                if conn.readable_now:
                     for event in self._decode(decoder, conn.take()):
                         yield event
                     if decoder.done:
@@ -440,6 +490,8 @@ class StreamHandle:
                     for event in self._decode_tail(decoder):
                         yield event
                     return
+                if isinstance(conn.failure, UpstreamError):
+                    raise conn.failure  # what broke it: too large, corrupt, invalid HTTP
                 if conn.failure is not None or conn.closed:
                     raise UpstreamError("connect", "stream broken: the upstream closed it")
                 conn.readable = loop.create_future()

@@ -68,7 +68,7 @@ async def served() -> AsyncIterator[tuple[App, int]]:
         max_body_bytes=lambda: LIMIT,
         refusals=Refusals(
             too_large=lambda limit: _error(413, f"over {limit}"),
-            bad_request=lambda message: _error(400, message),
+            error=_error,
             internal_error=lambda: _error(500, "internal"),
         ),
     )
@@ -307,7 +307,7 @@ async def test_close_waits_for_answers_in_progress() -> None:
     app = App()
     refusals = Refusals(
         too_large=lambda limit: _error(413, ""),
-        bad_request=lambda message: _error(400, message),
+        error=_error,
         internal_error=lambda: _error(500, ""),
     )
     server = HttpServer(app, max_body_bytes=lambda: LIMIT, refusals=refusals)
