@@ -11,7 +11,7 @@ Every replica runs the watches, the webhook and the discovery stream. With ``--l
 the replicas elect a leader through a Lease (see ``leader``), and only the leader writes:
 ModelDeployment reconciles (watch events and the periodic resync) and RoutingPolicy status.
 
-One serving certificate (``webhook.certs``) serves the webhook, the discovery stream and the
+One serving certificate (``tls``) serves the webhook, the discovery stream and the
 metrics API; a self-issued one names their three Services, and its CA is published into the
 webhook configuration and, with ``--metrics-api-service``, the APIService.
 
@@ -34,7 +34,7 @@ import kopf
 
 from clawdbot_api.v1alpha1 import API_VERSION
 from clawdbot_operator import metrics as operator_metrics
-from clawdbot_operator import metrics_api
+from clawdbot_operator import metrics_api, tls
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.handlers import register
 from clawdbot_operator.kube import Kube, KubeError, Obj, connect
@@ -43,7 +43,6 @@ from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.metrics import OperatorMetrics
 from clawdbot_operator.reconciler import Reconciler
 from clawdbot_operator.routing import RoutingPlane
-from clawdbot_operator.webhook import certs
 
 log = logging.getLogger("clawdbot_operator")
 
@@ -360,7 +359,7 @@ def serving_certificates(
     kube: Kube,
     namespace: str,
     owners: Sequence[Obj],
-) -> certs.ServingCertificates:
+) -> tls.ServingCertificates:
     """The one serving certificate of the webhook, the discovery stream and the metrics API
     (started by whichever server comes up first)."""
     services = [
@@ -369,10 +368,10 @@ def serving_certificates(
         args.metrics_service if args.metrics_port else "",
     ]
     own_metrics_files = bool(args.metrics_cert_file and args.metrics_key_file)
-    return certs.ServingCertificates(
+    return tls.ServingCertificates(
         kube,
         namespace,
-        certs.service_names(services, namespace, "localhost"),
+        tls.service_names(services, namespace, "localhost"),
         cert_dir=config.webhook_cert_dir,
         secret=config.webhook_cert_secret,
         webhook_configuration=config.webhook_configuration if config.webhook_port else "",

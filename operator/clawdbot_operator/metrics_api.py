@@ -11,7 +11,7 @@ HTTPS. Routes:
   sidecars' gRPC stream replaces it
 * ``/healthz``, ``/livez``, ``/readyz``
 
-TLS: the operator's one serving certificate (``webhook.certs.ServingCertificates``: the same
+TLS: the operator's one serving certificate (``tls.ServingCertificates``: the same
 CA as the webhook's, named for the metrics Service too, and published into the APIService's
 caBundle), or the certificate files given on the command line.
 """
@@ -28,8 +28,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from clawdbot_operator import tls
 from clawdbot_operator.loadreports import GAUGES, LoadReport, LoadReportStore
-from clawdbot_operator.webhook import certs
 
 GROUP: Final = "external.metrics.k8s.io"
 VERSION: Final = "v1beta1"
@@ -245,9 +245,9 @@ def make_app(store: LoadReportStore, *, accept_reports: bool = False) -> web.App
 
 
 def self_signed(directory: Path, hosts: Sequence[str]) -> tuple[Path, Path]:
-    """A self-signed certificate for ``hosts``, its own CA (``webhook.certs.self_signed``):
+    """A self-signed certificate for ``hosts``, its own CA (``tls.self_signed``):
     what a test hands the metrics server and its APIService's caBundle."""
-    return certs.self_signed(directory, hosts)
+    return tls.self_signed(directory, hosts)
 
 
 async def serve(

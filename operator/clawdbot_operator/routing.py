@@ -6,7 +6,7 @@ the watches and RoutingPolicy status that feed them.
     ...
     await plane.stop()
 
-Certificates: ``webhook.certs.ServingCertificates``, shared with the metrics API when the
+Certificates: ``tls.ServingCertificates``, shared with the metrics API when the
 caller passes one in (one CA for every server): from ``webhook_cert_dir`` (cert-manager), else
 self-issued and kept in the ``webhook_cert_secret`` Secret (shared by replicas), else
 self-issued in memory. The CA goes into the webhook configuration's caBundle and into every
@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from clawdbot_api.v1alpha1 import API_VERSION, GROUP, RoutingPolicySpec
+from clawdbot_operator import tls
 from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.discovery.relay import PeerRelay, service_account_of
@@ -48,7 +49,6 @@ from clawdbot_operator.discovery.tokenreview import KubeTokenReviewer
 from clawdbot_operator.kube import Kube, KubeError
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
-from clawdbot_operator.webhook import certs
 from clawdbot_operator.webhook.inject import AUDIT_DIR, INJECTED_ANNOTATION, SidecarSettings
 from clawdbot_operator.webhook.server import WebhookMetrics, build_app
 
@@ -71,7 +71,7 @@ class RoutingPlane:
         is_leader: Callable[[], bool] = lambda: True,
         *,
         registry: CollectorRegistry | None = None,
-        certificates: certs.ServingCertificates | None = None,
+        certificates: tls.ServingCertificates | None = None,
         watch_namespaces: Collection[str] | None = None,
     ) -> None:
         """``watch_namespaces``: where RoutingPolicies are resolved (None: everywhere); the
@@ -84,7 +84,7 @@ class RoutingPlane:
         self.state = DiscoveryState()
         self.store = store
         # The caller makes it when the metrics API shares it (one CA for every server).
-        self.certificates = certificates or certs.ServingCertificates(
+        self.certificates = certificates or tls.ServingCertificates(
             kube,
             namespace,
             self.dns_names(),
@@ -108,10 +108,10 @@ class RoutingPlane:
     def dns_names(self) -> list[str]:
         """The names the serving certificate covers when the plane makes its own."""
         services = (self.config.webhook_service, self.config.discovery_service)
-        return certs.service_names(services, self.namespace, "localhost")
+        return tls.service_names(services, self.namespace, "localhost")
 
     @property
-    def bundle(self) -> certs.CertBundle | None:
+    def bundle(self) -> tls.CertBundle | None:
         """The certificate the webhook and the discovery stream serve."""
         return self.certificates.bundle
 
@@ -177,8 +177,8 @@ class RoutingPlane:
             )
             self._runner = web.AppRunner(app, access_log=None)
             await self._runner.setup()
-            tls = self.certificates.server_ssl()
-            site = web.TCPSite(self._runner, bind_address, cfg.webhook_port, ssl_context=tls)
+            context = self.certificates.server_ssl()
+            site = web.TCPSite(self._runner, bind_address, cfg.webhook_port, ssl_context=context)
             await site.start()
             self.webhook_port = cfg.webhook_port
             log.info("injection webhook on https://%s:%d%s", bind_address, cfg.webhook_port,
