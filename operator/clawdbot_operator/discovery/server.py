@@ -25,6 +25,7 @@ from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, relayed_by
 from clawdbot_operator.discovery.resolve import Resolved, resolve
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
+from clawdbot_operator.tls import ServingCertificates
 
 log = logging.getLogger("clawdbot.operator.discovery")
 
@@ -328,4 +329,34 @@ class _Counters:
 
 
 def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:
+    """Serve ``servicer`` on ``server``."""
     pb_grpc.add_DiscoveryServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+async def serve(
+    servicer: DiscoveryServicer, address: str, certificates: ServingCertificates
+) -> tuple[grpc.aio.Server, int]:
+    """Start the stream over TLS at ``address`` (host:port) with the operator's serving
+    certificate; a renewed one is handed to gRPC before the next handshake. Returns the
+    server and the port it got."""
+
+    def current() -> grpc.ServerCertificateConfiguration:
+        bundle = certificates.bundle
+        assert bundle is not None, "certificates.start() runs before the servers"
+        return grpc.ssl_server_certificate_configuration([(bundle.key, bundle.cert)])
+
+    served = certificates.version
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # gRPC asks before each handshake; None keeps the configuration it has.
+        nonlocal served
+        if served == certificates.version:
+            return None
+        served = certificates.version
+        return current()
+
+    server = grpc.aio.server()
+    add_to_server(server, servicer)
+    port = server.add_secure_port(address, grpc.dynamic_ssl_server_credentials(current(), fetch))
+    await server.start()
+    return server, port

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 
 from clawdbot_operator import main as operator_main
-from clawdbot_operator import metrics_api, tls
+from clawdbot_operator import manager, metrics_api, tls
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.kube import Kube, KubeError, Obj
 from clawdbot_operator.leader import LeaderElector
@@ -330,21 +330,26 @@ async def test_the_metrics_api_serves_under_the_published_ca(
 
 
 def test_the_operator_names_every_service_and_the_apiservice_it_publishes_to() -> None:
-    config = OperatorConfig.from_mapping({"webhook_service": "w", "discovery_service": "d"})
-    args = operator_main.parse_args(["--metrics-service", "m", "--metrics-api-service", APISERVICE])
-    made = operator_main.serving_certificates(args, config, FakeKube(), NS, [OWNER])
+    env = {"CLAWDBOT_WEBHOOK_SERVICE": "w", "CLAWDBOT_DISCOVERY_SERVICE": "d", "POD_NAMESPACE": NS}
+
+    def config(*argv: str) -> OperatorConfig:
+        return operator_main.config_from_args(operator_main.parse_args(argv), env)
+
+    made = manager.serving_certificates(
+        config("--metrics-service", "m", "--metrics-api-service", APISERVICE), FakeKube(), [OWNER]
+    )
     for service in ("w", "d", "m"):
         assert f"{service}.{NS}.svc" in made.names
     assert (made.api_service, made.owner_references) == (APISERVICE, [OWNER])
 
     # Certificate files of its own for the metrics API: its CA is not the operator's.
-    own = operator_main.parse_args(
-        ["--metrics-api-service", APISERVICE, "--metrics-cert-file", "c", "--metrics-key-file", "k"]
+    own = config(
+        "--metrics-api-service", APISERVICE, "--metrics-cert-file", "c", "--metrics-key-file", "k"
     )
-    assert operator_main.serving_certificates(own, config, FakeKube(), NS, []).api_service == ""
+    assert manager.serving_certificates(own, FakeKube(), []).api_service == ""
     # The metrics API off: its Service is not named, nothing is published to the APIService.
-    off = operator_main.parse_args(["--metrics-port", "0", "--metrics-api-service", APISERVICE])
-    made = operator_main.serving_certificates(off, config, FakeKube(), NS, [])
+    off = config("--metrics-port", "0", "--metrics-api-service", APISERVICE)
+    made = manager.serving_certificates(off, FakeKube(), [])
     assert made.api_service == "" and f"m.{NS}.svc" not in made.names
 
 
@@ -361,10 +366,10 @@ async def test_owner_references_name_the_operators_deployment() -> None:
     kube = FakeKube()
     kube.put({"apiVersion": "apps/v1", "kind": "Deployment",
               "metadata": {"name": "clawdbot", "namespace": NS, "uid": "u-9"}})  # fmt: skip
-    refs = await operator_main.owner_references(kube, NS, "clawdbot")
+    refs = await manager.owner_references(kube, NS, "clawdbot")
     assert refs == [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "clawdbot",
                      "uid": "u-9"}]  # fmt: skip
-    assert await operator_main.owner_references(kube, NS, "missing") == []
+    assert await manager.owner_references(kube, NS, "missing") == []
 
 
 async def test_the_lease_a_replica_creates_is_owned() -> None:
@@ -384,11 +389,11 @@ def test_login_uses_the_service_address_from_the_environment(
     settings = kopf.OperatorSettings()
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    info = operator_main.login(settings=settings)
+    info = manager.login(settings=settings)
     assert info is not None and (info.server, info.token) == ("https://10.96.0.1:443", "t")
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
-    info = operator_main.login(settings=settings)
+    info = manager.login(settings=settings)
     assert info is not None and info.server == "https://[fd00::1]:443"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
-    info = operator_main.login(settings=settings)
+    info = manager.login(settings=settings)
     assert info is not None and info.server == "https://kubernetes.default.svc"
