@@ -32,6 +32,7 @@ PLURALS: Final[dict[str, str]] = {
     "NetworkPolicy": "networkpolicies",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ControllerRevision": "controllerrevisions",
+    "ReplicaSet": "replicasets",
     "Pod": "pods",
     "Event": "events",
     "ModelDeployment": "modeldeployments",

@@ -30,6 +30,7 @@ from clawdbot_operator.builders.hpa import build_hpa
 from clawdbot_operator.builders.meta import (
     ANNOTATION_REVISION_HASH,
     LABEL_REVISION,
+    controller_uid,
     name_of,
     namespace_of,
     selector_string,
@@ -359,7 +360,7 @@ class Reconciler:
     ) -> Decision:
         """The rollback check on what the pods, the Deployment and the load reports show."""
         ns, name = namespace_of(md), name_of(md)
-        pods = [pod_state(p) for p in await self.kube.list("v1", "Pod", ns, selector_string(md))]
+        pods = [pod_state(p) for p in await self._own_pods(md, deployment)]
         decision = decide(
             revisions=rollout.revisions,
             current=rollout.current,
@@ -378,6 +379,25 @@ class Reconciler:
                 f"{decision.message} Revision {decision.target} has no snapshot to roll back to.",
             )
         return decision
+
+    async def _own_pods(self, md: ModelDeployment, deployment: Obj | None) -> list[Obj]:
+        """The pods of this ModelDeployment's own Deployment: controlled by one of its
+        ReplicaSets (UIDs). A pod that merely carries the labels (anyone who can create pods
+        can write them) must not be able to fail a rollout with its crash loop."""
+        uid = ((deployment or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            return []
+        ns, selector = namespace_of(md), selector_string(md)
+        replica_sets = {
+            rs["metadata"].get("uid")
+            for rs in await self.kube.list("apps/v1", "ReplicaSet", ns, selector)
+            if controller_uid(rs, "Deployment") == uid
+        }
+        return [
+            p
+            for p in await self.kube.list("v1", "Pod", ns, selector)
+            if controller_uid(p, "ReplicaSet") in replica_sets
+        ]
 
     async def _take(
         self,

@@ -4,7 +4,11 @@ writes RoutingPolicy status.
 Watches (kopf ``on.event``, level-based, no finalizers):
 
 * RoutingPolicies: a valid spec goes into the discovery state; every policy gets status.
-* ModelDeployments: the model name each one serves (what sidecars ask the local model for).
+* ModelDeployments: the model name each one serves (what sidecars ask the local model for),
+  and their UIDs;
+* the Deployments and ReplicaSets of ModelDeployments: who controls whom, by UID, so that
+  only the pods of a ModelDeployment's own ReplicaSets count as its endpoints (a label alone
+  is a claim any pod can make);
 * model pods (label ``clawdbot.io/model-deployment``): the local endpoints; a change
   refreshes the status of the namespace's policies (ready endpoints, Degraded).
 * injected pods (annotation ``clawdbot.io/injected``): a change refreshes the status of the
@@ -32,7 +36,7 @@ import kopf
 from pydantic import ValidationError
 
 from clawdbot_api.v1alpha1 import API_VERSION, GROUP, VERSION, RoutingPolicySpec
-from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT
+from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT, MANAGED_BY, controller_uid
 from clawdbot_operator.discovery.resolve import endpoints_for, policy_for_pod
 from clawdbot_operator.discovery.server import DiscoveryState, SecretGetter
 from clawdbot_operator.kube import KubeError, Obj
@@ -134,7 +138,31 @@ class RoutingPolicyController:
         async def served_name(body: kopf.Body, type: str | None, **_: Any) -> None:
             ns, name = body.metadata.namespace or "", body.metadata.name or ""
             model = None if type == "DELETED" else (body.get("spec") or {}).get("model", {})
-            await self.state.set_served_name(ns, name, model.get("name") if model else None)
+            await self.state.set_served_name(
+                ns, name, model.get("name") if model else None, body.metadata.uid
+            )
+
+        @kopf.on.event(
+            "apps", "v1", "deployments", id="model-deployments-deployments",
+            labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT,
+                    "app.kubernetes.io/managed-by": MANAGED_BY},
+            registry=registry,
+        )  # fmt: skip
+        async def deployment(body: kopf.Body, type: str | None, **_: Any) -> None:
+            owner = None if type == "DELETED" else controller_uid(body, "ModelDeployment")
+            await self.state.set_controller(
+                body.metadata.namespace or "", "Deployment", body.metadata.uid or "", owner
+            )
+
+        @kopf.on.event(
+            "apps", "v1", "replicasets", id="model-replicasets",
+            labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT}, registry=registry,
+        )  # fmt: skip
+        async def replica_set(body: kopf.Body, type: str | None, **_: Any) -> None:
+            owner = None if type == "DELETED" else controller_uid(body, "Deployment")
+            await self.state.set_controller(
+                body.metadata.namespace or "", "ReplicaSet", body.metadata.uid or "", owner
+            )
 
         @kopf.on.event(
             "v1", "pods", id="model-pods",
@@ -248,6 +276,7 @@ class RoutingPolicyController:
                 spec,
                 self.state.model_pods.get(ns, {}).values(),
                 self.state.served_names.get(ns, {}),
+                self.state.ownership_of(ns),
             )
             ready_endpoints = len(endpoints)
             idle = models_without_endpoints(spec, (e.model_deployment for e in endpoints))

@@ -6,7 +6,10 @@ Kept free of I/O so the resolution rules are tested on plain dicts:
   namespace), else the policy whose ``podSelector`` matches its labels; when several match,
   the alphabetically first wins (and the operator reports the overlap on the policies);
 * a policy's endpoints are the ready pods of the ModelDeployments in ``localModels``, each
-  at ``http://<pod IP>:<http port>/v1``.
+  at ``http://<pod IP>:<http port>/v1``; a pod counts only when a ReplicaSet controls it
+  that the ModelDeployment's own Deployment controls (controller owner references, matched
+  by UID, see :class:`Ownership`). A label is a claim anyone who can create a pod may make;
+  sidecars send these endpoints unredacted prompts.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
-from clawdbot_operator.builders.meta import HTTP_PORT, LABEL_MODEL_DEPLOYMENT, LABEL_REVISION
+from clawdbot_operator.builders.meta import (
+    HTTP_PORT,
+    LABEL_MODEL_DEPLOYMENT,
+    LABEL_REVISION,
+    controller_uid,
+)
 from clawdbot_operator.webhook.inject import POLICY_ANNOTATION
 
 Manifest = Mapping[str, Any]
@@ -50,6 +58,31 @@ class Resolved:
         }
         raw = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass
+class Ownership:
+    """Who controls what in one namespace, by UID, as the watches saw it."""
+
+    model_deployments: dict[str, str] = field(default_factory=dict)
+    """ModelDeployment name -> its UID."""
+    deployments: dict[str, str] = field(default_factory=dict)
+    """Deployment UID -> the UID of the ModelDeployment that controls it."""
+    replica_sets: dict[str, str] = field(default_factory=dict)
+    """ReplicaSet UID -> the UID of the Deployment that controls it."""
+
+
+def model_deployment_of(pod: Manifest, ownership: Ownership) -> str | None:
+    """The ModelDeployment a pod serves: the one its label names, when that ModelDeployment
+    controls the Deployment that controls the ReplicaSet that controls the pod; else None."""
+    name = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_MODEL_DEPLOYMENT)
+    md_uid = ownership.model_deployments.get(name or "")
+    if md_uid is None:
+        return None
+    deployment = ownership.replica_sets.get(controller_uid(pod, "ReplicaSet") or "")
+    if deployment is None or ownership.deployments.get(deployment) != md_uid:
+        return None
+    return name
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -109,14 +142,16 @@ def endpoints_for(
     policy: RoutingPolicySpec,
     model_pods: Iterable[Manifest],
     served_names: Mapping[str, str],
+    ownership: Ownership,
 ) -> tuple[EndpointInfo, ...]:
-    """Ready endpoints of the policy's local models; ``served_names``: MD name -> model name."""
+    """Ready endpoints of the policy's local models; ``served_names``: MD name -> model name;
+    ``ownership``: whose pods are whose (see :func:`model_deployment_of`)."""
     wanted = {m.name for m in policy.local_models}
     found: list[EndpointInfo] = []
     for pod in model_pods:
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        md = labels.get(LABEL_MODEL_DEPLOYMENT)
-        if md not in wanted or not pod_ready(pod):
+        md = model_deployment_of(pod, ownership)
+        if md is None or md not in wanted or not pod_ready(pod):
             continue
         revision = labels.get(LABEL_REVISION, "0")
         found.append(
@@ -135,10 +170,11 @@ def resolve(
     policies: Mapping[str, RoutingPolicySpec],
     model_pods: Iterable[Manifest],
     served_names: Mapping[str, str],
+    ownership: Ownership,
 ) -> Resolved:
     """Everything the pod's sidecar should hold now."""
     found = policy_for_pod(pod, policies)
     if found is None:
         return Resolved("", None, ())
     name, spec = found
-    return Resolved(name, spec, endpoints_for(spec, model_pods, served_names))
+    return Resolved(name, spec, endpoints_for(spec, model_pods, served_names, ownership))

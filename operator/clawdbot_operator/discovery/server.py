@@ -23,7 +23,7 @@ from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, relayed_by
-from clawdbot_operator.discovery.resolve import Resolved, resolve
+from clawdbot_operator.discovery.resolve import Ownership, Resolved, resolve
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
 from clawdbot_operator.tls import ServingCertificates
 
@@ -66,6 +66,7 @@ class DiscoveryState:
         self.policies: dict[str, dict[str, RoutingPolicySpec]] = {}
         self.model_pods: dict[str, dict[str, Manifest]] = {}
         self.served_names: dict[str, dict[str, str]] = {}
+        self.ownership: dict[str, Ownership] = {}
         self._changed = asyncio.Condition()
         self.generation = 0
 
@@ -90,12 +91,36 @@ class DiscoveryState:
             pods[name] = pod
         await self._bump()
 
-    async def set_served_name(self, namespace: str, deployment: str, model: str | None) -> None:
+    async def set_served_name(
+        self, namespace: str, deployment: str, model: str | None, uid: str | None = None
+    ) -> None:
+        """A ModelDeployment's served model name and UID (None: it is gone)."""
         names = self.served_names.setdefault(namespace, {})
+        uids = self.ownership_of(namespace).model_deployments
         if model is None:
             names.pop(deployment, None)
+            uids.pop(deployment, None)
         else:
             names[deployment] = model
+            if uid:
+                uids[deployment] = uid
+        await self._bump()
+
+    def ownership_of(self, namespace: str) -> Ownership:
+        """The namespace's ownership records (created empty on first use)."""
+        return self.ownership.setdefault(namespace, Ownership())
+
+    async def set_controller(
+        self, namespace: str, kind: str, uid: str, controller: str | None
+    ) -> None:
+        """A Deployment's controlling ModelDeployment UID, or a ReplicaSet's controlling
+        Deployment UID (``kind`` says which; None: gone, or controlled by nothing)."""
+        ownership = self.ownership_of(namespace)
+        table = ownership.deployments if kind == "Deployment" else ownership.replica_sets
+        if controller is None:
+            table.pop(uid, None)
+        else:
+            table[uid] = controller
         await self._bump()
 
     def resolve(self, pod: Manifest) -> Resolved:
@@ -105,6 +130,7 @@ class DiscoveryState:
             self.policies.get(ns, {}),
             self.model_pods.get(ns, {}).values(),
             self.served_names.get(ns, {}),
+            self.ownership_of(ns),
         )
 
     async def wait_change(self, generation: int, within_s: float) -> int:

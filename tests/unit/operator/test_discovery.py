@@ -22,7 +22,7 @@ from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, service_account_of
-from clawdbot_operator.discovery.resolve import policy_for_pod, resolve
+from clawdbot_operator.discovery.resolve import Ownership, policy_for_pod, resolve
 from clawdbot_operator.discovery.server import (
     DiscoveryServicer,
     DiscoveryState,
@@ -52,12 +52,28 @@ POLICY = RoutingPolicySpec.model_validate(
 )
 
 
-def model_pod(name: str, ip: str, ready: bool = True, revision: str = "2") -> dict[str, Any]:
+# The chain that makes a pod llama's: ModelDeployment -> Deployment -> ReplicaSet -> pod.
+MD_UID, DEPLOYMENT_UID, RS_UID = "md-llama", "dep-llama", "rs-llama"
+OWNERSHIP = Ownership(
+    model_deployments={"llama": MD_UID},
+    deployments={DEPLOYMENT_UID: MD_UID},
+    replica_sets={RS_UID: DEPLOYMENT_UID},
+)
+
+
+def controlled_by(kind: str, uid: str) -> list[dict[str, Any]]:
+    return [{"apiVersion": "apps/v1", "kind": kind, "name": "x", "uid": uid, "controller": True}]
+
+
+def model_pod(
+    name: str, ip: str, ready: bool = True, revision: str = "2", owner: str | None = RS_UID
+) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
             "namespace": NS,
             "labels": {"clawdbot.io/model-deployment": "llama", "clawdbot.io/revision": revision},
+            "ownerReferences": controlled_by("ReplicaSet", owner) if owner else [],
         },
         "spec": {"containers": [{"name": "server", "ports": [{"name": "http",
                                                               "containerPort": 8000}]}]},
@@ -84,10 +100,33 @@ def test_only_ready_pods_of_the_policys_models_are_endpoints() -> None:
         {**model_pod("other", "127.1.0.7"),
          "metadata": {"name": "other", "labels": {"clawdbot.io/model-deployment": "mistral"}}},
     ]  # fmt: skip
-    resolved = resolve(CHAT_POD, {"chat": POLICY}, pods, {"llama": "llama-3-8b"})
+    resolved = resolve(CHAT_POD, {"chat": POLICY}, pods, {"llama": "llama-3-8b"}, OWNERSHIP)
     assert [(e.url, e.model, e.revision) for e in resolved.endpoints] == [
         ("http://127.1.0.5:8000/v1", "llama-3-8b", 2)
     ]
+
+
+def test_a_label_alone_makes_no_endpoint() -> None:
+    """Sidecars send local endpoints unredacted prompts: a Ready pod that carries the
+    ModelDeployment's label but is not controlled by its own ReplicaSet gets none."""
+    strangers = [
+        model_pod("bare", "127.1.0.20", owner=None),  # no owner at all
+        model_pod("foreign-rs", "127.1.0.21", owner="rs-of-someone-else"),
+    ]
+    # A ReplicaSet that claims to be llama's, under a Deployment llama does not control.
+    forged = Ownership(
+        model_deployments={"llama": MD_UID},
+        deployments={DEPLOYMENT_UID: MD_UID, "dep-forged": "md-other"},
+        replica_sets={RS_UID: DEPLOYMENT_UID, "rs-forged": "dep-forged"},
+    )
+    strangers.append(model_pod("forged", "127.1.0.22", owner="rs-forged"))
+    real = model_pod("llama-a", "127.1.0.5")
+    resolved = resolve(CHAT_POD, {"chat": POLICY}, [*strangers, real], {"llama": "l"}, forged)
+    assert [e.url for e in resolved.endpoints] == ["http://127.1.0.5:8000/v1"]
+    # A ModelDeployment deleted and recreated under the same name has a new UID: the old
+    # chain no longer counts.
+    renamed = Ownership({"llama": "md-new"}, dict(forged.deployments), dict(forged.replica_sets))
+    assert resolve(CHAT_POD, {"chat": POLICY}, [real], {}, renamed).endpoints == ()
 
 
 def test_identity_from_token_review_status() -> None:
@@ -155,7 +194,9 @@ class Operator:
 async def operator() -> AsyncIterator[Operator]:
     op = Operator()
     await op.state.set_policy(NS, "chat", POLICY)
-    await op.state.set_served_name(NS, "llama", "llama-3-8b")
+    await op.state.set_served_name(NS, "llama", "llama-3-8b", MD_UID)
+    await op.state.set_controller(NS, "Deployment", DEPLOYMENT_UID, MD_UID)
+    await op.state.set_controller(NS, "ReplicaSet", RS_UID, DEPLOYMENT_UID)
     await op.state.set_model_pod(NS, "llama-a", model_pod("llama-a", "127.1.0.5"))
     await op.start()
     yield op
@@ -180,6 +221,7 @@ async def test_subscribe_pushes_changes_and_only_changes(operator: Operator) -> 
 
         # A change that doesn't affect this pod's view sends nothing...
         await operator.state.set_model_pod(NS, "not-ready", model_pod("n", "127.1.0.9", False))
+        await operator.state.set_model_pod(NS, "stranger", model_pod("s", "127.1.0.8", owner=None))
         # ...a new ready replica does.
         await operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
         second = await next_snapshot(stream)
