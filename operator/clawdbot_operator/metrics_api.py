@@ -7,8 +7,8 @@ HTTPS. Routes:
 * values: ``/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector=...``
   -> an ExternalMetricValueList with one item per matching ModelDeployment (the HPA sums
   them and divides by the replica count for an AverageValue target)
-* ``POST /loadreports`` (only when enabled): a JSON load report or a list of them, until the
-  sidecars' gRPC stream replaces it
+* ``POST /loadreports`` (only when enabled): a JSON load report or a list of them, stamped
+  with the time they arrive (the sidecars report over the discovery stream instead)
 * ``/healthz``, ``/livez``, ``/readyz``
 
 TLS: the operator's one serving certificate (``tls.ServingCertificates``: the same
@@ -185,17 +185,17 @@ async def _values(request: web.Request) -> web.Response:
 
 
 def report_from_json(data: dict[str, Any], now: datetime) -> LoadReport:
-    """A LoadReport from its JSON form (camelCase keys; timestamp defaults to now)."""
+    """A LoadReport from its JSON form (camelCase keys), stamped ``now``: the time it was
+    received, whatever its own ``timestamp`` says (a report dated next year would keep its
+    load counting long after its sender stopped)."""
     try:
-        ts = data.get("timestamp")
-        when = datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else now
         p95 = data.get("p95LatencyMs")
         revision = data.get("revision")
         return LoadReport(
             namespace=str(data["namespace"]),
             model_deployment=str(data["modelDeployment"]),
             source=str(data.get("source", "unknown")),
-            timestamp=when,
+            timestamp=now,
             revision=int(revision) if revision is not None else None,
             inflight_requests=float(data.get("inflightRequests", 0)),
             queue_depth=float(data.get("queueDepth", 0)),

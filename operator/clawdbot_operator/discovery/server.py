@@ -14,7 +14,6 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
@@ -23,8 +22,9 @@ from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, relayed_by
-from clawdbot_operator.discovery.resolve import Ownership, Resolved, resolve
-from clawdbot_operator.loadreports import LoadReport, LoadReportStore
+from clawdbot_operator.discovery.reports import ReportIntake
+from clawdbot_operator.discovery.resolve import EndpointInfo, Ownership, Resolved, resolve
+from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.tls import ServingCertificates
 
 log = logging.getLogger("clawdbot.operator.discovery")
@@ -189,8 +189,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         self.reviewer = reviewer
         self.get_pod = get_pod
         self.load_reports = load_reports
-        # (namespace, pod, url) -> that endpoint's counters at the previous report.
-        self._counters: dict[tuple[str, str, str], _Counters] = {}
+        self.intake = ReportIntake(load_reports)
 
     async def _authorize(
         self, context: grpc.aio.ServicerContext[Any, Any], namespace: str, pod_name: str
@@ -281,7 +280,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         if relayed_by(context.invocation_metadata()) is not None:
             await self._authorize_peer(context)
             async for report in request_iterator:
-                self._record(report)  # never relayed again
+                self.intake.record(report, None)  # checked where it arrived; never relayed
             return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
         authorized: tuple[str, str] | None = None
         async for report in request_iterator:
@@ -289,9 +288,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
             if authorized != who:
                 await self._authorize(context, *who)
                 authorized = who
-            self._record(report)
+            # Re-resolved for every report: endpoints come and go while a stream lasts.
+            taken = self.intake.record(report, await self._endpoints_of(*who))
             if self.relay is not None:
-                self.relay.offer(report)
+                self.relay.offer(taken)
         return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
 
     async def _authorize_peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -309,49 +309,13 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 f"account, not {identity.namespace}/{identity.service_account}",
             )
 
-    def _record(self, report: pb.LoadReport) -> None:
-        when = datetime.fromtimestamp(report.unix_ms / 1000, UTC)
-        for e in report.endpoints:
-            key = (report.pod_namespace, report.pod_name, e.url)
-            now = _Counters(report.unix_ms, e.requests, e.errors, e.in_flight_seconds)
-            prev = self._counters.get(key)
-            self._counters[key] = now
-            if prev is None or e.requests < prev.requests:
-                # First report of this endpoint, or the sidecar restarted and its counters
-                # began again: they cover an unknown span.
-                prev = _Counters(report.unix_ms, 0, 0, 0.0)
-            requests, errors = e.requests - prev.requests, e.errors - prev.errors
-            span_s = (now.unix_ms - prev.unix_ms) / 1000
-            rps, mean_in_flight = 0.0, float(e.in_flight)
-            if span_s > 0:
-                rps = requests / span_s
-                if now.in_flight_seconds:  # 0: a sidecar that doesn't integrate; snapshot
-                    growth = now.in_flight_seconds - prev.in_flight_seconds
-                    mean_in_flight = max(0.0, growth) / span_s
-            self.load_reports.add(
-                LoadReport(
-                    namespace=report.pod_namespace,
-                    model_deployment=e.model_deployment,
-                    source=f"{report.pod_name}/{e.url}",
-                    timestamp=when,
-                    revision=e.revision or None,
-                    inflight_requests=float(mean_in_flight),
-                    requests_per_second=rps,
-                    requests=requests,
-                    errors=errors,
-                    p95_latency_ms=e.latency_p95_ms or None,
-                )
-            )
-
-
-@dataclass(frozen=True)
-class _Counters:
-    """One endpoint's cumulative counters as of one report."""
-
-    unix_ms: int
-    requests: int
-    errors: int
-    in_flight_seconds: float
+    async def _endpoints_of(self, namespace: str, pod_name: str) -> dict[str, EndpointInfo]:
+        """The endpoints the pod's own snapshot holds (url -> what they are): all a pod
+        may report about."""
+        pod = await self.get_pod(namespace, pod_name)
+        if pod is None:
+            return {}
+        return {e.url: e for e in self.state.resolve(pod).endpoints}
 
 
 def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:

@@ -22,7 +22,8 @@ from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, service_account_of
-from clawdbot_operator.discovery.resolve import Ownership, policy_for_pod, resolve
+from clawdbot_operator.discovery.reports import ReportIntake
+from clawdbot_operator.discovery.resolve import EndpointInfo, Ownership, policy_for_pod, resolve
 from clawdbot_operator.discovery.server import (
     DiscoveryServicer,
     DiscoveryState,
@@ -190,14 +191,19 @@ class Operator:
             await self.server.stop(grace=None)
 
 
+async def seed(state: DiscoveryState) -> None:
+    """The chat policy, and llama with one ready endpoint at 127.1.0.5."""
+    await state.set_policy(NS, "chat", POLICY)
+    await state.set_served_name(NS, "llama", "llama-3-8b", MD_UID)
+    await state.set_controller(NS, "Deployment", DEPLOYMENT_UID, MD_UID)
+    await state.set_controller(NS, "ReplicaSet", RS_UID, DEPLOYMENT_UID)
+    await state.set_model_pod(NS, "llama-a", model_pod("llama-a", "127.1.0.5"))
+
+
 @pytest.fixture
 async def operator() -> AsyncIterator[Operator]:
     op = Operator()
-    await op.state.set_policy(NS, "chat", POLICY)
-    await op.state.set_served_name(NS, "llama", "llama-3-8b", MD_UID)
-    await op.state.set_controller(NS, "Deployment", DEPLOYMENT_UID, MD_UID)
-    await op.state.set_controller(NS, "ReplicaSet", RS_UID, DEPLOYMENT_UID)
-    await op.state.set_model_pod(NS, "llama-a", model_pod("llama-a", "127.1.0.5"))
+    await seed(op.state)
     await op.start()
     yield op
     await op.stop()
@@ -330,30 +336,32 @@ async def test_sidecar_client_applies_keeps_last_good_and_reconnects(
 async def test_load_reports_become_rates_over_the_time_between_reports(
     operator: Operator,
 ) -> None:
-    """Mean in flight = growth of the in-flight integral / elapsed time (a snapshot of
-    in_flight would read 0 between two short requests); requests/s likewise."""
+    """Mean in flight = growth of the in-flight integral / time between the two reports as
+    the operator received them (a snapshot of in_flight would read 0 between two short
+    requests); requests/s likewise."""
     url = "http://127.1.0.5:8000/v1"
-    start_ms = int(datetime.now(UTC).timestamp() * 1000) - 4000
+    gap_s = 0.5
 
-    def report(at_ms: int, requests: int, in_flight_s: float, in_flight: int) -> pb.LoadReport:
+    def report(requests: int, in_flight_s: float, in_flight: int) -> pb.LoadReport:
         load = pb.EndpointLoad(url=url, model_deployment="llama", revision=2, requests=requests,
                                in_flight=in_flight, in_flight_seconds=in_flight_s)  # fmt: skip
-        return pb.LoadReport(pod_namespace=NS, pod_name="chat-1", unix_ms=at_ms, endpoints=[load])
+        return pb.LoadReport(pod_namespace=NS, pod_name="chat-1", endpoints=[load])
 
     async def reports() -> AsyncIterator[pb.LoadReport]:
-        yield report(start_ms, 100, 50.0, 7)  # first report: only the snapshot is a rate
-        yield report(start_ms + 2000, 140, 56.0, 0)  # 2 s later: 40 requests, 6 request-s
+        yield report(100, 50.0, 7)  # first report: only the snapshot is a rate
+        await asyncio.sleep(gap_s)
+        yield report(110, 51.5, 0)  # 10 requests and 1.5 request-seconds later
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
         await pb_grpc.DiscoveryStub(channel).ReportLoad(
             reports(), metadata=(("authorization", "Bearer good"),)
         )
     (inflight,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
-    assert inflight.value == pytest.approx(3.0)  # 6 request-seconds over 2 s, not the 0 seen
+    assert inflight.value == pytest.approx(1.5 / gap_s, rel=0.2)  # not the 0 seen at the end
     (rps,) = operator.store.metric_values(NS, "clawdbot_requests_per_second")
-    assert rps.value == pytest.approx(20.0)
+    assert rps.value == pytest.approx(10 / gap_s, rel=0.2)
     health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
-    assert health is not None and health.requests == 140  # 100 before + 40 since
+    assert health is not None and health.requests == 110  # 100 before + 10 since
 
 
 async def test_gauges_of_a_silent_source_stop_counting(operator: Operator) -> None:
@@ -444,6 +452,7 @@ async def test_replicas_relay_sidecar_reports_to_each_other_once(tmp_path: Path)
     b = Operator(_relay("clawdbot-b", tmp_path / "b", [f"127.0.0.1:{a_port}"]))
     a.port, b.port = a_port, b_port
     for op in (a, b):
+        await seed(op.state)
         await op.start()
         assert op.relay is not None
         op.relay.start()
@@ -501,3 +510,129 @@ def test_own_identity_comes_from_the_token_claims() -> None:
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     assert service_account_of(f"e30.{payload}.sig") == ("clawdbot-system", "clawdbot")
     assert service_account_of("not-a-jwt") is None
+
+
+# -- load reports are a pod's word, taken with care -----------------------------------------
+
+LLAMA_URL = "http://127.1.0.5:8000/v1"
+
+
+async def _report_stream(port: int, *reports: pb.LoadReport, gap_s: float = 0.0) -> None:
+    async def stream() -> AsyncIterator[pb.LoadReport]:
+        for i, r in enumerate(reports):
+            if i and gap_s:
+                await asyncio.sleep(gap_s)
+            yield r
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            stream(), metadata=(("authorization", "Bearer good"),)
+        )
+
+
+def _load(url: str = LLAMA_URL, **fields: Any) -> pb.LoadReport:
+    base: dict[str, Any] = {"model_deployment": "llama", "revision": 2, "requests": 10}
+    load = pb.EndpointLoad(url=url, **{**base, **fields})
+    return pb.LoadReport(pod_namespace=NS, pod_name="chat-1", endpoints=[load])
+
+
+async def test_a_report_dated_in_the_future_is_stamped_when_received(operator: Operator) -> None:
+    """Its own timestamp would keep the gauge alive (and the autoscaler up) for days."""
+    future_ms = int((datetime.now(UTC) + timedelta(days=30)).timestamp() * 1000)
+    report = _load(in_flight=40)
+    report.unix_ms = future_ms
+    before = datetime.now(UTC)
+    await _report_stream(operator.port, report)
+    (value,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
+    assert before <= value.timestamp <= datetime.now(UTC)
+    later = datetime.now(UTC) + operator.store.gauge_ttl + timedelta(seconds=1)
+    assert operator.store.metric_values(NS, "clawdbot_inflight_requests", later) == []
+
+
+async def test_a_pod_reports_only_on_its_own_endpoints_under_their_real_names(
+    operator: Operator,
+) -> None:
+    """The ModelDeployment and revision come from the operator's own view of the endpoint;
+    endpoints the pod was not given (another model's, made-up ones) are dropped."""
+    lying = _load(model_deployment="victim", revision=7, requests=30, errors=30)
+    lying.endpoints.append(
+        pb.EndpointLoad(url="http://127.9.9.9:8000/v1", model_deployment="victim", revision=7,
+                        requests=1000, errors=1000, in_flight=500)
+    )  # fmt: skip
+    await _report_stream(operator.port, lying)
+    now = datetime.now(UTC)
+    assert operator.store.revision_health(NS, "victim", 7, now) is None
+    health = operator.store.revision_health(NS, "llama", 2, now)
+    assert health is not None and (health.requests, health.errors) == (30, 30)
+    assert [
+        v.labels["clawdbot.io/model-deployment"]
+        for v in operator.store.metric_values(NS, "clawdbot_inflight_requests")
+    ] == ["llama"]
+    assert operator.store.sources == 1
+
+
+async def test_absurd_counters_are_clamped(operator: Operator) -> None:
+    await _report_stream(
+        operator.port,
+        _load(requests=10, errors=0),
+        _load(requests=2**62, errors=2**63 - 1, in_flight=10**9, in_flight_seconds=1e18,
+              latency_p95_ms=1e30),
+        gap_s=0.2,
+    )  # fmt: skip
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None
+    assert health.errors <= health.requests <= 10 + 10_000 * 5  # bounded by time, not by 2**62
+    assert health.p95_latency_ms is not None and health.p95_latency_ms <= 3_600_000
+    (inflight,) = operator.store.metric_values(NS, "clawdbot_inflight_requests")
+    assert inflight.value <= 1024
+
+
+async def test_a_flood_of_reports_costs_bounded_memory(operator: Operator) -> None:
+    reports = [_load(requests=i) for i in range(3000)]
+    await _report_stream(operator.port, *reports)
+    assert len(operator.store) <= 2  # merged into one per 10 s bucket
+    assert operator.store.sources == 1
+
+
+def test_the_stores_sources_and_the_counters_are_bounded() -> None:
+    store = LoadReportStore(max_sources=100)
+    now = datetime.now(UTC)
+    for i in range(1000):
+        store.add(LoadReport(NS, "llama", f"pod-{i}/x", now, requests=1))
+    assert store.sources == 100
+    intake = ReportIntake(LoadReportStore(), max_counters=50)
+    endpoints = {LLAMA_URL: EndpointInfo(LLAMA_URL, "llama-3-8b", "llama", 2)}
+    for i in range(500):
+        report = _load()
+        report.pod_name = f"pod-{i}"
+        intake.record(report, endpoints)
+    assert intake.counters == 50
+
+
+def test_one_pod_alone_cannot_fail_a_revision_the_others_see_healthy() -> None:
+    """One pod is one vote: however many errors it claims, the typical client decides."""
+    store = LoadReportStore()
+    now = datetime.now(UTC)
+    for i in range(5):
+        store.add(LoadReport(NS, "llama", f"ok-{i}/x", now, revision=2, requests=40,
+                             p95_latency_ms=100 + i, reporter=f"ok-{i}"))  # fmt: skip
+    store.add(LoadReport(NS, "llama", "liar/x", now, revision=2, requests=100_000,
+                         errors=100_000, p95_latency_ms=600_000, reporter="liar"))  # fmt: skip
+    health = store.revision_health(NS, "llama", 2, now)
+    assert health is not None and health.error_rate == 0.0
+    assert health.p95_latency_ms == 102
+    # Nor can it bring a latency figure of its own where the others measured none.
+    quiet = LoadReportStore()
+    for name in ("a", "b", "c"):
+        quiet.add(LoadReport(NS, "llama", f"{name}/x", now, revision=2, requests=40,
+                             reporter=name))  # fmt: skip
+    quiet.add(LoadReport(NS, "llama", "liar/x", now, revision=2, requests=40,
+                         p95_latency_ms=600_000, reporter="liar"))  # fmt: skip
+    judged = quiet.revision_health(NS, "llama", 2, now)
+    assert judged is not None and judged.p95_latency_ms is None
+    # ...while a lone client that sees errors is believed, as before.
+    alone = LoadReportStore()
+    alone.add(LoadReport(NS, "llama", "c/x", now, revision=2, requests=30, errors=30,
+                         reporter="c"))  # fmt: skip
+    lone = alone.revision_health(NS, "llama", 2, now)
+    assert lone is not None and lone.error_rate == 1.0
