@@ -9,7 +9,6 @@ edited them by hand.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from datetime import UTC, datetime
@@ -169,17 +168,6 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-
-    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """One key of a Secret, decoded and stripped; None (logged) when the Secret or the
-        key is missing or can't be read. The value itself is never logged."""
-        try:
-            secret = await self.get("v1", "Secret", namespace, name)
-        except KubeError as exc:
-            log.warning("cannot read Secret %s/%s: %s", namespace, name, exc)
-            return None
-        value = ((secret or {}).get("data") or {}).get(key)
-        return base64.b64decode(value).decode().strip() if value else None
 
     async def list(
         self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""

@@ -45,6 +45,8 @@ from clawdbot_operator.controllers import modeldeployment
 from clawdbot_operator.controllers.routingpolicy import RoutingPolicyController
 from clawdbot_operator.discovery import server as discovery
 from clawdbot_operator.discovery.relay import PeerRelay, RelayCollector, peer_relay
+from clawdbot_operator.discovery.secrets import SecretCache
+from clawdbot_operator.discovery.state import DiscoveryState
 from clawdbot_operator.discovery.tokenreview import KubeTokenReviewer
 from clawdbot_operator.kube import Kube, KubeError, Obj, connect
 from clawdbot_operator.leader import LeaderElector, identity
@@ -143,7 +145,7 @@ class Manager:
         self.config = config
         self.metrics = OperatorMetrics()
         self.store = LoadReportStore()
-        self.state = discovery.DiscoveryState()
+        self.state = DiscoveryState()
         self.elector: LeaderElector | None = None
         self.relay: PeerRelay | None = None
 
@@ -167,11 +169,12 @@ class Manager:
             certificates = serving_certificates(config, kube, owners)
             stack.push_async_callback(certificates.stop)
             reconciler = Reconciler(kube, config, self.store, metrics=self.metrics)
-            policies = RoutingPolicyController(
-                kube, self.state, self.is_leader, get_secret=kube.secret_value
-            )
+            # One cache for the stream's keys and the status checks: each Secret is read at
+            # most once per TTL, however many sidecars subscribe.
+            secrets = SecretCache(lambda ns, name: kube.get("v1", "Secret", ns, name))
+            policies = RoutingPolicyController(kube, self.state, self.is_leader, get_secret=secrets)
             registry = self._registry(reconciler, policies)
-            await self._start_servers(stack, kube, certificates)
+            await self._start_servers(stack, kube, certificates, secrets)
             await self._start_leader_election(stack, kube, owners, reconciler, policies)
             await self._run_kopf(registry)
 
@@ -191,6 +194,7 @@ class Manager:
         stack: contextlib.AsyncExitStack,
         kube: Kube,
         certificates: tls.ServingCertificates,
+        secrets: SecretCache,
     ) -> None:
         """Prometheus, then the webhook and the discovery stream, then the metrics API."""
         config = self.config
@@ -208,7 +212,7 @@ class Manager:
         if config.webhook_port:
             await self._start_webhook(stack, kube, certificates)
         if config.discovery_port:
-            await self._start_discovery(stack, kube, certificates)
+            await self._start_discovery(stack, kube, certificates, secrets)
         if config.metrics_port:
             own = config.own_metrics_certificate
             runner = await metrics_api.serve(
@@ -253,7 +257,11 @@ class Manager:
                  config.webhook_port, config.webhook_path)  # fmt: skip
 
     async def _start_discovery(
-        self, stack: contextlib.AsyncExitStack, kube: Kube, certificates: tls.ServingCertificates
+        self,
+        stack: contextlib.AsyncExitStack,
+        kube: Kube,
+        certificates: tls.ServingCertificates,
+        secrets: SecretCache,
     ) -> None:
         config = self.config
 
@@ -277,7 +285,7 @@ class Manager:
             KubeTokenReviewer(kube.api),
             lambda ns, name: kube.get("v1", "Pod", ns, name),
             self.store,
-            get_secret=kube.secret_value,
+            get_secret=secrets,
             relay=self.relay,
             peer_account=peer_account,
         )

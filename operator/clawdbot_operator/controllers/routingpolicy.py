@@ -12,7 +12,9 @@ Watches (kopf ``on.event``, level-based, no finalizers):
 * model pods (label ``clawdbot.io/model-deployment``): the local endpoints; a change
   refreshes the status of the namespace's policies (ready endpoints, Degraded).
 * injected pods (annotation ``clawdbot.io/injected``): a change refreshes the status of the
-  namespace's policies (matched pods).
+  namespace's policies (matched pods);
+* pods with an open discovery stream: a relabelled or deleted pod ends its stream (see
+  ``discovery.server``).
 
 Two ``@kopf.index``es replace API reads that every pod event used to make: the namespace's
 RoutingPolicies (a LIST per model-pod or injected-pod event) and its injected pods (a LIST of
@@ -38,7 +40,8 @@ from pydantic import ValidationError
 from clawdbot_api.v1alpha1 import API_VERSION, GROUP, VERSION, RoutingPolicySpec
 from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT, MANAGED_BY, controller_uid
 from clawdbot_operator.discovery.resolve import endpoints_for, policy_for_pod
-from clawdbot_operator.discovery.server import DiscoveryState, SecretGetter
+from clawdbot_operator.discovery.server import SecretGetter
+from clawdbot_operator.discovery.state import DiscoveryState
 from clawdbot_operator.kube import KubeError, Obj
 from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
 from clawdbot_operator.webhook.inject import AUDIT_DIR, INJECTED_ANNOTATION
@@ -130,7 +133,7 @@ class RoutingPolicyController:
         async def policy_event(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
             ns, name = body.metadata.namespace or "", body.metadata.name or ""
             if type == "DELETED":
-                await self.state.set_policy(ns, name, None)
+                self.state.set_policy(ns, name, None)
                 return
             await self.sync_policy(dict(body), _stored(kwargs, "injected_pods", ns))
 
@@ -138,7 +141,7 @@ class RoutingPolicyController:
         async def served_name(body: kopf.Body, type: str | None, **_: Any) -> None:
             ns, name = body.metadata.namespace or "", body.metadata.name or ""
             model = None if type == "DELETED" else (body.get("spec") or {}).get("model", {})
-            await self.state.set_served_name(
+            self.state.set_served_name(
                 ns, name, model.get("name") if model else None, body.metadata.uid
             )
 
@@ -150,7 +153,7 @@ class RoutingPolicyController:
         )  # fmt: skip
         async def deployment(body: kopf.Body, type: str | None, **_: Any) -> None:
             owner = None if type == "DELETED" else controller_uid(body, "ModelDeployment")
-            await self.state.set_controller(
+            self.state.set_controller(
                 body.metadata.namespace or "", "Deployment", body.metadata.uid or "", owner
             )
 
@@ -160,7 +163,7 @@ class RoutingPolicyController:
         )  # fmt: skip
         async def replica_set(body: kopf.Body, type: str | None, **_: Any) -> None:
             owner = None if type == "DELETED" else controller_uid(body, "Deployment")
-            await self.state.set_controller(
+            self.state.set_controller(
                 body.metadata.namespace or "", "ReplicaSet", body.metadata.uid or "", owner
             )
 
@@ -170,8 +173,19 @@ class RoutingPolicyController:
         )  # fmt: skip
         async def model_pod(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
             ns, name = body.metadata.namespace or "", body.metadata.name or ""
-            await self.state.set_model_pod(ns, name, None if type == "DELETED" else dict(body))
+            self.state.set_model_pod(ns, name, None if type == "DELETED" else dict(body))
             await self._refresh_indexed(ns, kwargs)
+
+        @kopf.on.event(
+            "v1", "pods", id="subscribed-pods", registry=registry,
+            when=lambda namespace, name, **_: self.state.is_subscribed(namespace or "", name),
+        )  # fmt: skip
+        async def subscribed_pod(body: kopf.Body, type: str | None, **_: Any) -> None:
+            # A pod with an open discovery stream: relabelled or deleted, its stream must know.
+            pod = None if type == "DELETED" else dict(body)
+            self.state.set_subscribed_pod(
+                body.metadata.namespace or "", body.metadata.name or "", pod
+            )
 
         @kopf.on.event(
             "v1", "pods", id="injected-pods",
@@ -198,7 +212,7 @@ class RoutingPolicyController:
         except ValidationError as exc:
             await self._policy_status(body, None, str(exc).splitlines()[0], injected)
             return
-        await self.state.set_policy(ns, name, spec)
+        self.state.set_policy(ns, name, spec)
         await self._policy_status(body, spec, None, injected)
 
     async def refresh(

@@ -130,7 +130,8 @@ def pod_ready(pod: Manifest) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _http_port(pod: Manifest) -> int:
+def http_port(pod: Manifest) -> int:
+    """The port named http of the pod's containers (the model server's), else the default."""
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
             if port.get("name") == "http":
@@ -156,7 +157,7 @@ def endpoints_for(
         revision = labels.get(LABEL_REVISION, "0")
         found.append(
             EndpointInfo(
-                url=f"http://{pod['status']['podIP']}:{_http_port(pod)}/v1",
+                url=f"http://{pod['status']['podIP']}:{http_port(pod)}/v1",
                 model=served_names.get(md, md),
                 model_deployment=md,
                 revision=int(revision) if revision.isdigit() else 0,

@@ -1,9 +1,18 @@
 """The discovery gRPC service: policies and endpoints down to sidecars, load reports up.
 
-The operator's watchers feed a :class:`DiscoveryState`; every change bumps its generation
-and wakes the subscribers, each of which recomputes its pod's snapshot and sends it only if
-it changed. Any operator replica can serve the stream: the state is rebuilt from the API
-server's watches in each replica, not shared.
+A sidecar subscribes for its own pod, with the pod-bound token the kubelet projects into it
+(audience ``clawdbot``, checked by TokenReview). Its stream is a subscription on the
+:class:`~clawdbot_operator.discovery.state.DiscoveryState`: woken by the changes that can
+affect its pod (see ``state``), and at least every ``RESYNC_S``, it recomputes the pod's
+snapshot and sends it only if it changed. The subscription is not authorised once for
+good: it ends, with a status that says why, when
+
+* the token expires (its ``exp`` claim) or no longer passes TokenReview, asked again at the
+  latest every ``REVIEW_S`` (a pod-bound token fails once its pod is gone):
+  ``UNAUTHENTICATED``, and the sidecar reconnects with the token the kubelet rotated in;
+* the pod is deleted, or replaced by another of the same name: ``NOT_FOUND``;
+* the pod is relabelled (or re-annotated) so that another policy, or none, applies to it:
+  ``FAILED_PRECONDITION``; the sidecar subscribes again and is served what now applies.
 """
 
 from __future__ import annotations
@@ -12,45 +21,41 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
 from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
-from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, relayed_by
 from clawdbot_operator.discovery.reports import ReportIntake
-from clawdbot_operator.discovery.resolve import EndpointInfo, Ownership, Resolved, resolve
+from clawdbot_operator.discovery.resolve import EndpointInfo, Resolved
+from clawdbot_operator.discovery.state import DiscoveryState, Subscription
+from clawdbot_operator.discovery.tokenreview import Identity
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.tls import ServingCertificates
+
+__all__ = ["DiscoveryServicer", "DiscoveryState", "Identity", "add_to_server", "serve"]
 
 log = logging.getLogger("clawdbot.operator.discovery")
 
 # How often sidecars are asked to report load.
 REPORT_INTERVAL_S = 10.0
 # A subscriber re-checks its pod at least this often even without a change notification
-# (covers a missed wake-up; cheap, the snapshot is recomputed in memory).
+# (covers a missed wake-up and a rotated Secret; the snapshot is recomputed in memory).
 RESYNC_S = 30.0
+# A subscriber's token is reviewed again at least this often (and when it expires).
+REVIEW_S = 300.0
 
 Manifest = Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who a token belongs to, as the TokenReview says."""
-
-    namespace: str
-    service_account: str
-    pod_name: str | None
-    """From a pod-bound token (projected volume); None for other tokens."""
-
-
 class TokenReviewer(Protocol):
-    async def review(self, token: str) -> Identity | None:
-        """The identity of a valid token for the "clawdbot" audience, None otherwise."""
+    async def review(self, token: str, *, fresh: bool = False) -> Identity | None:
+        """The identity of a valid token for the "clawdbot" audience, None otherwise;
+        ``fresh``: ask the API server, not a cache."""
         ...
 
 
@@ -59,87 +64,12 @@ PodGetter = Callable[[str, str], Awaitable[Manifest | None]]
 SecretGetter = Callable[[str, str, str], Awaitable[str | None]]
 
 
-class DiscoveryState:
-    """What the operator knows that sidecars need, per namespace; changes wake subscribers."""
+class StreamEnded(Exception):
+    """A subscription may not go on; ``code`` and the message say why."""
 
-    def __init__(self) -> None:
-        self.policies: dict[str, dict[str, RoutingPolicySpec]] = {}
-        self.model_pods: dict[str, dict[str, Manifest]] = {}
-        self.served_names: dict[str, dict[str, str]] = {}
-        self.ownership: dict[str, Ownership] = {}
-        self._changed = asyncio.Condition()
-        self.generation = 0
-
-    async def _bump(self) -> None:
-        async with self._changed:
-            self.generation += 1
-            self._changed.notify_all()
-
-    async def set_policy(self, namespace: str, name: str, spec: RoutingPolicySpec | None) -> None:
-        policies = self.policies.setdefault(namespace, {})
-        if spec is None:
-            policies.pop(name, None)
-        else:
-            policies[name] = spec
-        await self._bump()
-
-    async def set_model_pod(self, namespace: str, name: str, pod: Manifest | None) -> None:
-        pods = self.model_pods.setdefault(namespace, {})
-        if pod is None:
-            pods.pop(name, None)
-        else:
-            pods[name] = pod
-        await self._bump()
-
-    async def set_served_name(
-        self, namespace: str, deployment: str, model: str | None, uid: str | None = None
-    ) -> None:
-        """A ModelDeployment's served model name and UID (None: it is gone)."""
-        names = self.served_names.setdefault(namespace, {})
-        uids = self.ownership_of(namespace).model_deployments
-        if model is None:
-            names.pop(deployment, None)
-            uids.pop(deployment, None)
-        else:
-            names[deployment] = model
-            if uid:
-                uids[deployment] = uid
-        await self._bump()
-
-    def ownership_of(self, namespace: str) -> Ownership:
-        """The namespace's ownership records (created empty on first use)."""
-        return self.ownership.setdefault(namespace, Ownership())
-
-    async def set_controller(
-        self, namespace: str, kind: str, uid: str, controller: str | None
-    ) -> None:
-        """A Deployment's controlling ModelDeployment UID, or a ReplicaSet's controlling
-        Deployment UID (``kind`` says which; None: gone, or controlled by nothing)."""
-        ownership = self.ownership_of(namespace)
-        table = ownership.deployments if kind == "Deployment" else ownership.replica_sets
-        if controller is None:
-            table.pop(uid, None)
-        else:
-            table[uid] = controller
-        await self._bump()
-
-    def resolve(self, pod: Manifest) -> Resolved:
-        ns = (pod.get("metadata") or {}).get("namespace", "")
-        return resolve(
-            pod,
-            self.policies.get(ns, {}),
-            self.model_pods.get(ns, {}).values(),
-            self.served_names.get(ns, {}),
-            self.ownership_of(ns),
-        )
-
-    async def wait_change(self, generation: int, within_s: float) -> int:
-        """Wait until the generation moves past ``generation`` (or ``within_s``); the new one."""
-        async with self._changed:
-            if self.generation == generation:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), within_s)
-            return self.generation
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def to_snapshot(resolved: Resolved) -> pb.Snapshot:
@@ -221,13 +151,11 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Snapshot]:
-        identity = await self._authorize(context, request.pod_namespace, request.pod_name)
-        pod = await self.get_pod(request.pod_namespace, request.pod_name)
+        ns, name = request.pod_namespace, request.pod_name
+        identity = await self._authorize(context, ns, name)
+        pod = await self.get_pod(ns, name)
         if pod is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"pod {request.pod_namespace}/{request.pod_name} does not exist",
-            )
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {ns}/{name} does not exist")
         assert pod is not None
         account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
         if account != identity.service_account:
@@ -235,25 +163,89 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the token's service account is not the pod's ({account})",
             )
-        sent = request.known_version
-        generation = -1
-        while True:
-            current = self.state.generation
-            if current != generation or self.get_secret is not None:
-                generation = current
-                snapshot = await self._snapshot(pod)
-                if snapshot.version != sent:
-                    sent = snapshot.version
-                    yield snapshot
-            await self.state.wait_change(generation, RESYNC_S)
+        token = _bearer(context) or ""
+        sub = self.state.subscribe(ns, pod)
+        try:
+            async for snapshot in self._snapshots(sub, pod, identity, token, request):
+                yield snapshot
+        except StreamEnded as end:
+            log.info("discovery stream of %s/%s ended: %s", ns, name, end)
+            await context.abort(end.code, str(end))
+        finally:
+            self.state.unsubscribe(sub)
 
-    async def _snapshot(self, pod: Manifest) -> pb.Snapshot:
-        resolved = self.state.resolve(pod)
+    async def _snapshots(
+        self,
+        sub: Subscription,
+        pod: Manifest,
+        identity: Identity,
+        token: str,
+        request: pb.SubscribeRequest,
+    ) -> AsyncIterator[pb.Snapshot]:
+        """The pod's snapshots, each one only when it differs from the last sent; raises
+        StreamEnded when the subscription may not go on."""
+        sent = request.known_version
+        policy: str | None = None
+        review_at = _review_at(identity)
+        while True:
+            current = self._current_pod(sub, pod)
+            resolved = self.state.resolve(current)
+            if policy is not None and resolved.policy_name != policy and current is not pod:
+                raise StreamEnded(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"pod {sub.namespace}/{sub.pod_name} was relabelled: policy "
+                    f"{resolved.policy_name or '(none)'!r} applies now, not "
+                    f"{policy or '(none)'!r}; subscribe again",
+                )
+            pod, policy = current, resolved.policy_name
+            sub.models = frozenset(m.name for m in resolved.policy.local_models) if (
+                resolved.policy
+            ) else frozenset()  # fmt: skip
+            snapshot = await self._snapshot(resolved, sub.namespace)
+            if snapshot.version != sent:
+                sent = snapshot.version
+                yield snapshot
+            sub.woken.clear()
+            wait_s = max(0.0, min(RESYNC_S, review_at - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.woken.wait(), wait_s)
+            if time.time() >= review_at:
+                review_at = await self._review_again(sub, token)
+
+    def _current_pod(self, sub: Subscription, pod: Manifest) -> Manifest:
+        """The subscribed pod as the watch last saw it; StreamEnded once it is gone."""
+        seen = self.state.subscribed_pod(sub.namespace, sub.pod_name)
+        meta = (seen or {}).get("metadata") or {}
+        uid = (pod.get("metadata") or {}).get("uid")
+        if seen is None or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
+            raise StreamEnded(
+                grpc.StatusCode.NOT_FOUND,
+                f"pod {sub.namespace}/{sub.pod_name} was deleted; this stream served it",
+            )
+        return seen
+
+    async def _review_again(self, sub: Subscription, token: str) -> float:
+        """Review the token afresh; when to do so next. StreamEnded when it no longer
+        passes (expired, or its pod is gone)."""
+        identity = None
+        with contextlib.suppress(Exception):  # the API server away: judged by exp alone
+            identity = await self.reviewer.review(token, fresh=True)
+        expired = identity is not None and identity.expires_at is not None and (
+            identity.expires_at <= time.time()
+        )  # fmt: skip
+        if identity is None or expired or identity.pod_name != sub.pod_name:
+            raise StreamEnded(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the token expired or no longer passes TokenReview; reconnect with the "
+                "token the kubelet rotated in",
+            )
+        return _review_at(identity)
+
+    async def _snapshot(self, resolved: Resolved, ns: str) -> pb.Snapshot:
         snapshot = to_snapshot(resolved)
         policy = resolved.policy
         if self.get_secret is None or policy is None:
             return snapshot
-        ns = (pod.get("metadata") or {}).get("namespace", "")
         secrets = hashlib.sha256()
         if policy.cloud and policy.cloud.api_key_secret_ref:
             ref = policy.cloud.api_key_secret_ref
@@ -316,6 +308,12 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         if pod is None:
             return {}
         return {e.url: e for e in self.state.resolve(pod).endpoints}
+
+
+def _review_at(identity: Identity) -> float:
+    """When a subscription's token is to be reviewed again (unix time)."""
+    due = time.time() + REVIEW_S
+    return min(due, identity.expires_at) if identity.expires_at is not None else due
 
 
 def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:

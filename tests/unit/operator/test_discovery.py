@@ -10,27 +10,31 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
+import kopf
 import pytest
 
 from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_operator.controllers.routingpolicy import RoutingPolicyController
 from clawdbot_operator.discovery.relay import PeerRelay, service_account_of
 from clawdbot_operator.discovery.reports import ReportIntake
 from clawdbot_operator.discovery.resolve import EndpointInfo, Ownership, policy_for_pod, resolve
+from clawdbot_operator.discovery.secrets import SecretCache
 from clawdbot_operator.discovery.server import (
     DiscoveryServicer,
     DiscoveryState,
     Identity,
     add_to_server,
 )
-from clawdbot_operator.discovery.tokenreview import identity_from_status
+from clawdbot_operator.discovery.tokenreview import identity_from_status, token_expiry
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.discovery import (
@@ -155,7 +159,7 @@ class Reviewer:
         "operator-b": Identity("clawdbot-system", "clawdbot", "clawdbot-b"),
     }
 
-    async def review(self, token: str) -> Identity | None:
+    async def review(self, token: str, *, fresh: bool = False) -> Identity | None:
         return self.tokens.get(token)
 
 
@@ -169,6 +173,7 @@ class Operator:
         self.server: grpc.aio.Server | None = None
         self.relay = relay
         self.secrets = secrets  # (secret, key) -> value; None: keys are not sent down
+        self.reviewer: Reviewer = Reviewer()
 
     async def start(self) -> None:
         async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
@@ -179,7 +184,7 @@ class Operator:
         async def get_secret(ns: str, name: str, key: str) -> str | None:
             return (self.secrets or {}).get((name, key)) if ns == NS else None
 
-        servicer = DiscoveryServicer(self.state, Reviewer(), get_pod, self.store,
+        servicer = DiscoveryServicer(self.state, self.reviewer, get_pod, self.store,
                                      get_secret=get_secret if self.secrets is not None else None,
                                      relay=self.relay, peer_account=PEER_ACCOUNT)  # fmt: skip
         add_to_server(self.server, servicer)
@@ -191,19 +196,19 @@ class Operator:
             await self.server.stop(grace=None)
 
 
-async def seed(state: DiscoveryState) -> None:
+def seed(state: DiscoveryState) -> None:
     """The chat policy, and llama with one ready endpoint at 127.1.0.5."""
-    await state.set_policy(NS, "chat", POLICY)
-    await state.set_served_name(NS, "llama", "llama-3-8b", MD_UID)
-    await state.set_controller(NS, "Deployment", DEPLOYMENT_UID, MD_UID)
-    await state.set_controller(NS, "ReplicaSet", RS_UID, DEPLOYMENT_UID)
-    await state.set_model_pod(NS, "llama-a", model_pod("llama-a", "127.1.0.5"))
+    state.set_policy(NS, "chat", POLICY)
+    state.set_served_name(NS, "llama", "llama-3-8b", MD_UID)
+    state.set_controller(NS, "Deployment", DEPLOYMENT_UID, MD_UID)
+    state.set_controller(NS, "ReplicaSet", RS_UID, DEPLOYMENT_UID)
+    state.set_model_pod(NS, "llama-a", model_pod("llama-a", "127.1.0.5"))
 
 
 @pytest.fixture
 async def operator() -> AsyncIterator[Operator]:
     op = Operator()
-    await seed(op.state)
+    seed(op.state)
     await op.start()
     yield op
     await op.stop()
@@ -226,10 +231,10 @@ async def test_subscribe_pushes_changes_and_only_changes(operator: Operator) -> 
         assert RoutingPolicySpec.model_validate_json(first.policy_spec_json) == POLICY
 
         # A change that doesn't affect this pod's view sends nothing...
-        await operator.state.set_model_pod(NS, "not-ready", model_pod("n", "127.1.0.9", False))
-        await operator.state.set_model_pod(NS, "stranger", model_pod("s", "127.1.0.8", owner=None))
+        operator.state.set_model_pod(NS, "not-ready", model_pod("n", "127.1.0.9", False))
+        operator.state.set_model_pod(NS, "stranger", model_pod("s", "127.1.0.8", owner=None))
         # ...a new ready replica does.
-        await operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
+        operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
         second = await next_snapshot(stream)
         assert len(second.endpoints) == 2
         assert second.version != first.version
@@ -246,7 +251,7 @@ async def test_keys_from_secrets_go_down_the_stream_and_rotate() -> None:
                   "apiKeySecretRef": {"name": "cloud", "key": "api-key"}},
         "audit": {"hmacKeySecretRef": {"name": "audit", "key": "hmac"}},
     })  # fmt: skip
-    await op.state.set_policy(NS, "chat", policy)
+    op.state.set_policy(NS, "chat", policy)
     await op.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{op.port}") as channel:
@@ -260,7 +265,7 @@ async def test_keys_from_secrets_go_down_the_stream_and_rotate() -> None:
             assert (config.cloud_api_key, config.audit_hmac_key) == ("sk-1", b"chain-key-1")
             assert op.secrets is not None
             op.secrets[("audit", "hmac")] = "chain-key-2"
-            await op.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
+            op.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
             second = await next_snapshot(stream)
             assert second.audit_hmac_key == b"chain-key-2"
             assert second.version != first.version
@@ -320,7 +325,7 @@ async def test_sidecar_client_applies_keeps_last_good_and_reconnects(
         assert len(applied) == 1
 
         # It comes back with a change: the client reconnects and takes it.
-        await operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
+        operator.state.set_model_pod(NS, "llama-b", model_pod("llama-b", "127.1.0.6"))
         await operator.start()
         for _ in range(100):  # bounded wait for the backoff + resubscribe
             if len(applied) > 1:
@@ -452,7 +457,7 @@ async def test_replicas_relay_sidecar_reports_to_each_other_once(tmp_path: Path)
     b = Operator(_relay("clawdbot-b", tmp_path / "b", [f"127.0.0.1:{a_port}"]))
     a.port, b.port = a_port, b_port
     for op in (a, b):
-        await seed(op.state)
+        seed(op.state)
         await op.start()
         assert op.relay is not None
         op.relay.start()
@@ -636,3 +641,191 @@ def test_one_pod_alone_cannot_fail_a_revision_the_others_see_healthy() -> None:
                          reporter="c"))  # fmt: skip
     lone = alone.revision_health(NS, "llama", 2, now)
     assert lone is not None and lone.error_rate == 1.0
+
+
+# -- the stream costs what a change is worth, and ends when it may not go on --------------
+
+
+class CountingSecrets:
+    """The API's Secrets, counting the reads that reach it."""
+
+    def __init__(self, value: str = "sk-1") -> None:
+        self.value = value
+        self.reads = 0
+
+    async def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        await asyncio.sleep(0)  # a real read yields: concurrent askers overlap
+        encoded = base64.b64encode(self.value.encode()).decode()
+        return {"data": {"api-key": encoded}}
+
+
+class StatusKube:
+    """What the routing controller reads and writes, for the scale test."""
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        return {"metadata": {"name": name}}
+
+    async def list(self, api_version: str, kind: str, namespace: str | None,
+                   label_selector: str = "") -> list[Any]:  # fmt: skip
+        return []
+
+    async def patch_status(self, *args: Any) -> dict[str, Any]:
+        return {}
+
+
+class ManyPods(Reviewer):
+    """Token "pod-N" is pod chat-N's."""
+
+    async def review(self, token: str, *, fresh: bool = False) -> Identity | None:
+        return Identity(NS, "chat", token.replace("pod-", "chat-"))
+
+
+async def test_twenty_sidecars_and_fifty_unrelated_pod_events_read_one_secret() -> None:
+    """Every sidecar's snapshot carries its policy's cloud key: a GET per subscriber per
+    change was 1,050 reads here (1,000 by the stream, 50 by status). Now each Secret is
+    read once per TTL, and a pod no subscriber's policy names wakes no subscriber."""
+    secrets = CountingSecrets()
+    cache = SecretCache(secrets.read)
+    state = DiscoveryState()
+
+    async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
+        return {"metadata": {"name": name, "namespace": ns, "labels": {"app": "chat"}},
+                "spec": {"serviceAccountName": "chat"}}  # fmt: skip
+
+    servicer = DiscoveryServicer(state, ManyPods(), get_pod, LoadReportStore(), get_secret=cache)
+    server = grpc.aio.server()
+    add_to_server(server, servicer)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    controller = RoutingPolicyController(StatusKube(), state, get_secret=cache)
+    registry = kopf.OperatorRegistry()
+    controller.register(registry)
+    handlers = {h.id: h for h in registry._watching.get_all_handlers()}
+    spec = {"podSelector": {"matchLabels": {"app": "chat"}}, "localModels": [{"name": "llama"}],
+            "cloud": {"baseURL": "https://llm.example.com/v1", "model": "m",
+                      "apiKeySecretRef": {"name": "cloud", "key": "api-key"}}}  # fmt: skip
+    policy = {"metadata": {"name": "chat", "namespace": NS, "generation": 1}, "spec": spec}
+    indexes: dict[str, Any] = {"routing_policies": {NS: [policy]}, "injected_pods": {NS: []}}
+    await handlers["policies"].fn(body=kopf.Body(policy), type="ADDED", **indexes)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.DiscoveryStub(channel)
+            streams = [
+                stub.Subscribe(pb.SubscribeRequest(pod_namespace=NS, pod_name=f"chat-{i}"),
+                               metadata=(("authorization", f"Bearer pod-{i}"),))
+                for i in range(20)
+            ]  # fmt: skip
+            for stream in streams:
+                assert (await next_snapshot(stream)).cloud_api_key == "sk-1"
+            reads, wakeups = secrets.reads, state.wakeups
+            for n in range(50):  # a pod of a ModelDeployment no policy here names
+                pod = {"metadata": {"name": "mistral-0", "namespace": NS,
+                                    "resourceVersion": str(n),
+                                    "labels": {"clawdbot.io/model-deployment": "mistral"}},
+                       "status": {"podIP": "127.1.0.9",
+                                  "conditions": [{"type": "Ready", "status": "True"}]}}  # fmt: skip
+                await handlers["model-pods"].fn(body=kopf.Body(pod), type="MODIFIED", **indexes)
+            await asyncio.sleep(0.2)
+            print(
+                f"Secret reads for 20 sidecars x 50 unrelated pod events: "
+                f"{secrets.reads - reads} (subscribers woken: {state.wakeups - wakeups})"
+            )
+            assert secrets.reads - reads == 0 and state.wakeups == wakeups
+            assert secrets.reads == 1  # the first snapshot's, shared by all twenty
+            for stream in streams:
+                stream.cancel()
+    finally:
+        await server.stop(grace=None)
+
+
+async def test_the_secret_cache_reads_once_per_ttl_and_keeps_a_key_through_an_outage() -> None:
+    secrets = CountingSecrets()
+    clock = [0.0]
+    cache = SecretCache(secrets.read, ttl_s=30, monotonic=lambda: clock[0])
+    values = await asyncio.gather(*(cache(NS, "cloud", "api-key") for _ in range(10)))
+    assert values == ["sk-1"] * 10 and secrets.reads == 1
+    secrets.value = "sk-2"
+    clock[0] = 29.0
+    assert await cache(NS, "cloud", "api-key") == "sk-1"
+    clock[0] = 31.0
+    assert await cache(NS, "cloud", "api-key") == "sk-2" and secrets.reads == 2
+
+    async def away(namespace: str, name: str) -> dict[str, Any] | None:
+        raise OSError("connection refused")
+
+    cache._read = away
+    clock[0] = 62.0
+    assert await cache(NS, "cloud", "api-key") == "sk-2"  # the last known key, not none
+
+
+@pytest.fixture
+async def subscribed(operator: Operator) -> AsyncIterator[Any]:
+    """chat-1's open stream, its first snapshot read."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        stream = pb_grpc.DiscoveryStub(channel).Subscribe(
+            pb.SubscribeRequest(pod_namespace=NS, pod_name="chat-1"),
+            metadata=(("authorization", "Bearer good"),),
+        )
+        assert (await next_snapshot(stream)).policy_name == "chat"
+        yield stream
+        stream.cancel()
+
+
+async def _ended(stream: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        for _ in range(10):  # bounded: snapshots may still come before the end
+            await next_snapshot(stream)
+    return err.value
+
+
+async def test_the_stream_ends_when_the_pod_is_deleted(operator: Operator, subscribed: Any) -> None:
+    operator.state.set_subscribed_pod(NS, "chat-1", None)
+    err = await _ended(subscribed)
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "deleted" in (err.details() or "")
+
+
+async def test_the_stream_ends_when_the_pod_is_relabelled_out_of_its_policy(
+    operator: Operator, subscribed: Any
+) -> None:
+    relabelled = {**CHAT_POD, "metadata": {**CHAT_POD["metadata"], "labels": {"app": "other"}}}
+    operator.state.set_subscribed_pod(NS, "chat-1", relabelled)
+    err = await _ended(subscribed)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "relabelled" in (err.details() or "") and "'chat'" in (err.details() or "")
+
+
+async def test_the_stream_ends_when_the_token_expires() -> None:
+    """Authorised once is not authorised for good: at the token's exp the review is asked
+    again, and an expired (or, for a deleted pod, rejected) token ends the stream."""
+    expires = time.time() + 1.0
+
+    class Expiring(Reviewer):
+        async def review(self, token: str, *, fresh: bool = False) -> Identity | None:
+            return Identity(NS, "chat", "chat-1", expires_at=expires)
+
+    op = Operator()
+    op.reviewer = Expiring()
+    seed(op.state)
+    await op.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{op.port}") as channel:
+            stream = pb_grpc.DiscoveryStub(channel).Subscribe(
+                pb.SubscribeRequest(pod_namespace=NS, pod_name="chat-1"),
+                metadata=(("authorization", "Bearer good"),),
+            )
+            await next_snapshot(stream)
+            err = await _ended(stream)
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "expired" in (err.details() or "")
+            assert time.time() >= expires
+    finally:
+        await op.stop()
+
+
+def test_a_tokens_expiry_comes_from_its_exp_claim() -> None:
+    payload = base64.urlsafe_b64encode(json.dumps({"exp": 1_900_000_000}).encode())
+    token = f"e30.{payload.rstrip(b'=').decode()}.sig"
+    assert token_expiry(token) == 1_900_000_000
+    assert token_expiry("opaque") is None
