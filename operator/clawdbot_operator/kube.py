@@ -37,6 +37,7 @@ PLURALS: Final[dict[str, str]] = {
     "ModelDeployment": "modeldeployments",
     "RoutingPolicy": "routingpolicies",
     "Secret": "secrets",
+    "ConfigMap": "configmaps",
     "Namespace": "namespaces",
     "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
     "APIService": "apiservices",

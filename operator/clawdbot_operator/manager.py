@@ -52,6 +52,7 @@ from clawdbot_operator.kube import Kube, KubeError, Obj, connect
 from clawdbot_operator.leader import LeaderElector, identity
 from clawdbot_operator.loadreports import LoadReportStore
 from clawdbot_operator.metrics import OperatorMetrics
+from clawdbot_operator.metrics_auth import MetricsAuth
 from clawdbot_operator.reconciler import Reconciler
 from clawdbot_operator.webhook.inject import SidecarSettings
 from clawdbot_operator.webhook.server import CachedNamespaceLabels, WebhookMetrics, build_app
@@ -215,11 +216,17 @@ class Manager:
             await self._start_discovery(stack, kube, certificates, secrets)
         if config.metrics_port:
             own = config.own_metrics_certificate
+            auth = MetricsAuth.for_api(
+                kube.api, lambda ns, name: kube.get("v1", "ConfigMap", ns, name)
+            )
+            await auth.start()
+            stack.push_async_callback(auth.stop)
             runner = await metrics_api.serve(
                 self.store,
+                auth=auth,
                 host=config.bind_address,
                 port=config.metrics_port,
-                ssl_context=None if own else certificates.server_ssl(),
+                ssl_context=None if own else certificates.server_ssl(own=True),
                 cert_file=config.metrics_cert_file or None,
                 key_file=config.metrics_key_file or None,
                 accept_reports=config.accept_load_reports,

@@ -14,27 +14,39 @@ HTTPS. Routes:
 TLS: the operator's one serving certificate (``tls.ServingCertificates``: the same
 CA as the webhook's, named for the metrics Service too, and published into the APIService's
 caBundle), or the certificate files given on the command line.
+
+Who may ask: the aggregator, for a user allowed to get the metric in the namespace (see
+``metrics_auth``); every request passes :class:`RequestAuth` first.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
 from clawdbot_operator import tls
 from clawdbot_operator.loadreports import GAUGES, LoadReport, LoadReportStore
+from clawdbot_operator.metrics_auth import MetricsAuth
 
 GROUP: Final = "external.metrics.k8s.io"
 VERSION: Final = "v1beta1"
 GROUP_VERSION: Final = f"{GROUP}/{VERSION}"
 STORE_KEY: Final = web.AppKey("store", LoadReportStore)
+
+
+class RequestAuth(Protocol):
+    """Decides whether a request is served (``metrics_auth.MetricsAuth``)."""
+
+    async def check(self, request: web.Request) -> web.Response | None:
+        """None to serve ``request``; else the refusal to answer with."""
+        ...
 
 
 class SelectorError(ValueError):
@@ -228,9 +240,19 @@ async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_app(store: LoadReportStore, *, accept_reports: bool = False) -> web.Application:
-    """The aiohttp application (tests drive it directly, without TLS)."""
-    app = web.Application()
+def make_app(
+    store: LoadReportStore, *, auth: RequestAuth, accept_reports: bool = False
+) -> web.Application:
+    """The aiohttp application; every request passes ``auth`` first."""
+
+    @web.middleware
+    async def authorized(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        refusal = await auth.check(request)
+        return refusal if refusal is not None else await handler(request)
+
+    app = web.Application(middlewares=[authorized])
     app[STORE_KEY] = store
     base = f"/apis/{GROUP}/{VERSION}"
     app.router.add_get("/apis", _api_groups)
@@ -253,6 +275,7 @@ def self_signed(directory: Path, hosts: Sequence[str]) -> tuple[Path, Path]:
 async def serve(
     store: LoadReportStore,
     *,
+    auth: MetricsAuth,
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None = None,
@@ -261,7 +284,8 @@ async def serve(
     accept_reports: bool = False,
 ) -> web.AppRunner:
     """Start the HTTPS server with ``ssl_context`` (the operator's serving certificate, renewed
-    in place) or, when given, ``cert_file``/``key_file``; the caller cleans up the runner."""
+    in place; a context of the metrics API's own, as it asks clients for certificates) or,
+    when given, ``cert_file``/``key_file``; the caller cleans up the runner."""
     if cert_file and key_file:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
@@ -269,7 +293,9 @@ async def serve(
         context = ssl_context
     else:
         raise ValueError("the metrics API needs a serving certificate: ssl_context or files")
-    runner = web.AppRunner(make_app(store, accept_reports=accept_reports), access_log=None)
+    auth.bind(context)
+    app = make_app(store, auth=auth, accept_reports=accept_reports)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=context).start()
     return runner

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
@@ -26,9 +27,18 @@ def store() -> LoadReportStore:
     return s
 
 
+class Anyone:
+    """Serves every request: these tests are about the answers (who may ask is
+    test_metrics_auth.py's)."""
+
+    async def check(self, request: web.Request) -> web.Response | None:
+        return None
+
+
 @pytest.fixture
 async def client(store: LoadReportStore) -> AsyncIterator[TestClient[object, object]]:
-    async with TestClient(TestServer(make_app(store, accept_reports=True))) as c:
+    app = make_app(store, auth=Anyone(), accept_reports=True)
+    async with TestClient(TestServer(app)) as c:
         yield c
 
 

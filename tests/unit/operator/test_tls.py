@@ -23,6 +23,7 @@ from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.kube import Kube, KubeError, Obj
 from clawdbot_operator.leader import LeaderElector
 from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.metrics_auth import Access, MetricsAuth, User
 
 NS = "clawdbot-system"
 WEBHOOKS = "clawdbot-sidecar-injector"
@@ -282,8 +283,13 @@ async def test_cert_manager_mode_reads_the_directory_and_publishes_nothing(
 async def metrics_server(kube: FakeKube) -> AsyncIterator[tuple[int, tls.ServingCertificates]]:
     certificates = replica(kube)
     await certificates.start()
+    auth = MetricsAuth(read_configmap=no_configmap, review=no_review)
     runner = await metrics_api.serve(
-        LoadReportStore(), host="127.0.0.1", port=0, ssl_context=certificates.server_ssl()
+        LoadReportStore(),
+        auth=auth,
+        host="127.0.0.1",
+        port=0,
+        ssl_context=certificates.server_ssl(own=True),
     )
     port = runner.addresses[0][1]
     try:
@@ -293,10 +299,18 @@ async def metrics_server(kube: FakeKube) -> AsyncIterator[tuple[int, tls.Serving
         await certificates.stop()
 
 
+async def no_configmap(namespace: str, name: str) -> dict[str, Any] | None:
+    return None
+
+
+async def no_review(user: User, access: Access) -> bool:
+    return False
+
+
 async def _get(port: int, ca: bytes, server_name: str) -> int:
     context = ssl.create_default_context(cadata=ca.decode())
     async with aiohttp.ClientSession() as session:
-        url = f"https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1"
+        url = f"https://127.0.0.1:{port}/healthz"  # TLS is the question here, not who asks
         async with session.get(url, ssl=context, server_hostname=server_name) as resp:
             return resp.status
 
