@@ -11,10 +11,31 @@ conventions ask, so a status rewritten with the same verdict does not look like 
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
+
+INLINE_PASSWORD_REASON: Final = "RedisPasswordInSpec"
+
+
+def inline_redis_password(spec: RoutingPolicySpec) -> str | None:
+    """The warning for a password written into ``cache.redisURL`` (readable by anyone who
+    can read the policy), or None."""
+    url = spec.cache.redis_url
+    if not url:
+        return None
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return None
+    if not password:
+        return None
+    return (
+        "cache.redisURL holds a password, readable by anyone who can read this RoutingPolicy: "
+        "put it in a Secret and name it in cache.redisPasswordSecretRef"
+    )
 
 
 def models_without_endpoints(

@@ -257,8 +257,17 @@ class RoutingCore:
             )
             if previous is not None:
                 previous.close()
-        if old is None or (old.policy.cache, old.policy_name) != (policy.cache, config.policy_name):
-            self._replace_cache(build_cache(policy.cache, key_prefix=self._cache_prefix()))
+        cache_settings = (policy.cache, config.policy_name, config.cache_redis_password)
+        if old is None or (old.policy.cache, old.policy_name, old.cache_redis_password) != (
+            cache_settings
+        ):
+            self._replace_cache(
+                build_cache(
+                    policy.cache,
+                    key_prefix=self._cache_prefix(),
+                    redis_password=config.cache_redis_password,
+                )
+            )
         if old is None or old.policy.budgets != policy.budgets or old.policy.cloud != cloud:
             self.budgets = BudgetTracker(policy.budgets, cloud.pricing if cloud else Pricing())
 

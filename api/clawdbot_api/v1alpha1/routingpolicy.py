@@ -221,7 +221,11 @@ class Cache(CelValidated):
     redis_url: str | None = Field(
         default=None, alias="redisURL", max_length=2048, pattern=r"^rediss?://[^\s]+$"
     )
-    """redis:// or rediss:// URL of the shared cache."""
+    """redis:// or rediss:// URL of the shared cache. Put no password in it (anyone who can
+    read the policy could read it): name a Secret in redisPasswordSecretRef."""
+    redis_password_secret_ref: SecretKeyRef | None = None
+    """Secret holding the Redis password, handed to the sidecars over the discovery stream
+    like the cloud API key. Unset for a Redis without a password."""
     ttl_seconds: int = Field(default=300, ge=1, le=604800)
     """How long an answer stays cached."""
     max_entries: int = Field(default=10000, ge=1)

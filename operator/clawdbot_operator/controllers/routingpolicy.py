@@ -43,7 +43,12 @@ from clawdbot_operator.discovery.resolve import endpoints_for, policy_for_pod
 from clawdbot_operator.discovery.server import SecretGetter
 from clawdbot_operator.discovery.state import DiscoveryState
 from clawdbot_operator.kube import KubeError, Obj
-from clawdbot_operator.policystatus import models_without_endpoints, policy_conditions
+from clawdbot_operator.policystatus import (
+    INLINE_PASSWORD_REASON,
+    inline_redis_password,
+    models_without_endpoints,
+    policy_conditions,
+)
 from clawdbot_operator.webhook.inject import AUDIT_DIR, INJECTED_ANNOTATION
 
 log = logging.getLogger("clawdbot.operator.routingpolicy")
@@ -68,6 +73,10 @@ class PolicyKube(Protocol):
         self, api_version: str, kind: str, namespace: str, name: str, status: Obj
     ) -> Obj:
         """JSON merge patch of an object's status subresource."""
+        ...
+
+    async def post_event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``involved`` (best effort)."""
         ...
 
 
@@ -240,10 +249,13 @@ class RoutingPolicyController:
     async def _problems(self, ns: str, spec: RoutingPolicySpec) -> list[str]:
         """What keeps a valid spec from being in force: missing references, unusable paths."""
         problems: list[str] = []
-        if spec.cloud and spec.cloud.api_key_secret_ref:
-            ref = spec.cloud.api_key_secret_ref
-            if not await self.get_secret(ns, ref.name, ref.key):
-                problems.append(f"cloud.apiKeySecretRef: Secret {ref.name} key {ref.key} not found")
+        refs = {
+            "cloud.apiKeySecretRef": spec.cloud.api_key_secret_ref if spec.cloud else None,
+            "cache.redisPasswordSecretRef": spec.cache.redis_password_secret_ref,
+        }
+        for field_name, ref in refs.items():
+            if ref is not None and not await self.get_secret(ns, ref.name, ref.key):
+                problems.append(f"{field_name}: Secret {ref.name} key {ref.key} not found")
         audit = spec.audit
         if audit.enabled and audit.sink == "file" and not in_audit_dir(audit.path):
             problems.append(
@@ -309,12 +321,24 @@ class RoutingPolicyController:
             "matchedPods": matched,
             "readyEndpoints": ready_endpoints,
         }
+        if spec is not None and (body.get("status") or {}).get("observedGeneration") != generation:
+            await self._warn_once(body, spec)
         if (body.get("status") or {}) == {**(body.get("status") or {}), **status}:
             return  # unchanged: don't write (and don't trigger another event)
         try:
             await self.kube.patch_status(API_VERSION, "RoutingPolicy", ns, name, status)
         except KubeError as exc:
             log.warning("cannot update status of RoutingPolicy %s/%s: %s", ns, name, exc)
+
+    async def _warn_once(self, body: Manifest, spec: RoutingPolicySpec) -> None:
+        """Warning Events about a generation of the spec that works but is unsafe; called
+        once per generation (before its status is first written)."""
+        warning = inline_redis_password(spec)
+        if warning is None:
+            return
+        involved = {"apiVersion": API_VERSION, "kind": "RoutingPolicy",
+                    "metadata": dict(body.get("metadata") or {})}  # fmt: skip
+        await self.kube.post_event(involved, "Warning", INLINE_PASSWORD_REASON, warning)
 
 
 def _stored(kwargs: Mapping[str, Any], index_name: str, namespace: str) -> list[Any]:

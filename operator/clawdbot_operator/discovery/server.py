@@ -246,22 +246,25 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         policy = resolved.policy
         if self.get_secret is None or policy is None:
             return snapshot
-        secrets = hashlib.sha256()
-        if policy.cloud and policy.cloud.api_key_secret_ref:
-            ref = policy.cloud.api_key_secret_ref
-            key = await self.get_secret(ns, ref.name, ref.key)
-            if key:
-                snapshot.cloud_api_key = key
-                secrets.update(b"cloud:" + key.encode())
-        if policy.audit.hmac_key_secret_ref:
-            ref = policy.audit.hmac_key_secret_ref
-            key = await self.get_secret(ns, ref.name, ref.key)
-            if key:
-                snapshot.audit_hmac_key = key.encode()
-                secrets.update(b"audit:" + key.encode())
-        if snapshot.cloud_api_key or snapshot.audit_hmac_key:
+        refs = {
+            "cloud": policy.cloud.api_key_secret_ref if policy.cloud else None,
+            "audit": policy.audit.hmac_key_secret_ref,
+            "redis": policy.cache.redis_password_secret_ref,
+        }
+        values = {}
+        for what, ref in refs.items():
+            value = await self.get_secret(ns, ref.name, ref.key) if ref is not None else None
+            if value:
+                values[what] = value
+        snapshot.cloud_api_key = values.get("cloud", "")
+        snapshot.audit_hmac_key = values.get("audit", "").encode()
+        snapshot.cache_redis_password = values.get("redis", "")
+        if values:
             # A rotated key is a change: fold a digest of the keys into the version.
-            snapshot.version = f"{snapshot.version}-{secrets.hexdigest()[:8]}"
+            digest = hashlib.sha256()
+            for what, value in sorted(values.items()):
+                digest.update(f"{what}:".encode() + value.encode() + b"\0")
+            snapshot.version = f"{snapshot.version}-{digest.hexdigest()[:8]}"
         return snapshot
 
     async def ReportLoad(

@@ -10,8 +10,11 @@ import asyncio
 import base64
 import contextlib
 import json
+import shutil
+import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from clawdbot_operator.discovery.server import (
 )
 from clawdbot_operator.discovery.tokenreview import identity_from_status, token_expiry
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
+from clawdbot_sidecar.cache import CachedResponse, RedisCache, build_cache
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.discovery import (
     DiscoveryClient,
@@ -829,3 +833,116 @@ def test_a_tokens_expiry_comes_from_its_exp_claim() -> None:
     token = f"e30.{payload.rstrip(b'=').decode()}.sig"
     assert token_expiry(token) == 1_900_000_000
     assert token_expiry("opaque") is None
+
+
+# -- the Redis password comes from a Secret, like the cloud key ---------------------------
+
+
+@contextlib.contextmanager
+def redis_with_password(password: str, workdir: Path) -> Iterator[str]:
+    """A throwaway redis-server on loopback that requires ``password``; its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    args = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(workdir), "--requirepass", password]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # bounded: a fresh redis-server listens within milliseconds
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no redis-server"
+                time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+async def test_the_redis_password_reaches_the_sidecars_cache_from_its_secret(
+    tmp_path: Path,
+) -> None:
+    """Only the Secret holds the password: the stream sends it (TLS only, as the cloud key),
+    the sidecar's config carries it (never dumped), and its Redis client logs in with it."""
+    with redis_with_password("r3dis-pass", tmp_path) as url:
+        op = Operator(secrets={("redis", "password"): "r3dis-pass"})
+        policy = RoutingPolicySpec.model_validate({
+            "podSelector": {"matchLabels": {"app": "chat"}},
+            "cache": {"enabled": True, "backend": "redis", "redisURL": url,
+                      "redisPasswordSecretRef": {"name": "redis", "key": "password"}},
+        })  # fmt: skip
+        op.state.set_policy(NS, "chat", policy)
+        await op.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{op.port}") as channel:
+                stream = pb_grpc.DiscoveryStub(channel).Subscribe(
+                    pb.SubscribeRequest(pod_namespace=NS, pod_name="chat-1"),
+                    metadata=(("authorization", "Bearer good"),),
+                )
+                snapshot = await next_snapshot(stream)
+                stream.cancel()
+        finally:
+            await op.stop()
+    assert snapshot.cache_redis_password == "r3dis-pass"
+    assert "r3dis-pass" not in snapshot.policy_spec_json
+    config = config_from_snapshot(snapshot, SidecarConfig())
+    assert config.cache_redis_password == "r3dis-pass"
+    assert "r3dis-pass" not in repr(config) and "r3dis-pass" not in config.model_dump_json()
+    with redis_with_password("r3dis-pass", tmp_path) as url:
+        cache_spec = config.policy.cache.model_copy(update={"redis_url": url})
+        cache = build_cache(cache_spec, redis_password=config.cache_redis_password)
+        assert isinstance(cache, RedisCache)
+        await cache.set("k", CachedResponse({"answer": 42}, "local", time.time()))
+        stored = await cache.get("k")
+        assert stored is not None and stored.body == {"answer": 42} and cache.errors == 0
+        await cache.close()
+        # Without it, the same server refuses the client (the cache then answers misses).
+        anonymous = build_cache(cache_spec)
+        assert isinstance(anonymous, RedisCache)
+        assert await anonymous.get("k") is None and anonymous.errors == 1
+        await anonymous.close()
+
+
+class EventKube(StatusKube):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        self.patched: list[dict[str, Any]] = []
+
+    async def patch_status(self, *args: Any) -> dict[str, Any]:
+        self.patched.append(args[-1])
+        return {}
+
+    async def post_event(self, involved: Any, type_: str, reason: str, message: str) -> None:
+        assert involved["kind"] == "RoutingPolicy"
+        self.events.append((type_, reason, message))
+
+
+async def test_a_password_inline_in_the_redis_url_is_warned_about_once_per_generation() -> None:
+    kube = EventKube()
+
+    async def secret(ns: str, name: str, key: str) -> str | None:
+        return None
+
+    controller = RoutingPolicyController(kube, DiscoveryState(), get_secret=secret)
+    spec = {"cache": {"enabled": True, "backend": "redis",
+                      "redisURL": "redis://:hunter2@redis.example:6379/0"}}  # fmt: skip
+    body: dict[str, Any] = {"metadata": {"name": "p", "namespace": NS, "generation": 1},
+                            "spec": spec}  # fmt: skip
+    await controller.sync_policy(body)
+    body["status"] = kube.patched[-1]  # what the API server now holds
+    await controller.sync_policy(body)
+    assert [(t, r) for t, r, _ in kube.events] == [("Warning", "RedisPasswordInSpec")]
+    assert "hunter2" not in kube.events[0][2] and "redisPasswordSecretRef" in kube.events[0][2]
+    # The password moved to a Secret: a new generation, no warning.
+    body["metadata"]["generation"] = 2
+    body["spec"] = {"cache": {"enabled": True, "backend": "redis",
+                              "redisURL": "redis://redis.example:6379/0",
+                              "redisPasswordSecretRef": {"name": "r", "key": "p"}}}  # fmt: skip
+    await controller.sync_policy(body)
+    assert len(kube.events) == 1
+    ready = next(c for c in kube.patched[-1]["conditions"] if c["type"] == "Ready")
+    assert "cache.redisPasswordSecretRef: Secret r key p not found" in ready["message"]
