@@ -37,7 +37,8 @@ from typing import Any, Protocol
 import kopf
 from pydantic import ValidationError
 
-from clawdbot_api.v1alpha1 import API_VERSION, GROUP, VERSION, RoutingPolicySpec
+from clawdbot_api.errors import describe, dotted
+from clawdbot_api.v1alpha1 import API_VERSION, GROUP, VERSION, LabelSelector, RoutingPolicySpec
 from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT, MANAGED_BY, controller_uid
 from clawdbot_operator.discovery.resolve import endpoints_for, policy_for_pod
 from clawdbot_operator.discovery.server import SecretGetter
@@ -216,10 +217,19 @@ class RoutingPolicyController:
         ``injected``: the namespace's injected pods (None: read them from the API)."""
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
+        raw = dict(body.get("spec") or {})
         try:
-            spec = RoutingPolicySpec.model_validate(dict(body.get("spec") or {}))
+            spec = RoutingPolicySpec.model_validate(raw)
         except ValidationError as exc:
-            await self._policy_status(body, None, str(exc).splitlines()[0], injected)
+            # Sidecars could not apply it: it never goes down the stream. They keep the
+            # policy's last valid spec (or, without one, whatever they hold).
+            kept = self.state.set_invalid_policy(ns, name, _selector_of(raw))
+            effect = (
+                "its sidecars keep its last valid spec"
+                if kept
+                else "its pods' sidecars get no policy until it is fixed"
+            )
+            await self._policy_status(body, None, f"{invalid_spec(exc)} ({effect})", injected)
             return
         self.state.set_policy(ns, name, spec)
         await self._policy_status(body, spec, None, injected)
@@ -292,7 +302,7 @@ class RoutingPolicyController:
             return  # followers keep the discovery state, the leader writes the status
         meta = body.get("metadata") or {}
         ns, name = meta.get("namespace", ""), meta.get("name", "")
-        problems: list[str] = [invalid] if invalid else []
+        problems: list[str] = []
         ready_endpoints = matched = 0
         idle: list[str] = []
         if spec is not None:
@@ -310,6 +320,7 @@ class RoutingPolicyController:
         conditions = policy_conditions(
             spec=spec,
             problems=problems,
+            invalid=invalid,
             idle_models=idle,
             generation=generation,
             previous=(body.get("status") or {}).get("conditions") or [],
@@ -339,6 +350,20 @@ class RoutingPolicyController:
         involved = {"apiVersion": API_VERSION, "kind": "RoutingPolicy",
                     "metadata": dict(body.get("metadata") or {})}  # fmt: skip
         await self.kube.post_event(involved, "Warning", INLINE_PASSWORD_REASON, warning)
+
+
+def invalid_spec(exc: ValidationError) -> str:
+    """Every problem of a spec the types refuse, each with the field it is in."""
+    return "; ".join(f"{dotted(('spec', *err['loc']))}: {describe(err)}" for err in exc.errors())
+
+
+def _selector_of(raw: Mapping[str, Any]) -> LabelSelector | None:
+    """The pod selector of a spec that is invalid elsewhere (None when it is not readable
+    either: then only pods that name the policy by annotation are held)."""
+    try:
+        return LabelSelector.model_validate(raw.get("podSelector") or {})
+    except ValidationError:
+        return None
 
 
 def _stored(kwargs: Mapping[str, Any], index_name: str, namespace: str) -> list[Any]:

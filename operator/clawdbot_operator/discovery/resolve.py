@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_api.v1alpha1 import LabelSelector, RoutingPolicySpec
 from clawdbot_operator.builders.meta import (
     HTTP_PORT,
     LABEL_MODEL_DEPLOYMENT,
@@ -47,6 +47,9 @@ class Resolved:
     policy_name: str
     policy: RoutingPolicySpec | None
     endpoints: tuple[EndpointInfo, ...]
+    held: bool = False
+    """The pod's policy has no valid spec to serve: send nothing, the sidecar keeps what it
+    has (its last good config, or none yet)."""
 
     @property
     def version(self) -> str:
@@ -105,19 +108,35 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
 
 
 def policy_for_pod(
-    pod: Manifest, policies: Mapping[str, RoutingPolicySpec]
-) -> tuple[str, RoutingPolicySpec] | None:
-    """The (name, spec) of the pod's policy among its namespace's ``policies``, or None."""
+    pod: Manifest,
+    policies: Mapping[str, RoutingPolicySpec],
+    held: Mapping[str, LabelSelector | None] | None = None,
+) -> tuple[str, RoutingPolicySpec | None] | None:
+    """The (name, spec) of the pod's policy among its namespace's ``policies``, or None.
+
+    ``held``: policies with no valid spec to serve (name -> their pod selector, None when
+    even that is unreadable); a pod they would apply to resolves to (name, None): its sidecar
+    keeps what it has rather than be served another policy.
+    """
+    held = held or {}
     meta = pod.get("metadata") or {}
     named = (meta.get("annotations") or {}).get(POLICY_ANNOTATION)
     if named:
         spec = policies.get(named)
-        return (named, spec) if spec is not None else None
+        if spec is not None:
+            return named, spec
+        return (named, None) if named in held else None
     labels = meta.get("labels") or {}
-    for name in sorted(policies):
-        selector = policies[name].pod_selector.model_dump(by_alias=True, exclude_none=True)
-        if selector and selector_matches(selector, labels):
-            return name, policies[name]
+    for name in sorted({*policies, *held}):
+        if name in policies:
+            selector = policies[name].pod_selector
+        elif (selector_or_none := held[name]) is not None:
+            selector = selector_or_none
+        else:
+            continue
+        as_dict = selector.model_dump(by_alias=True, exclude_none=True)
+        if as_dict and selector_matches(as_dict, labels):
+            return name, policies.get(name)
     return None
 
 
@@ -172,10 +191,14 @@ def resolve(
     model_pods: Iterable[Manifest],
     served_names: Mapping[str, str],
     ownership: Ownership,
+    *,
+    held: Mapping[str, LabelSelector | None] | None = None,
 ) -> Resolved:
     """Everything the pod's sidecar should hold now."""
-    found = policy_for_pod(pod, policies)
+    found = policy_for_pod(pod, policies, held)
     if found is None:
         return Resolved("", None, ())
     name, spec = found
+    if spec is None:
+        return Resolved(name, None, (), held=True)
     return Resolved(name, spec, endpoints_for(spec, model_pods, served_names, ownership))

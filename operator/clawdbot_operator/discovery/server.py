@@ -201,10 +201,11 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
             sub.models = frozenset(m.name for m in resolved.policy.local_models) if (
                 resolved.policy
             ) else frozenset()  # fmt: skip
-            snapshot = await self._snapshot(resolved, sub.namespace)
-            if snapshot.version != sent:
-                sent = snapshot.version
-                yield snapshot
+            if not resolved.held:  # a policy with no valid spec: the sidecar keeps its own
+                snapshot = await self._snapshot(resolved, sub.namespace)
+                if snapshot.version != sent:
+                    sent = snapshot.version
+                    yield snapshot
             sub.woken.clear()
             wait_s = max(0.0, min(RESYNC_S, review_at - time.time()))
             with contextlib.suppress(TimeoutError):

@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clawdbot_api.v1alpha1 import RoutingPolicySpec
+from clawdbot_api.v1alpha1 import LabelSelector, RoutingPolicySpec
 from clawdbot_operator.builders.meta import LABEL_MODEL_DEPLOYMENT, LABEL_REVISION, controller_uid
 from clawdbot_operator.discovery.resolve import Ownership, Resolved, http_port, pod_ready, resolve
 
@@ -79,6 +79,8 @@ class DiscoveryState:
 
     def __init__(self) -> None:
         self.policies: dict[str, dict[str, RoutingPolicySpec]] = {}
+        # Policies with no valid spec ever seen (name -> pod selector): their pods get nothing.
+        self.held: dict[str, dict[str, LabelSelector | None]] = {}
         self.model_pods: dict[str, dict[str, Manifest]] = {}
         self.served_names: dict[str, dict[str, str]] = {}
         self.ownership: dict[str, Ownership] = {}
@@ -137,15 +139,28 @@ class DiscoveryState:
     # -- what the watches report ----------------------------------------------------------
 
     def set_policy(self, namespace: str, name: str, spec: RoutingPolicySpec | None) -> None:
-        """A policy's valid spec (None: deleted, or no valid spec)."""
+        """A policy's valid spec (None: the policy is deleted)."""
         policies = self.policies.setdefault(namespace, {})
-        if policies.get(name) == spec:
+        was_held = self.held.get(namespace, {}).pop(name, ...) is not ...
+        if policies.get(name) == spec and not was_held:
             return  # the same spec again: every status refresh re-reads it
         if spec is None:
             policies.pop(name, None)
         else:
             policies[name] = spec
         self._wake(namespace)
+
+    def set_invalid_policy(self, namespace: str, name: str, selector: LabelSelector | None) -> bool:
+        """A policy whose spec can't be applied. Its last valid spec, if it had one, stays
+        in force (nothing changes for its sidecars); else its pods are held: they get no
+        snapshot. True when a last valid spec stays in force."""
+        if name in self.policies.get(namespace, {}):
+            return True
+        held = self.held.setdefault(namespace, {})
+        if name not in held or held[name] != selector:
+            held[name] = selector
+            self._wake(namespace)
+        return False
 
     def set_model_pod(self, namespace: str, name: str, pod: Manifest | None) -> None:
         """A pod labelled as some ModelDeployment's (None: deleted)."""
@@ -205,4 +220,5 @@ class DiscoveryState:
             self.model_pods.get(ns, {}).values(),
             self.served_names.get(ns, {}),
             self.ownership_of(ns),
+            held=self.held.get(ns, {}),
         )

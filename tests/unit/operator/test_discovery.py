@@ -946,3 +946,85 @@ async def test_a_password_inline_in_the_redis_url_is_warned_about_once_per_gener
     assert len(kube.events) == 1
     ready = next(c for c in kube.patched[-1]["conditions"] if c["type"] == "Ready")
     assert "cache.redisPasswordSecretRef: Secret r key p not found" in ready["message"]
+
+
+# -- a spec the sidecars can't apply is reported, never sent -------------------------------
+
+BAD_PATTERN = "(?<=a+)T-[0-9]+"  # a look-behind of variable width: Python's re refuses it
+
+
+class RecordingKube(StatusKube):
+    def __init__(self) -> None:
+        self.patched: list[dict[str, Any]] = []
+
+    async def patch_status(self, *args: Any) -> dict[str, Any]:
+        self.patched.append(args[-1])
+        return {}
+
+
+async def no_secret(namespace: str, name: str, key: str) -> str | None:
+    return None
+
+
+def policy_body(**redaction: Any) -> dict[str, Any]:
+    spec = {**POLICY.model_dump(by_alias=True, exclude_none=True), "redaction": redaction,
+            "defaultTarget": "local"}  # fmt: skip
+    return {"metadata": {"name": "chat", "namespace": NS, "generation": 2}, "spec": spec}
+
+
+async def nothing_within(stream: Any, seconds: float) -> asyncio.Future[Any]:
+    """Assert no message arrives for ``seconds``; the pending read, to await later."""
+    read = asyncio.ensure_future(stream.read())
+    done, _ = await asyncio.wait({read}, timeout=seconds)
+    assert not done, f"got {read.result()!r}"
+    return read
+
+
+def ready_of(kube: RecordingKube) -> dict[str, Any]:
+    return next(c for c in kube.patched[-1]["conditions"] if c["type"] == "Ready")
+
+
+async def test_a_spec_its_sidecars_cant_apply_is_reported_and_not_sent(
+    operator: Operator, subscribed: Any
+) -> None:
+    kube = RecordingKube()
+    controller = RoutingPolicyController(kube, operator.state, get_secret=no_secret)
+    await controller.sync_policy(policy_body(custom=[{"name": "TICKET", "pattern": BAD_PATTERN}]))
+    ready = ready_of(kube)
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert ready["message"].startswith("spec.redaction.custom[0].pattern: custom entity 'TICKET'")
+    assert "its sidecars keep its last valid spec" in ready["message"]
+    assert operator.state.policies[NS]["chat"] == POLICY  # the last valid spec stays
+    pending = await nothing_within(subscribed, 0.5)  # nothing goes down the stream
+    # Fixed: in force and sent.
+    await controller.sync_policy(policy_body(custom=[{"name": "TICKET", "pattern": "T-[0-9]+"}]))
+    assert ready_of(kube)["status"] == "True"
+    snapshot = await asyncio.wait_for(pending, 5)
+    fixed = RoutingPolicySpec.model_validate_json(snapshot.policy_spec_json)
+    assert [c.name for c in fixed.redaction.custom] == ["TICKET"]
+
+
+async def test_a_policy_never_valid_holds_its_pods_sidecars() -> None:
+    """With no valid spec to fall back on (a new policy, or an operator that restarted),
+    the pods it applies to get nothing, rather than another policy or none."""
+    op = Operator()
+    kube = RecordingKube()
+    controller = RoutingPolicyController(kube, op.state, get_secret=no_secret)
+    await controller.sync_policy(policy_body(perEntityMode={"TICKET": "block"}))
+    ready = ready_of(kube)
+    assert ready["reason"] == "InvalidSpec"
+    assert "spec.redaction: perEntityMode: unknown entity 'TICKET'" in ready["message"]
+    assert "get no policy until it is fixed" in ready["message"]
+    await op.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{op.port}") as channel:
+            stream = pb_grpc.DiscoveryStub(channel).Subscribe(
+                pb.SubscribeRequest(pod_namespace=NS, pod_name="chat-1"),
+                metadata=(("authorization", "Bearer good"),),
+            )
+            pending = await nothing_within(stream, 0.5)
+            await controller.sync_policy(policy_body())
+            assert (await asyncio.wait_for(pending, 5)).policy_name == "chat"
+            stream.cancel()
+    finally:
+        await op.stop()
