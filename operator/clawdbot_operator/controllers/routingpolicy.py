@@ -148,12 +148,12 @@ class RoutingPolicyController:
             await self.sync_policy(dict(body), _stored(kwargs, "injected_pods", ns))
 
         @kopf.on.event(GROUP, VERSION, "modeldeployments", id="served-name", registry=registry)
-        async def served_name(body: kopf.Body, type: str | None, **_: Any) -> None:
+        async def served_name(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
             ns, name = body.metadata.namespace or "", body.metadata.name or ""
             model = None if type == "DELETED" else (body.get("spec") or {}).get("model", {})
-            self.state.set_served_name(
-                ns, name, model.get("name") if model else None, body.metadata.uid
-            )
+            uid = body.metadata.uid
+            if self.state.set_served_name(ns, name, model.get("name") if model else None, uid):
+                await self._refresh_indexed(ns, kwargs)  # its pods may count now, or no more
 
         @kopf.on.event(
             "apps", "v1", "deployments", id="model-deployments-deployments",
@@ -161,21 +161,15 @@ class RoutingPolicyController:
                     "app.kubernetes.io/managed-by": MANAGED_BY},
             registry=registry,
         )  # fmt: skip
-        async def deployment(body: kopf.Body, type: str | None, **_: Any) -> None:
-            owner = None if type == "DELETED" else controller_uid(body, "ModelDeployment")
-            self.state.set_controller(
-                body.metadata.namespace or "", "Deployment", body.metadata.uid or "", owner
-            )
+        async def deployment(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+            await self._set_controller(body, type, "Deployment", "ModelDeployment", kwargs)
 
         @kopf.on.event(
             "apps", "v1", "replicasets", id="model-replicasets",
             labels={LABEL_MODEL_DEPLOYMENT: kopf.PRESENT}, registry=registry,
         )  # fmt: skip
-        async def replica_set(body: kopf.Body, type: str | None, **_: Any) -> None:
-            owner = None if type == "DELETED" else controller_uid(body, "Deployment")
-            self.state.set_controller(
-                body.metadata.namespace or "", "ReplicaSet", body.metadata.uid or "", owner
-            )
+        async def replica_set(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
+            await self._set_controller(body, type, "ReplicaSet", "Deployment", kwargs)
 
         @kopf.on.event(
             "v1", "pods", id="model-pods",
@@ -203,6 +197,17 @@ class RoutingPolicyController:
         )  # fmt: skip
         async def injected_pod(body: kopf.Body, **kwargs: Any) -> None:
             await self._refresh_indexed(body.metadata.namespace or "", kwargs)
+
+    async def _set_controller(
+        self, body: kopf.Body, type_: str | None, kind: str, owner_kind: str,
+        kwargs: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        """Record who controls a Deployment or ReplicaSet; a change (a rollout's new
+        ReplicaSet, often seen after its first pods) may make pods count as endpoints."""
+        ns = body.metadata.namespace or ""
+        owner = None if type_ == "DELETED" else controller_uid(body, owner_kind)
+        if self.state.set_controller(ns, kind, body.metadata.uid or "", owner):
+            await self._refresh_indexed(ns, kwargs)
 
     async def _refresh_indexed(self, namespace: str, kwargs: Mapping[str, Any]) -> None:
         """``refresh`` from the indexes kopf passes to a handler."""

@@ -177,8 +177,9 @@ class DiscoveryState:
 
     def set_served_name(
         self, namespace: str, deployment: str, model: str | None, uid: str | None = None
-    ) -> None:
-        """A ModelDeployment's served model name and UID (None: it is gone)."""
+    ) -> bool:
+        """A ModelDeployment's served model name and UID (None: it is gone); True when
+        that changed anything."""
         names = self.served_names.setdefault(namespace, {})
         uids = self.ownership_of(namespace).model_deployments
         before = (names.get(deployment), uids.get(deployment))
@@ -189,20 +190,23 @@ class DiscoveryState:
             names[deployment] = model
             if uid:
                 uids[deployment] = uid
-        if before != (names.get(deployment), uids.get(deployment)):
-            self._wake(namespace, models={deployment})
+        if before == (names.get(deployment), uids.get(deployment)):
+            return False
+        self._wake(namespace, models={deployment})
+        return True
 
     def ownership_of(self, namespace: str) -> Ownership:
         """The namespace's ownership records (created empty on first use)."""
         return self.ownership.setdefault(namespace, Ownership())
 
-    def set_controller(self, namespace: str, kind: str, uid: str, controller: str | None) -> None:
+    def set_controller(self, namespace: str, kind: str, uid: str, controller: str | None) -> bool:
         """A Deployment's controlling ModelDeployment UID, or a ReplicaSet's controlling
-        Deployment UID (``kind`` says which; None: gone, or controlled by nothing)."""
+        Deployment UID (``kind`` says which; None: gone, or controlled by nothing); True
+        when that changed anything."""
         ownership = self.ownership_of(namespace)
         table = ownership.deployments if kind == "Deployment" else ownership.replica_sets
         if table.get(uid) == controller:
-            return
+            return False
         if controller is None:
             table.pop(uid, None)
         else:
@@ -210,6 +214,7 @@ class DiscoveryState:
         # Rare (a rollout's new ReplicaSet): which ModelDeployment it is for is a lookup
         # away; waking the namespace is simpler and as cheap.
         self._wake(namespace)
+        return True
 
     def resolve(self, pod: Manifest) -> Resolved:
         """Everything ``pod``'s sidecar should hold now."""

@@ -183,3 +183,40 @@ async def test_pod_events_refresh_status_from_kopfs_indexes_without_listing() ->
     await handlers["model-pods"].fn(body=kopf.Body(pod), type="ADDED", **indexes)
     assert kube.lists == []
     assert [s["matchedPods"] for s in kube.patched] == [1, 1]
+
+
+async def test_a_replica_set_seen_after_its_pods_refreshes_the_endpoint_count() -> None:
+    """Watches deliver in any order: a pod Ready before its ReplicaSet's event counts (in
+    status as for the sidecars) as soon as the ReplicaSet is known."""
+    kube = FakeKube()
+    state = DiscoveryState()
+    controller = RoutingPolicyController(kube, state, get_secret=no_secret)
+    registry = kopf.OperatorRegistry()
+    controller.register(registry)
+    handlers = {h.id: h for h in registry._watching.get_all_handlers()}
+    policy = {"metadata": {"name": "p", "namespace": "ns", "generation": 1},
+              "spec": {"localModels": [{"name": "llama"}]}}  # fmt: skip
+    indexes: dict[str, Any] = {"routing_policies": {"ns": [policy]}, "injected_pods": {}}
+
+    def owned(kind: str, uid: str, owner_kind: str, owner: str, **extra: Any) -> kopf.Body:
+        ref = {"kind": owner_kind, "uid": owner, "controller": True, "name": "llama"}
+        meta = {"name": "llama", "namespace": "ns", "uid": uid, "ownerReferences": [ref],
+                "labels": {"clawdbot.io/model-deployment": "llama"}}  # fmt: skip
+        return kopf.Body({"kind": kind, "metadata": meta, **extra})
+
+    md = {"metadata": {"name": "llama", "namespace": "ns", "uid": "md-1"},
+          "spec": {"model": {"name": "llama-7b"}}}  # fmt: skip
+    await handlers["served-name"].fn(body=kopf.Body(md), type="ADDED", **indexes)
+    await handlers["model-deployments-deployments"].fn(
+        body=owned("Deployment", "dep-1", "ModelDeployment", "md-1"), type="ADDED", **indexes
+    )
+    pod = owned("Pod", "pod-1", "ReplicaSet", "rs-1",
+                status={"podIP": "127.1.0.5",
+                        "conditions": [{"type": "Ready", "status": "True"}]})  # fmt: skip
+    await handlers["model-pods"].fn(body=pod, type="ADDED", **indexes)
+    assert kube.patched[-1]["readyEndpoints"] == 0  # its ReplicaSet is not known yet
+    policy["status"] = kube.patched[-1]
+    await handlers["model-replicasets"].fn(
+        body=owned("ReplicaSet", "rs-1", "Deployment", "dep-1"), type="ADDED", **indexes
+    )
+    assert kube.patched[-1]["readyEndpoints"] == 1
