@@ -135,26 +135,26 @@ def _is_null(s: Schema) -> bool:
     return s.get("type") == "null"
 
 
-def _to_structural(node: Any, defs: dict[str, Schema]) -> Any:
-    """Recursively rewrite one pydantic JSON Schema node into a structural schema node."""
-    if isinstance(node, list):
-        return [_to_structural(n, defs) for n in node]
-    if not isinstance(node, dict):
-        return node
-    s: Schema = dict(node)
+def _inline(s: Schema, defs: dict[str, Schema]) -> Schema:
+    """A ``$ref`` replaced by its definition, and ``X | None`` by an optional X."""
     if "$ref" in s:
         # Sibling keys (a field's description, default) win over the referenced definition's.
         target = copy.deepcopy(_resolve_ref(s.pop("$ref"), defs))
         s = {**target, **s}
     if "anyOf" in s and not s.get("x-kubernetes-int-or-string"):
         options = [o for o in s["anyOf"] if not _is_null(o)]
-        if len(options) == 1:
-            del s["anyOf"]
-            s = {**_to_structural(options[0], defs), **s}
-            if "default" in s and s["default"] is None:
-                del s["default"]
-        else:
+        if len(options) != 1:
             raise ValueError(f"union types have no structural schema: {s['anyOf']!r}")
+        del s["anyOf"]
+        s = {**_to_structural(options[0], defs), **s}
+        if "default" in s and s["default"] is None:
+            del s["default"]
+    return s
+
+
+def _kubernetes_spelling(s: Schema) -> Schema:
+    """int-or-string without a type, ``const`` as a one-value enum, and OpenAPI v3.0's
+    boolean exclusive bounds."""
     if s.get("x-kubernetes-int-or-string"):
         s.pop("type", None)
     if "const" in s:
@@ -164,14 +164,22 @@ def _to_structural(node: Any, defs: dict[str, Schema]) -> Any:
         if isinstance(s.get(bound), int | float) and not isinstance(s.get(bound), bool):
             s["minimum" if bound == "exclusiveMinimum" else "maximum"] = s[bound]
             s[bound] = True
-    if s.get("type") == "object" and "additionalProperties" in s and "properties" not in s:
-        extra = s["additionalProperties"]
-        if isinstance(extra, dict):
-            s["additionalProperties"] = _to_structural(extra, defs)
-            # A dict field keeps additionalProperties; only object models drop it below.
-            out = {k: _to_structural(v, defs) for k, v in s.items() if k != "additionalProperties"}
-            out["additionalProperties"] = s["additionalProperties"]
-            return _drop(out, keep_additional=True)
+    return s
+
+
+def _to_structural(node: Any, defs: dict[str, Schema]) -> Any:
+    """Recursively rewrite one pydantic JSON Schema node into a structural schema node."""
+    if isinstance(node, list):
+        return [_to_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    s = _kubernetes_spelling(_inline(dict(node), defs))
+    extra = s.get("additionalProperties")
+    if s.get("type") == "object" and isinstance(extra, dict) and "properties" not in s:
+        # A dict field keeps additionalProperties; only object models drop it below.
+        out = {k: _to_structural(v, defs) for k, v in s.items() if k != "additionalProperties"}
+        out["additionalProperties"] = _to_structural(extra, defs)
+        return _drop(out, keep_additional=True)
     out = {}
     for k, v in s.items():
         if k == "properties":

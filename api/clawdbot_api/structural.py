@@ -58,6 +58,17 @@ def _check_node(node: dict[str, Any], path: str, out: list[str], in_junctor: boo
         out.append(f"{path}: properties and additionalProperties are mutually exclusive")
     if node.get("type") == "array" and "items" not in node:
         out.append(f"{path}: an array needs items")
+    _check_children(node, path, out)
+    for name in node.get("required", []):
+        if name not in node.get("properties", {}):
+            out.append(f"{path}: required field {name!r} is not among the properties")
+    _check_list_type(node, path, out)
+    if "default" in node:
+        out.extend(_default_problems(node["default"], node, path))
+
+
+def _check_children(node: dict[str, Any], path: str, out: list[str]) -> None:
+    """Properties, map values, array items and junctor branches, each checked in turn."""
     for name, prop in node.get("properties", {}).items():
         _check_node(prop, f"{path}.{name}", out)
     if isinstance(node.get("additionalProperties"), dict):
@@ -65,19 +76,11 @@ def _check_node(node: dict[str, Any], path: str, out: list[str], in_junctor: boo
     if isinstance(node.get("items"), dict):
         _check_node(node["items"], f"{path}[]", out)
     if node.get("x-kubernetes-int-or-string") and node.get("anyOf") == _INT_OR_STRING:
-        pass  # the one junctor with types inside that Kubernetes allows
-    else:
-        for junctor in _JUNCTORS:
-            subs = node.get(junctor, [])
-            for i, sub in enumerate(subs if isinstance(subs, list) else [subs]):
-                _check_node(sub, f"{path}.{junctor}[{i}]", out, in_junctor=True)
-    for name in node.get("required", []):
-        if name not in node.get("properties", {}):
-            out.append(f"{path}: required field {name!r} is not among the properties")
-    _check_list_type(node, path, out)
-    if "default" in node:
-        for problem in _default_problems(node["default"], node, path):
-            out.append(problem)
+        return  # the one junctor with types inside that Kubernetes allows
+    for junctor in _JUNCTORS:
+        subs = node.get(junctor, [])
+        for i, sub in enumerate(subs if isinstance(subs, list) else [subs]):
+            _check_node(sub, f"{path}.{junctor}[{i}]", out, in_junctor=True)
 
 
 def _check_type(node: dict[str, Any], path: str, out: list[str]) -> None:
@@ -107,21 +110,23 @@ def _check_list_type(node: dict[str, Any], path: str, out: list[str]) -> None:
             out.append(f"{path}: list-map key {key!r} must be required or defaulted")
 
 
+_DEFAULT_TYPES: dict[str, Any] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "integer": int,
+    "number": int | float,
+}
+
+
 def _default_problems(value: Any, node: dict[str, Any], path: str) -> list[str]:
     """Where a default does not fit its own schema (the API server refuses such CRDs)."""
     if node.get("x-kubernetes-int-or-string"):
         ok = isinstance(value, int | str) and not isinstance(value, bool)
         return [] if ok else [f"{path}: default {value!r} is not an int or string"]
     typ = node.get("type")
-    checks: dict[str, Any] = {
-        "object": dict,
-        "array": list,
-        "string": str,
-        "boolean": bool,
-        "integer": int,
-        "number": int | float,
-    }
-    want = checks.get(typ or "")
+    want = _DEFAULT_TYPES.get(typ or "")
     if want is None:
         return []
     if not isinstance(value, want) or (typ in ("integer", "number") and isinstance(value, bool)):
@@ -134,16 +139,28 @@ def _default_problems(value: Any, node: dict[str, Any], path: str) -> list[str]:
         for i, v in enumerate(value):
             problems += _default_problems(v, item, f"{path}[{i}]")
     if typ == "object" and isinstance(value, dict):
-        for k, v in value.items():
-            sub = node.get("properties", {}).get(k)
-            if sub is None:
-                problems.append(f"{path}: default sets unknown field {k!r}")
-            else:
-                problems += _default_problems(v, sub, f"{path}.{k}")
+        problems += _object_default_problems(value, node, path)
     if typ in ("integer", "number"):
-        lo, hi = node.get("minimum"), node.get("maximum")
-        if lo is not None and (value < lo or (node.get("exclusiveMinimum") and value == lo)):
-            problems.append(f"{path}: default {value} is below the minimum {lo}")
-        if hi is not None and (value > hi or (node.get("exclusiveMaximum") and value == hi)):
-            problems.append(f"{path}: default {value} is above the maximum {hi}")
+        problems += _bound_problems(value, node, path)
+    return problems
+
+
+def _object_default_problems(value: dict[str, Any], node: dict[str, Any], path: str) -> list[str]:
+    problems = []
+    for k, v in value.items():
+        sub = node.get("properties", {}).get(k)
+        if sub is None:
+            problems.append(f"{path}: default sets unknown field {k!r}")
+        else:
+            problems += _default_problems(v, sub, f"{path}.{k}")
+    return problems
+
+
+def _bound_problems(value: float, node: dict[str, Any], path: str) -> list[str]:
+    problems = []
+    lo, hi = node.get("minimum"), node.get("maximum")
+    if lo is not None and (value < lo or (node.get("exclusiveMinimum") and value == lo)):
+        problems.append(f"{path}: default {value} is below the minimum {lo}")
+    if hi is not None and (value > hi or (node.get("exclusiveMaximum") and value == hi)):
+        problems.append(f"{path}: default {value} is above the maximum {hi}")
     return problems

@@ -2,8 +2,9 @@
 
 They talk to the API server with the user's kubeconfig (``--kubeconfig``, else
 ``$KUBECONFIG``, else ``~/.kube/config``; ``--context`` picks a context; the namespace is
-``-n``, else the context's, else ``default``), through kubernetes_asyncio, so no ``kubectl``
-is needed.
+``-n``, else the context's, else ``default``), through the operator's own client
+(``clawdbot_operator.kube``), so no ``kubectl`` is needed; what they read is parsed with the
+API types (``clawdbot_api.v1alpha1``), the same the operator writes with.
 
 * ``clawdbot status [-n NS | -A] [--wide]``: ModelDeployments (phase, ready/desired
   replicas, current and stable revision, the latest condition's message) and
@@ -41,24 +42,31 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, Final, Protocol, TextIO, TypeVar
 
-from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import BaseModel, ValidationError
 
-from clawdbot_api.v1alpha1 import GROUP, VERSION
+from clawdbot_api.v1alpha1 import (
+    API_VERSION,
+    Condition,
+    ModelDeployment,
+    ModelDeploymentStatus,
+    ObjectMeta,
+    RoutingPolicyStatus,
+)
+from clawdbot_operator.kube import Kube, KubeError, connect
 from clawdbot_sidecar.accounting import audit
 
 Obj = dict[str, Any]
 
-MODEL_DEPLOYMENTS: Final = "modeldeployments"
-ROUTING_POLICIES: Final = "routingpolicies"
+MODEL_DEPLOYMENT: Final = "ModelDeployment"
+ROUTING_POLICY: Final = "RoutingPolicy"
+FIELD_MANAGER: Final = "clawdbot-cli"
 SIDECAR_CONTAINER: Final = "clawdbot-sidecar"
 NONE: Final = "<none>"
 MESSAGE_WIDTH: Final = 60
 """Condition messages are cut to this in tables (``--wide`` shows them whole)."""
-REQUEST_TIMEOUT_S: Final = 30
 DEFAULT_ROLLBACK_TIMEOUT_S: Final = 300.0
 POLL_S: Final = 1.0
 
@@ -68,21 +76,28 @@ class ClusterError(Exception):
 
 
 class Api(Protocol):
-    """The API server calls the subcommands make (a fake one in tests)."""
+    """The API calls the subcommands make: the operator's client (``clawdbot_operator.kube``),
+    or a fake one in tests."""
 
-    async def list_objects(self, plural: str, namespace: str | None) -> list[Obj]:
-        """clawdbot.io objects of one kind, in ``namespace`` or (None) every namespace."""
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        """One object; None when it does not exist."""
         ...
 
-    async def get_object(self, plural: str, namespace: str, name: str) -> Obj:
-        """One clawdbot.io object; ClusterError when it does not exist."""
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[Obj]:
+        """Objects of one kind, in ``namespace`` or (None) every namespace."""
         ...
 
-    async def merge_patch(self, plural: str, namespace: str, name: str, patch: Obj) -> Obj:
-        """JSON merge patch of a clawdbot.io object; returns the patched object."""
+    async def patch_model_deployment(
+        self, namespace: str, name: str, patch: Obj, *, status: bool = False
+    ) -> Obj:
+        """JSON merge patch of a ModelDeployment."""
         ...
 
-    async def pod_log(self, namespace: str, pod: str, container: str, previous: bool) -> str:
+    async def pod_log(
+        self, namespace: str, pod: str, container: str, previous: bool = False
+    ) -> str:
         """The log of one container of a pod."""
         ...
 
@@ -110,89 +125,96 @@ def context_namespace(config_file: str, context: str | None) -> str:
     return str(namespace) if namespace else "default"
 
 
-class KubeApi:
-    """:class:`Api` over kubernetes_asyncio's ApiClient."""
+async def connect_kube(kubeconfig: str, context: str | None) -> Kube:
+    """The operator's API client, logged in with the user's kubeconfig."""
+    try:
+        api = await connect(kubeconfig, context)
+    except (OSError, k8s_config.ConfigException) as exc:
+        raise ClusterError(f"cannot load kubeconfig {kubeconfig}: {exc}") from exc
+    return Kube(api, FIELD_MANAGER)
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+
+async def _called(call: Awaitable[Any]) -> Any:
+    """An API call's result; its failure as a ClusterError in the API server's words."""
+    try:
+        return await call
+    except KubeError as exc:
+        raise ClusterError(f"{exc.reason} (HTTP {exc.status})") from exc
+    except OSError as exc:  # aiohttp's connection errors are OSErrors
+        raise ClusterError(f"cannot reach the API server: {exc}") from exc
+
+
+async def _get_model_deployment(api: Api, namespace: str, name: str) -> Obj:
+    found: Obj | None = await _called(api.get(API_VERSION, MODEL_DEPLOYMENT, namespace, name))
+    if found is None:
+        raise ClusterError(
+            f'modeldeployments.clawdbot.io "{name}" not found in namespace {namespace}'
+        )
+    return found
+
+
+# --- typed views -------------------------------------------------------------------------
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _typed(model: type[M], data: Any) -> M:
+    """``data`` parsed as ``model``; an unreadable value reads as the model's defaults."""
+    try:
+        return model.model_validate(data or {})
+    except ValidationError:
+        return model()
+
+
+@dataclass(frozen=True)
+class ModelDeploymentView:
+    """A ModelDeployment as the tables and the rollback wait read it: typed metadata and
+    status, and the two spec fields they need."""
+
+    meta: ObjectMeta
+    status: ModelDeploymentStatus
+    desired: int
+    """spec.replicas (the HPA writes it through the scale subresource)."""
+    rollback_to: int | None
 
     @classmethod
-    async def connect(cls, kubeconfig: str, context: str | None) -> KubeApi:
-        configuration = k8s.Configuration()
+    def of(cls, obj: Obj) -> ModelDeploymentView:
         try:
-            await k8s_config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration
+            md = ModelDeployment.model_validate(
+                {k: v for k, v in obj.items() if k in ("metadata", "spec", "status")}
             )
-        except (OSError, k8s_config.ConfigException) as exc:
-            raise ClusterError(f"cannot load kubeconfig {kubeconfig}: {exc}") from exc
-        return cls(k8s.ApiClient(configuration))
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def _call(
-        self, method: str, path: str, *, body: Any = None, content_type: str = "application/json"
-    ) -> Any:
-        try:
-            return await self._client.call_api(
-                path,
-                method,
-                header_params={"Accept": "application/json", "Content-Type": content_type},
-                body=body,
-                response_types_map={200: "object", 201: "object"},
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-                _request_timeout=REQUEST_TIMEOUT_S,
+        except ValidationError:
+            # A spec this version's types refuse (the operator says why in its status):
+            # the table still shows the object, its status and its replica count.
+            spec = obj.get("spec") or {}
+            replicas = spec.get("replicas", 1)
+            return cls(
+                _typed(ObjectMeta, obj.get("metadata")),
+                _typed(ModelDeploymentStatus, obj.get("status")),
+                replicas if isinstance(replicas, int) else 1,
+                spec.get("rollbackTo") if isinstance(spec.get("rollbackTo"), int) else None,
             )
-        except ApiException as exc:
-            raise ClusterError(_api_message(exc.status, exc.reason, exc.body)) from exc
-        except OSError as exc:  # aiohttp's connection errors are OSErrors
-            raise ClusterError(f"cannot reach the API server: {exc}") from exc
-
-    @staticmethod
-    def _path(plural: str, namespace: str | None, name: str | None = None) -> str:
-        path = f"/apis/{GROUP}/{VERSION}"
-        if namespace is not None:
-            path += f"/namespaces/{namespace}"
-        path += f"/{plural}"
-        return path + (f"/{name}" if name else "")
-
-    async def list_objects(self, plural: str, namespace: str | None) -> list[Obj]:
-        result = await self._call("GET", self._path(plural, namespace))
-        items = result.get("items") if isinstance(result, dict) else None
-        return list(items or [])
-
-    async def get_object(self, plural: str, namespace: str, name: str) -> Obj:
-        result = await self._call("GET", self._path(plural, namespace, name))
-        return dict(result)
-
-    async def merge_patch(self, plural: str, namespace: str, name: str, patch: Obj) -> Obj:
-        path = self._path(plural, namespace, name)
-        result = await self._call(
-            "PATCH", path, body=patch, content_type="application/merge-patch+json"
+        return cls(
+            md.metadata,
+            md.status or ModelDeploymentStatus(),
+            md.spec.replicas,
+            md.spec.rollback_to,
         )
-        return dict(result)
-
-    async def pod_log(self, namespace: str, pod: str, container: str, previous: bool) -> str:
-        try:
-            text = await k8s.CoreV1Api(self._client).read_namespaced_pod_log(
-                pod, namespace, container=container, previous=previous
-            )
-        except ApiException as exc:
-            raise ClusterError(_api_message(exc.status, exc.reason, exc.body)) from exc
-        except OSError as exc:
-            raise ClusterError(f"cannot reach the API server: {exc}") from exc
-        return str(text)
 
 
-def _api_message(status: int | None, reason: str | None, body: Any) -> str:
-    """The Status message of an API error, else its HTTP reason."""
-    text = body.decode(errors="replace") if isinstance(body, bytes) else body
-    try:
-        message = json.loads(text).get("message") if text else None
-    except (ValueError, AttributeError):
-        message = None
-    return f"{message or text or reason} (HTTP {status})"
+def condition(conditions: Sequence[Condition], kind: str) -> Condition | None:
+    """The condition of type ``kind``, if the status has one."""
+    return next((c for c in conditions if c.type == kind), None)
+
+
+def last_condition_message(conditions: Sequence[Condition]) -> str:
+    """The message of the condition that changed last (the later one on a tie)."""
+    with_message = [c for c in conditions if c.message]
+    if not with_message:
+        return ""
+    latest = max(enumerate(with_message), key=lambda ic: (ic[1].last_transition_time, ic[0]))
+    return latest[1].message
 
 
 # --- tables ------------------------------------------------------------------------------
@@ -217,39 +239,12 @@ def _cut(text: str, width: int | None) -> str:
     return text[: width - 3] + "..."
 
 
-def _status(obj: Obj) -> Obj:
-    status = obj.get("status")
-    return status if isinstance(status, dict) else {}
+def _revision(value: int | None) -> str:
+    return str(value) if value is not None else NONE
 
 
-def _conditions(obj: Obj) -> list[Obj]:
-    return [c for c in _status(obj).get("conditions") or [] if isinstance(c, dict)]
-
-
-def condition(obj: Obj, kind: str) -> Obj | None:
-    """The condition of type ``kind``, if the status has one."""
-    return next((c for c in _conditions(obj) if c.get("type") == kind), None)
-
-
-def last_condition_message(obj: Obj) -> str:
-    """The message of the condition that changed last (the later one on a tie)."""
-    conditions = [c for c in _conditions(obj) if c.get("message")]
-    if not conditions:
-        return ""
-    latest = max(
-        enumerate(conditions), key=lambda ic: (str(ic[1].get("lastTransitionTime") or ""), ic[0])
-    )
-    return str(latest[1]["message"])
-
-
-def _revision(value: Any) -> str:
-    return str(value) if isinstance(value, int) else NONE
-
-
-def desired_replicas(md: Obj) -> int:
-    """spec.replicas (the HPA writes it through the scale subresource), default 1."""
-    value = (md.get("spec") or {}).get("replicas", 1)
-    return int(value) if isinstance(value, int) else 1
+def _sort_key(meta: ObjectMeta) -> tuple[str, str]:
+    return meta.namespace or "", meta.name or ""
 
 
 def model_deployment_rows(
@@ -260,18 +255,18 @@ def model_deployment_rows(
     if all_namespaces:
         headers.insert(0, "NAMESPACE")
     rows: list[list[str]] = []
-    for md in sorted(items, key=_sort_key):
-        st = _status(md)
+    for md in sorted((ModelDeploymentView.of(i) for i in items), key=lambda v: _sort_key(v.meta)):
+        st = md.status
         row = [
-            str(md["metadata"]["name"]),
-            str(st.get("phase") or "Pending"),
-            f"{int(st.get('readyReplicas') or 0)}/{desired_replicas(md)}",
-            _revision(st.get("currentRevision")),
-            _revision(st.get("stableRevision")),
-            _cut(last_condition_message(md), None if wide else MESSAGE_WIDTH),
+            md.meta.name or "",
+            st.phase.value,
+            f"{st.ready_replicas}/{md.desired}",
+            _revision(st.current_revision),
+            _revision(st.stable_revision),
+            _cut(last_condition_message(st.conditions), None if wide else MESSAGE_WIDTH),
         ]
         if all_namespaces:
-            row.insert(0, str(md["metadata"].get("namespace", "")))
+            row.insert(0, md.meta.namespace or "")
         rows.append(row)
     return headers, rows
 
@@ -283,26 +278,24 @@ def routing_policy_rows(
     headers = ["NAME", "READY", "MATCHED PODS", "READY ENDPOINTS", "MESSAGE"]
     if all_namespaces:
         headers.insert(0, "NAMESPACE")
+    views = [
+        (_typed(ObjectMeta, rp.get("metadata")), _typed(RoutingPolicyStatus, rp.get("status")))
+        for rp in items
+    ]
     rows: list[list[str]] = []
-    for rp in sorted(items, key=_sort_key):
-        st = _status(rp)
-        ready = condition(rp, "Ready")
+    for meta, st in sorted(views, key=lambda v: _sort_key(v[0])):
+        ready = condition(st.conditions, "Ready")
         row = [
-            str(rp["metadata"]["name"]),
-            str((ready or {}).get("status") or "Unknown"),
-            str(int(st.get("matchedPods") or 0)),
-            str(int(st.get("readyEndpoints") or 0)),
-            _cut(last_condition_message(rp), None if wide else MESSAGE_WIDTH),
+            meta.name or "",
+            ready.status.value if ready else "Unknown",
+            str(st.matched_pods),
+            str(st.ready_endpoints),
+            _cut(last_condition_message(st.conditions), None if wide else MESSAGE_WIDTH),
         ]
         if all_namespaces:
-            row.insert(0, str(rp["metadata"].get("namespace", "")))
+            row.insert(0, meta.namespace or "")
         rows.append(row)
     return headers, rows
-
-
-def _sort_key(obj: Obj) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
 async def status(
@@ -312,8 +305,8 @@ async def status(
     out = out or sys.stdout
     everywhere = namespace is None
     where = "any namespace" if everywhere else f"namespace {namespace}"
-    mds = await api.list_objects(MODEL_DEPLOYMENTS, namespace)
-    rps = await api.list_objects(ROUTING_POLICIES, namespace)
+    mds = await _called(api.list(API_VERSION, MODEL_DEPLOYMENT, namespace))
+    rps = await _called(api.list(API_VERSION, ROUTING_POLICY, namespace))
     sections: list[str] = []
     for title, items, build in (
         ("ModelDeployments", mds, model_deployment_rows),
@@ -348,27 +341,29 @@ class RollbackView:
     """status.observedGeneration has caught up with metadata.generation."""
     invalid: str | None
     """The operator's InvalidSpec message, when it refused the spec."""
+    revisions: dict[int, str]
+    """Phase of every revision in status.revisions."""
+    message: str
+    """The message of the condition that changed last."""
 
     @classmethod
-    def of(cls, md: Obj) -> RollbackView:
-        st = _status(md)
-        ready_cond = condition(md, "Ready") or {}
-        invalid = (
-            str(ready_cond.get("message") or "InvalidSpec")
-            if ready_cond.get("status") == "False" and ready_cond.get("reason") == "InvalidSpec"
-            else None
-        )
-        current = st.get("currentRevision")
+    def of(cls, obj: Obj) -> RollbackView:
+        md = ModelDeploymentView.of(obj)
+        st = md.status
+        ready = condition(st.conditions, "Ready")
+        refused = ready is not None and ready.status == "False" and ready.reason == "InvalidSpec"
         return cls(
-            pending=(md.get("spec") or {}).get("rollbackTo") is not None,
-            phase=str(st.get("phase") or "Pending"),
-            current=current if isinstance(current, int) else None,
-            replicas=int(st.get("replicas") or 0),
-            ready=int(st.get("readyReplicas") or 0),
-            updated=int(st.get("updatedReplicas") or 0),
-            desired=desired_replicas(md),
-            observed=st.get("observedGeneration") == md["metadata"].get("generation"),
-            invalid=invalid,
+            pending=md.rollback_to is not None,
+            phase=st.phase.value,
+            current=st.current_revision,
+            replicas=st.replicas,
+            ready=st.ready_replicas,
+            updated=st.updated_replicas,
+            desired=md.desired,
+            observed=st.observed_generation == md.meta.generation,
+            invalid=(ready.message or "InvalidSpec") if refused and ready else None,
+            revisions={r.revision: r.phase.value for r in st.revisions},
+            message=last_condition_message(st.conditions),
         )
 
     def taken(self, revision: int) -> bool:
@@ -396,15 +391,6 @@ class RollbackView:
         )
 
 
-def _revisions(md: Obj) -> list[Obj]:
-    return [r for r in _status(md).get("revisions") or [] if isinstance(r, dict)]
-
-
-def _revision_phase(md: Obj, revision: int) -> str | None:
-    found = next((r for r in _revisions(md) if r.get("revision") == revision), None)
-    return str(found.get("phase")) if found else None
-
-
 async def rollback(
     api: Api,
     namespace: str,
@@ -420,36 +406,32 @@ async def rollback(
 ) -> int:
     """Set spec.rollbackTo and follow the operator until done, refused or ``wait_s`` passed."""
     out, err = out or sys.stdout, err or sys.stderr
-    md = await api.get_object(MODEL_DEPLOYMENTS, namespace, name)
-    kept = sorted(int(r["revision"]) for r in _revisions(md) if isinstance(r.get("revision"), int))
-    if revision not in kept:
-        listed = ", ".join(map(str, kept)) or "none"
+    view = RollbackView.of(await _get_model_deployment(api, namespace, name))
+    if revision not in view.revisions:
+        listed = ", ".join(map(str, sorted(view.revisions))) or "none"
         print(
             f"error: modeldeployment {namespace}/{name} has no revision {revision} in "
             f"status.revisions (kept: {listed})",
             file=err,
         )
         return 1
-    view = RollbackView.of(md)
     if view.current == revision and not view.pending:
         print(f"modeldeployment {namespace}/{name} already runs revision {revision}", file=out)
         return 0
-    await api.merge_patch(MODEL_DEPLOYMENTS, namespace, name, {"spec": {"rollbackTo": revision}})
+    patch = {"spec": {"rollbackTo": revision}}
+    await _called(api.patch_model_deployment(namespace, name, patch))
     print(f"modeldeployment {namespace}/{name}: spec.rollbackTo set to {revision}", file=out)
     deadline = clock() + wait_s
     shown = ""
     while True:
-        md = await api.get_object(MODEL_DEPLOYMENTS, namespace, name)
-        view = RollbackView.of(md)
+        view = RollbackView.of(await _get_model_deployment(api, namespace, name))
         line = view.line(revision)
         if line != shown:
             print(line, file=out, flush=True)
             shown = line
-        if view.invalid is not None and view.pending:
-            print(f"error: the operator refused the rollback: {view.invalid}", file=err)
-            return 1
-        if view.taken(revision) and _revision_phase(md, revision) == "Failed":
-            print(f"error: revision {revision} failed: {last_condition_message(md)}", file=err)
+        problem = _rollback_problem(view, revision)
+        if problem is not None:
+            print(f"error: {problem}", file=err)
             return 1
         if view.done(revision):
             print(
@@ -466,6 +448,15 @@ async def rollback(
             )
             return 1
         await sleep(poll)
+
+
+def _rollback_problem(view: RollbackView, revision: int) -> str | None:
+    """Why the rollback can't end well, if the operator said so."""
+    if view.invalid is not None and view.pending:
+        return f"the operator refused the rollback: {view.invalid}"
+    if view.taken(revision) and view.revisions.get(revision) == "Failed":
+        return f"revision {revision} failed: {view.message}"
+    return None
 
 
 # --- decisions ---------------------------------------------------------------------------
@@ -597,7 +588,7 @@ async def decisions(
     out = out or sys.stdout
     if log_text is None:
         assert api is not None, "a log or an API to read it from"
-        log_text = await api.pod_log(namespace, pod, container, previous)
+        log_text = await _called(api.pod_log(namespace, pod, container, previous))
     found = audit_lines(log_text)
     groups = summarise(found.records)
     if groups:
@@ -640,7 +631,7 @@ ApiFactory = Callable[[str, "str | None"], Awaitable[Api]]
 
 
 async def _connect(kubeconfig: str, context: str | None) -> Api:
-    return await KubeApi.connect(kubeconfig, context)
+    return await connect_kube(kubeconfig, context)
 
 
 def run(args: argparse.Namespace, connect: ApiFactory = _connect) -> int:

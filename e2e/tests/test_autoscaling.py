@@ -20,6 +20,7 @@ import contextlib
 import json
 import ssl
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ import pytest
 
 from clawdbot_operator.metrics_api import self_signed
 from e2e.conftest import REPO_ROOT, E2ECluster
+from e2e.harness import frontproxy
 from e2e.harness.apiservice import (
     METRICS_SERVICE,
     APIServiceTaken,
@@ -327,3 +329,81 @@ def test_hpa_scales_the_model_deployment_on_load_reports_through_the_aggregator(
         f"autoscaling: scale-up 1->4 in {scale_up_s:.1f}s, scale-down 4->1 in "
         f"{scale_down_s:.1f}s (stabilization {STABILIZATION_S}s), test body {total_s:.1f}s"
     )
+
+
+def _direct(
+    operator: Operator, cert: ServingCert, path: str, user: str, client: tuple[Path, Path] | None
+) -> tuple[int, Any]:
+    """GET ``path`` from the operator's metrics port itself, naming ``user`` as the
+    aggregator would, with the front-proxy client certificate ``client`` (or none)."""
+    context = ssl.create_default_context(cafile=str(cert.cert))
+    if client is not None:
+        context.load_cert_chain(*client)
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{operator.metrics_port}{path}", headers={"X-Remote-User": user}
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_the_metrics_api_answers_only_the_aggregator_for_allowed_users(
+    local_cluster: E2ECluster,
+    *,
+    kube: Kubectl,
+    operator: Operator,
+    serving_cert: ServingCert,
+    external_metrics_api: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """The API server's aggregator is the one caller: a request without its front-proxy
+    client certificate is refused (401) whatever user it names, and with it the named user
+    gets a namespace's metrics only when RBAC lets them (the operator's own
+    SubjectAccessReview, on top of the API server's check before it proxies)."""
+    ns = kube.namespace
+    assert ns
+    post_load(operator, serving_cert, ns, 3)
+    path = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{METRIC}"
+    through = json.loads(kube.run("get", "--raw", path).stdout)
+    assert [i["value"] for i in through["items"]] == ["3"]
+
+    # Directly, claiming to be the admin: no front-proxy certificate, no answer.
+    status, body = _direct(operator, serving_cert, path, "kubernetes-admin", None)
+    assert (status, body.get("reason")) == (401, "Unauthorized")
+
+    # With the front proxy's certificate, for a service account with no rights here: the
+    # operator's review says no, as the API server does through the aggregator.
+    client = frontproxy.client_certificate(local_cluster, tmp_path / "front-proxy")
+    assert client is not None
+    reader = f"system:serviceaccount:{ns}:default"
+    status, body = _direct(operator, serving_cert, path, reader, client)
+    assert (status, body.get("reason")) == (403, "Forbidden"), body
+    denied = kube.run("get", "--raw", path, f"--as={reader}", check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
+
+    # A Role in this namespace lets it read the metric (a namespace's metric is a
+    # collection: the API server and the operator both check list).
+    kube.apply(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "read-load"},
+         "rules": [{"apiGroups": ["external.metrics.k8s.io"], "resources": [METRIC],
+                    "verbs": ["get", "list"]}]}
+    )  # fmt: skip
+    kube.apply(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "read-load"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "read-load"},
+         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": ns}]}
+    )  # fmt: skip
+    deadline = time.monotonic() + 30  # bounded: the operator keeps an answer for 10 s
+    while (status := _direct(operator, serving_cert, path, reader, client)[0]) != 200:
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    allowed = kube.run("get", "--raw", path, f"--as={reader}")
+    assert [i["value"] for i in json.loads(allowed.stdout)["items"]] == ["3"]
+    # The Role is this namespace's: another namespace stays closed to it.
+    elsewhere = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/default/{METRIC}"
+    assert _direct(operator, serving_cert, elsewhere, reader, client)[0] == 403

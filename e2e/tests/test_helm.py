@@ -46,6 +46,7 @@ import yaml
 
 from clawdbot_runtime.tinylm import build_tiny_lm
 from e2e.conftest import CRDS, REPO_ROOT, E2ECluster
+from e2e.harness import frontproxy
 from e2e.harness.kube import Kubectl, KubectlError, is_true
 from e2e.harness.podrunner import (
     RunningPod,
@@ -396,10 +397,12 @@ def client_pod(kube: Kubectl, name: str) -> dict[str, Any]:
     return kube.wait_for("pod", name, lambda p: is_true(p, "Ready"), what="Ready")
 
 
-def replica_metric(ip: str, port: int, ca: bytes, server_name: str, namespace: str) -> list[str]:
+def replica_metric(
+    ip: str, port: int, ca: bytes, server_name: str, *, namespace: str, client: tuple[Path, Path]
+) -> list[str]:
     """The ModelDeployments one replica's metrics API has load for (asked directly, not
-    through the aggregator, which would pick one replica)."""
-    context = ssl.create_default_context(cadata=ca.decode())
+    through the aggregator, which would pick one replica; with its client certificate)."""
+    context = frontproxy.aggregator_context(client, cadata=ca.decode())
     api = "/apis/external.metrics.k8s.io/v1beta1"
     path = f"{api}/namespaces/{namespace}/clawdbot_inflight_requests"
     connection = http.client.HTTPSConnection(ip, port, timeout=5, context=context)
@@ -408,7 +411,7 @@ def replica_metric(ip: str, port: int, ca: bytes, server_name: str, namespace: s
         socket.create_connection((ip, port), timeout=5), server_hostname=server_name
     )
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=frontproxy.ADMIN)
         items = json.loads(connection.getresponse().read())["items"]
     finally:
         connection.close()
@@ -506,12 +509,14 @@ def test_chart_install_serves_model_deployments_and_routing_upgrades_and_uninsta
         # The sidecar's one stream reaches one replica; the replicas relay its load reports
         # to each other, so both metrics APIs (whichever the aggregator dials) know the load.
         metrics_name = f"{fullname}-metrics.{rel.namespace}.svc"
+        client_cert = frontproxy.client_certificate(local_cluster, tmp_path / "front-proxy")
+        assert client_cert is not None
         deadline = time.monotonic() + 20  # bounded: reports every second, relayed at once
         seen: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
             seen = {
                 name: replica_metric(running.pod_ip, rel.ports["metrics"], ca, metrics_name,
-                                     kube.namespace or "")
+                                     namespace=kube.namespace or "", client=client_cert)
                 for name, (_, running) in rel.pods.items()
             }  # fmt: skip
             if len(seen) == 2 and all(v == ["tiny-chat"] for v in seen.values()):

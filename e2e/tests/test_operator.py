@@ -13,11 +13,13 @@ import ssl
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.conftest import E2ECluster
+from e2e.harness import frontproxy
 from e2e.harness.kube import Kubectl, condition, is_true
 from e2e.harness.modeldeployment import (
     NEVER_READY,
@@ -49,15 +51,27 @@ def restricted(cluster: E2ECluster, namespace: str) -> None:
     enforce_restricted(cluster.kubectl, namespace)
 
 
-def metrics_api(operator: Operator, path: str, report: dict[str, Any] | None = None) -> Any:
-    """GET (or POST a load report to) the operator's HTTPS metrics server."""
+def metrics_api(
+    cluster: E2ECluster,
+    operator: Operator,
+    path: str,
+    report: dict[str, Any] | None = None,
+    scratch: Path | None = None,
+) -> Any:
+    """GET from (or POST a load report to) the operator's HTTPS metrics server, the GET as
+    the aggregator does it (front-proxy client certificate, the admin as the user)."""
+    client = frontproxy.client_certificate(cluster, scratch or Path("."))
+    if report is None and client is None:
+        pytest.skip("no front-proxy client certificate to call the metrics API with")
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the operator's self-signed certificate
+    if client is not None:
+        context.load_cert_chain(*client)
     request = urllib.request.Request(
         f"https://127.0.0.1:{operator.metrics_port}{path}",
         data=json.dumps(report).encode() if report is not None else None,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **frontproxy.ADMIN},
         method="POST" if report is not None else "GET",
     )
     with urllib.request.urlopen(request, context=context, timeout=10) as resp:
@@ -222,7 +236,7 @@ def test_revision_that_never_becomes_ready_is_rolled_back(
 
 
 def test_autoscaled_onnx_model_gets_an_hpa_and_metrics_from_load_reports(
-    kube: Kubectl, operator: Operator, restricted: None
+    cluster: E2ECluster, kube: Kubectl, operator: Operator, restricted: None, tmp_path: Path
 ) -> None:
     kube.apply(
         model_deployment(
@@ -261,11 +275,13 @@ def test_autoscaled_onnx_model_gets_an_hpa_and_metrics_from_load_reports(
         "source": "e2e",
         "inflightRequests": 12,
     }
-    assert metrics_api(operator, "/loadreports", report) == {"accepted": 1}
+    assert metrics_api(cluster, operator, "/loadreports", report) == {"accepted": 1}
     selector = f"clawdbot.io/model-deployment=tiny,clawdbot.io/namespace={kube.namespace}"
     values = metrics_api(
+        cluster,
         operator,
-        f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{kube.namespace}/"
+        scratch=tmp_path,
+        path=f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{kube.namespace}/"
         f"clawdbot_inflight_requests?labelSelector={urllib.parse.quote(selector)}",
     )
     assert values["kind"] == "ExternalMetricValueList"

@@ -1,16 +1,24 @@
-"""The operator's configuration: images per runtime and accelerator, timings, names.
+"""The operator's configuration: images per runtime and accelerator, timings, names, and the
+process's own settings (ports, namespaces, leader election).
 
-Values come from ``CLAWDBOT_*`` environment variables, optionally on top of a YAML file
-named by ``CLAWDBOT_OPERATOR_CONFIG`` (same keys, lower case, without the prefix)::
+One :class:`OperatorConfig` is what the composition root (``manager``) reads. Values come
+from ``CLAWDBOT_*`` environment variables, optionally on top of a YAML file named by
+``CLAWDBOT_OPERATOR_CONFIG`` (same keys, lower case, without the prefix), and the command
+line's flags (``main``) override the settings they name::
 
     image_vllm_nvidia: vllm/vllm-openai:v0.11.0
     resync_seconds: 10
+    metrics_port: 6443
 
 An image set to the empty string marks that runtime/accelerator pair as unsupported: a
 ModelDeployment asking for it gets ``Ready=False, reason InvalidSpec`` instead of pods.
 
-A list setting (``gpu_node_labels``) is a YAML list in the file, or comma-separated in the
-environment: ``CLAWDBOT_GPU_NODE_LABELS=nvidia.com/gpu.present,example.com/gpu``.
+A list setting (``gpu_node_labels``, ``namespaces``) is a YAML list in the file, or
+comma-separated in the environment: ``CLAWDBOT_GPU_NODE_LABELS=nvidia.com/gpu.present,x/gpu``.
+A boolean is ``true``/``false`` (also ``1``/``0``, ``yes``/``no``).
+
+The pod's own name and namespace come from ``POD_NAME`` and ``POD_NAMESPACE`` (the downward
+API), as every in-cluster controller reads them.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ from clawdbot_api.v1alpha1 import AcceleratorType, Runtime
 
 ENV_PREFIX: Final = "CLAWDBOT_"
 CONFIG_FILE_ENV: Final = "CLAWDBOT_OPERATOR_CONFIG"
+# Where the operator runs when POD_NAMESPACE (the downward API) doesn't say.
+DEFAULT_NAMESPACE: Final = "clawdbot-system"
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 # Image names carry no registry host: the cluster's own registry mirror or pull-through
 # cache decides where they come from. Pin them per site with the environment variables.
@@ -128,6 +140,49 @@ class OperatorConfig:
     gpu_node_labels: tuple[str, ...] = DEFAULT_GPU_NODE_LABELS
     """Node labels (keys) that mark a GPU node, for ``gpu_node_avoidance``."""
 
+    # -- the process (flags of ``clawdbot-operator`` override these) ----------------------
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty: every namespace."""
+    kubeconfig: str = ""
+    """kubeconfig file; empty: in-cluster, then the default kubeconfig."""
+    namespace: str = DEFAULT_NAMESPACE
+    """The operator's own namespace (``POD_NAMESPACE``): its Services, Secret and Lease."""
+    pod_name: str = ""
+    """This replica's pod name (``POD_NAME``): its Lease identity and its name to peers."""
+    bind_address: str = "0.0.0.0"
+    """Address every server listens on."""
+    metrics_port: int = 6443
+    """HTTPS port of the external.metrics.k8s.io API; 0 disables it."""
+    metrics_cert_file: str = ""
+    """Serving certificate of the metrics API; empty: the operator's own (see ``tls``)."""
+    metrics_key_file: str = ""
+    """Key of ``metrics_cert_file``."""
+    metrics_service: str = "clawdbot-metrics"
+    """Service in front of the metrics API (a name of the self-issued certificate)."""
+    metrics_api_service: str = ""
+    """APIService whose caBundle the operator keeps set to its CA; empty: none."""
+    accept_load_reports: bool = False
+    """Accept load reports by HTTP POST /loadreports on the metrics port."""
+    health_port: int = 8080
+    """Port of kopf's liveness endpoint."""
+    prometheus_port: int = 9090
+    """Plain-HTTP port of the operator's own Prometheus /metrics; 0 disables it."""
+    owner_deployment: str = ""
+    """The operator's own Deployment: it owns the Secret and Lease the operator creates."""
+    leader_elect: bool = False
+    """Elect a leader among replicas through a Lease; only the leader writes."""
+    leader_election_namespace: str = ""
+    """Namespace of the Lease; empty: ``namespace``."""
+    leader_election_name: str = "clawdbot-operator"
+    """Name of the Lease."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    @property
+    def own_metrics_certificate(self) -> bool:
+        """The metrics API serves certificate files of its own, not the operator's."""
+        return bool(self.metrics_cert_file and self.metrics_key_file)
+
     def image_for(self, runtime: Runtime, accelerator: AcceleratorType) -> str:
         """The configured image, or "" when the pair is unsupported."""
         return self.images.get((runtime, accelerator), "")
@@ -146,6 +201,9 @@ class OperatorConfig:
         for key, value in env.items():
             if key.startswith(ENV_PREFIX) and key != CONFIG_FILE_ENV:
                 values[key.removeprefix(ENV_PREFIX).lower()] = value
+        for variable, setting in (("POD_NAMESPACE", "namespace"), ("POD_NAME", "pod_name")):
+            if env.get(variable):
+                values[setting] = env[variable]
         return cls.from_mapping(values)
 
     @classmethod
@@ -173,6 +231,13 @@ def _convert(key: str, default: Any, value: Any) -> Any:
         if not isinstance(items, list | tuple):
             raise ValueError(f"setting {key}: expected a list or comma-separated text")
         return tuple(str(i).strip() for i in items if str(i).strip())
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"setting {key}: {value!r} is not a boolean; use true or false")
     try:
         return type(default)(value)
     except ValueError as exc:

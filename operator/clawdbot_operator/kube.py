@@ -9,6 +9,7 @@ edited them by hand.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -30,11 +31,13 @@ PLURALS: Final[dict[str, str]] = {
     "NetworkPolicy": "networkpolicies",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ControllerRevision": "controllerrevisions",
+    "ReplicaSet": "replicasets",
     "Pod": "pods",
     "Event": "events",
     "ModelDeployment": "modeldeployments",
     "RoutingPolicy": "routingpolicies",
     "Secret": "secrets",
+    "ConfigMap": "configmaps",
     "Namespace": "namespaces",
     "MutatingWebhookConfiguration": "mutatingwebhookconfigurations",
     "APIService": "apiservices",
@@ -45,11 +48,22 @@ REQUEST_TIMEOUT_S: Final = 30
 
 
 class KubeError(RuntimeError):
-    """The API server refused a request; ``status`` is the HTTP status."""
+    """The API server refused a request; ``status`` is the HTTP status, ``reason`` the
+    API server's own sentence (a Status object's message, else the HTTP reason)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason or message
+
+
+def _status_message(body: str | None) -> str | None:
+    """The message of a Kubernetes Status object, if ``body`` is one."""
+    try:
+        message = json.loads(body).get("message") if body else None
+    except (ValueError, AttributeError):
+        return None
+    return str(message) if message else None
 
 
 def resource_path(
@@ -62,12 +76,13 @@ def resource_path(
     return f"{path}/{name}" if name else path
 
 
-async def connect(kubeconfig: str | None) -> k8s.ApiClient:
-    """An ApiClient from ``kubeconfig``, else in-cluster, else the default kubeconfig."""
+async def connect(kubeconfig: str | None, context: str | None = None) -> k8s.ApiClient:
+    """An ApiClient from ``kubeconfig`` (its ``context``, else the current one), else
+    in-cluster, else the default kubeconfig."""
     configuration = k8s.Configuration()
     if kubeconfig:
         await k8s_config.load_kube_config(
-            config_file=kubeconfig, client_configuration=configuration
+            config_file=kubeconfig, context=context, client_configuration=configuration
         )
     else:
         try:
@@ -83,6 +98,10 @@ class Kube:
     def __init__(self, api: k8s.ApiClient, field_manager: str) -> None:
         self.api = api
         self.field_manager = field_manager
+
+    async def close(self) -> None:
+        """Close the API client's connections."""
+        await self.api.close()
 
     async def _call(
         self,
@@ -106,9 +125,7 @@ class Kube:
                 _request_timeout=REQUEST_TIMEOUT_S,
             )
         except ApiException as exc:
-            detail = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
-            message = f"{method} {path}: {detail or exc.reason}"
-            raise KubeError(int(exc.status or 0), message) from exc
+            raise _kube_error(exc, f"{method} {path}") from exc
         return result if isinstance(result, dict) else {}
 
     async def apply(self, manifest: Obj) -> Obj:
@@ -196,6 +213,19 @@ class Kube:
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )
 
+    async def pod_log(
+        self, namespace: str, pod: str, container: str, previous: bool = False
+    ) -> str:
+        """The log of one container of a pod (of its previous run with ``previous``)."""
+        try:
+            text = await k8s.CoreV1Api(self.api).read_namespaced_pod_log(
+                pod, namespace, container=container, previous=previous,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
+        except ApiException as exc:
+            raise _kube_error(exc, f"GET log of pod {namespace}/{pod}") from exc
+        return str(text)
+
     async def post_event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``involved`` (best effort: a lost Event is only logged)."""
         meta = involved["metadata"]
@@ -226,3 +256,9 @@ class Kube:
             await self._call("POST", resource_path("v1", "Event", meta["namespace"]), body=event)
         except KubeError as exc:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc)
+
+
+def _kube_error(exc: ApiException, what: str) -> KubeError:
+    detail = exc.body.decode() if isinstance(exc.body, bytes) else exc.body
+    reason = _status_message(detail) or detail or exc.reason or ""
+    return KubeError(int(exc.status or 0), f"{what}: {detail or exc.reason}", str(reason))

@@ -60,10 +60,11 @@ JITTER: Final = 1.2
 RELEASE_TIMEOUT_S: Final = 5.0
 
 
-def identity() -> str:
-    """This replica's name in the Lease: the pod name (else the host name) and a random
-    suffix, so a restarted container never mistakes its predecessor's Lease for its own."""
-    base = os.environ.get("POD_NAME") or socket.gethostname() or "clawdbot-operator"
+def identity(pod_name: str = "") -> str:
+    """This replica's name in the Lease: the pod name (``pod_name``, else ``POD_NAME``, else
+    the host name) and a random suffix, so a restarted container never mistakes its
+    predecessor's Lease for its own."""
+    base = pod_name or os.environ.get("POD_NAME") or socket.gethostname() or "clawdbot-operator"
     return f"{base}_{secrets.token_hex(4)}"
 
 

@@ -7,34 +7,46 @@ HTTPS. Routes:
 * values: ``/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}?labelSelector=...``
   -> an ExternalMetricValueList with one item per matching ModelDeployment (the HPA sums
   them and divides by the replica count for an AverageValue target)
-* ``POST /loadreports`` (only when enabled): a JSON load report or a list of them, until the
-  sidecars' gRPC stream replaces it
+* ``POST /loadreports`` (only when enabled): a JSON load report or a list of them, stamped
+  with the time they arrive (the sidecars report over the discovery stream instead)
 * ``/healthz``, ``/livez``, ``/readyz``
 
-TLS: the operator's one serving certificate (``webhook.certs.ServingCertificates``: the same
+TLS: the operator's one serving certificate (``tls.ServingCertificates``: the same
 CA as the webhook's, named for the metrics Service too, and published into the APIService's
 caBundle), or the certificate files given on the command line.
+
+Who may ask: the aggregator, for a user allowed to get the metric in the namespace (see
+``metrics_auth``); every request passes :class:`RequestAuth` first.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
+from clawdbot_operator import tls
 from clawdbot_operator.loadreports import GAUGES, LoadReport, LoadReportStore
-from clawdbot_operator.webhook import certs
+from clawdbot_operator.metrics_auth import MetricsAuth
 
 GROUP: Final = "external.metrics.k8s.io"
 VERSION: Final = "v1beta1"
 GROUP_VERSION: Final = f"{GROUP}/{VERSION}"
 STORE_KEY: Final = web.AppKey("store", LoadReportStore)
+
+
+class RequestAuth(Protocol):
+    """Decides whether a request is served (``metrics_auth.MetricsAuth``)."""
+
+    async def check(self, request: web.Request) -> web.Response | None:
+        """None to serve ``request``; else the refusal to answer with."""
+        ...
 
 
 class SelectorError(ValueError):
@@ -185,17 +197,17 @@ async def _values(request: web.Request) -> web.Response:
 
 
 def report_from_json(data: dict[str, Any], now: datetime) -> LoadReport:
-    """A LoadReport from its JSON form (camelCase keys; timestamp defaults to now)."""
+    """A LoadReport from its JSON form (camelCase keys), stamped ``now``: the time it was
+    received, whatever its own ``timestamp`` says (a report dated next year would keep its
+    load counting long after its sender stopped)."""
     try:
-        ts = data.get("timestamp")
-        when = datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else now
         p95 = data.get("p95LatencyMs")
         revision = data.get("revision")
         return LoadReport(
             namespace=str(data["namespace"]),
             model_deployment=str(data["modelDeployment"]),
             source=str(data.get("source", "unknown")),
-            timestamp=when,
+            timestamp=now,
             revision=int(revision) if revision is not None else None,
             inflight_requests=float(data.get("inflightRequests", 0)),
             queue_depth=float(data.get("queueDepth", 0)),
@@ -228,9 +240,19 @@ async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_app(store: LoadReportStore, *, accept_reports: bool = False) -> web.Application:
-    """The aiohttp application (tests drive it directly, without TLS)."""
-    app = web.Application()
+def make_app(
+    store: LoadReportStore, *, auth: RequestAuth, accept_reports: bool = False
+) -> web.Application:
+    """The aiohttp application; every request passes ``auth`` first."""
+
+    @web.middleware
+    async def authorized(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        refusal = await auth.check(request)
+        return refusal if refusal is not None else await handler(request)
+
+    app = web.Application(middlewares=[authorized])
     app[STORE_KEY] = store
     base = f"/apis/{GROUP}/{VERSION}"
     app.router.add_get("/apis", _api_groups)
@@ -245,14 +267,15 @@ def make_app(store: LoadReportStore, *, accept_reports: bool = False) -> web.App
 
 
 def self_signed(directory: Path, hosts: Sequence[str]) -> tuple[Path, Path]:
-    """A self-signed certificate for ``hosts``, its own CA (``webhook.certs.self_signed``):
+    """A self-signed certificate for ``hosts``, its own CA (``tls.self_signed``):
     what a test hands the metrics server and its APIService's caBundle."""
-    return certs.self_signed(directory, hosts)
+    return tls.self_signed(directory, hosts)
 
 
 async def serve(
     store: LoadReportStore,
     *,
+    auth: MetricsAuth,
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None = None,
@@ -261,7 +284,8 @@ async def serve(
     accept_reports: bool = False,
 ) -> web.AppRunner:
     """Start the HTTPS server with ``ssl_context`` (the operator's serving certificate, renewed
-    in place) or, when given, ``cert_file``/``key_file``; the caller cleans up the runner."""
+    in place; a context of the metrics API's own, as it asks clients for certificates) or,
+    when given, ``cert_file``/``key_file``; the caller cleans up the runner."""
     if cert_file and key_file:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
@@ -269,7 +293,9 @@ async def serve(
         context = ssl_context
     else:
         raise ValueError("the metrics API needs a serving certificate: ssl_context or files")
-    runner = web.AppRunner(make_app(store, accept_reports=accept_reports), access_log=None)
+    auth.bind(context)
+    app = make_app(store, auth=auth, accept_reports=accept_reports)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=context).start()
     return runner

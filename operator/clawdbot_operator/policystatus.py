@@ -1,7 +1,9 @@
 """RoutingPolicy conditions, as a pure function of what the operator found.
 
 * ``Ready``: the policy is in force: its spec is valid, the cloud Secret and every local
-  ModelDeployment it names exist. False (``InvalidReference``) lists what is missing.
+  ModelDeployment it names exist. False with ``InvalidSpec`` when the spec can't be applied
+  (the message names the field; the spec is not sent to the sidecars), else
+  ``InvalidReference`` listing what is missing.
 * ``Degraded``: it is in force but some local model has no Ready endpoint, so its requests
   go to the cloud (``fallback.localToCloud``) or fail. Unknown while the policy is not Ready.
 
@@ -11,10 +13,31 @@ conventions ask, so a status rewritten with the same verdict does not look like 
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from clawdbot_api.v1alpha1 import RoutingPolicySpec
+
+INLINE_PASSWORD_REASON: Final = "RedisPasswordInSpec"
+
+
+def inline_redis_password(spec: RoutingPolicySpec) -> str | None:
+    """The warning for a password written into ``cache.redisURL`` (readable by anyone who
+    can read the policy), or None."""
+    url = spec.cache.redis_url
+    if not url:
+        return None
+    try:
+        password = urllib.parse.urlsplit(url).password
+    except ValueError:
+        return None
+    if not password:
+        return None
+    return (
+        "cache.redisURL holds a password, readable by anyone who can read this RoutingPolicy: "
+        "put it in a Secret and name it in cache.redisPasswordSecretRef"
+    )
 
 
 def models_without_endpoints(
@@ -30,20 +53,23 @@ def policy_conditions(
     spec: RoutingPolicySpec | None,
     problems: Sequence[str],
     idle_models: Sequence[str],
+    invalid: str | None = None,
     generation: int | None,
     previous: Iterable[Mapping[str, Any]],
     now: str,
 ) -> list[dict[str, Any]]:
-    """Ready and Degraded for a policy with these ``problems`` (invalid spec, missing
-    references) and ``idle_models`` (local models without a Ready endpoint)."""
-    ready = not problems
+    """Ready and Degraded for a policy whose spec is ``invalid`` (why, naming the field),
+    or has these ``problems`` (missing references) and ``idle_models`` (local models without
+    a Ready endpoint)."""
+    reasons = [invalid] if invalid is not None else list(problems)
+    ready = not reasons
+    if ready:
+        verdict = ("True", "Resolved", "policy in force")
+    else:
+        kind = "InvalidSpec" if invalid is not None else "InvalidReference"
+        verdict = ("False", kind, "; ".join(reasons))
     conditions: list[dict[str, Any]] = [
-        {
-            "type": "Ready",
-            "status": "True" if ready else "False",
-            "reason": "Resolved" if ready else "InvalidReference",
-            "message": "policy in force" if ready else "; ".join(problems),
-        }
+        {"type": "Ready", "status": verdict[0], "reason": verdict[1], "message": verdict[2]}
     ]
     if not ready:
         degraded = ("Unknown", "NotReady", "the policy is not in force (see Ready)")

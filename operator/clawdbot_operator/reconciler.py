@@ -30,6 +30,7 @@ from clawdbot_operator.builders.hpa import build_hpa
 from clawdbot_operator.builders.meta import (
     ANNOTATION_REVISION_HASH,
     LABEL_REVISION,
+    controller_uid,
     name_of,
     namespace_of,
     selector_string,
@@ -41,6 +42,7 @@ from clawdbot_operator.loadreports import RevisionHealthSource
 from clawdbot_operator.metrics import OperatorMetrics
 from clawdbot_operator.revisions import (
     PlannedEvent,
+    RevisionPlan,
     apply_snapshot,
     build_controller_revision,
     controller_revision_name,
@@ -221,26 +223,16 @@ class Reconciler:
         return applied
 
     async def _reconcile(self, body: Obj) -> None:
+        """Observe, plan the revisions, apply, decide on the rollout, report."""
         now = self.clock()
         previous = _previous_status(body)
-        parsed = parse(body)
-        if isinstance(parsed, InvalidSpec):
-            await self._invalid(body, previous, parsed)
+        md = await self._checked(body, previous)
+        if md is None:
             return
-        md = parsed
-        err = check_supported(md, self.config)
-        if err is not None:
-            await self._invalid(body, previous, err)
-            return
-        ns, name = namespace_of(md), name_of(md)
-        prev = previous or ModelDeploymentStatus()
-
         snap = snapshot(md, self.config)
         desired_hash = revision_hash(snap)
-        crs = await self.kube.list("apps/v1", "ControllerRevision", ns, selector_string(md))
-        owned = [cr for cr in crs if _owned_by(cr, md.metadata.uid)]
-        snapshots: dict[int, dict[str, Any]] = {int(cr["revision"]): cr["data"] for cr in owned}
-        snapshot_hashes = {int(cr["revision"]): _snapshot_hash(cr) for cr in owned}
+        snapshots = await self._snapshots(md)
+        prev = previous or ModelDeploymentStatus()
         plan = plan_revisions(
             history=prev.revisions,
             current=prev.current_revision,
@@ -251,117 +243,231 @@ class Reconciler:
             now=now,
             history_limit=md.spec.rollout.history_limit,
             rollback_to=md.spec.rollback_to,
-            snapshots=frozenset(snapshots),
+            snapshots=frozenset(snapshots.data),
         )
         if isinstance(plan, InvalidSpec):
             await self._invalid(body, previous, plan)
             return
-        events = list(plan.events)
-        revisions, current, stable = plan.revisions, plan.current, plan.stable
-        cur = find(revisions, current)
+        rollout = _Rollout.of(plan)
+        await self._sync_snapshots(md, plan, snapshots, snap, desired_hash)
+        deployment = await self._apply_current(body, md, rollout, snapshots)
+        decision = await self._decide(
+            md, rollout, deployment, previous=previous, now=now, snapshots=snapshots
+        )
+        deployment = await self._take(body, md, rollout, decision, snapshots) or deployment
+        observed = Observed(
+            generation=body["metadata"].get("generation"),
+            revisions=rollout.revisions,
+            current=rollout.current,
+            stable=rollout.stable,
+            desired_revision=_desired_revision(rollout, desired_hash),
+            desired_replicas=desired_replicas(md),
+            deployment=deployment_state(deployment),
+            selector=selector_string(md),
+            endpoint=endpoint_url(md),
+            started=rollout.started,
+        )
+        await self._write_status(body, compute_status(previous, observed, now))
+        if md.spec.rollback_to is not None:
+            # Done: clear the request (as Deployments once did with their rollbackTo).
+            ns, name = namespace_of(md), name_of(md)
+            await self.kube.patch_model_deployment(ns, name, {"spec": {"rollbackTo": None}})
+        for ev in rollout.events:
+            await self._event(body, ev)
+
+    async def _checked(
+        self, body: Obj, previous: ModelDeploymentStatus | None
+    ) -> ModelDeployment | None:
+        """The typed ModelDeployment when this operator can serve it; else None, with the
+        status and a Warning Event saying which field is wrong."""
+        parsed = parse(body)
+        err = parsed if isinstance(parsed, InvalidSpec) else check_supported(parsed, self.config)
+        if err is not None:
+            await self._invalid(body, previous, err)
+            return None
+        assert not isinstance(parsed, InvalidSpec)
+        return parsed
+
+    async def _snapshots(self, md: ModelDeployment) -> _Snapshots:
+        """The revisions' settings, from the ControllerRevisions this ModelDeployment owns."""
+        crs = await self.kube.list(
+            "apps/v1", "ControllerRevision", namespace_of(md), selector_string(md)
+        )
+        owned = [cr for cr in crs if _owned_by(cr, md.metadata.uid)]
+        return _Snapshots(
+            data={int(cr["revision"]): cr["data"] for cr in owned},
+            hashes={int(cr["revision"]): _snapshot_hash(cr) for cr in owned},
+        )
+
+    async def _sync_snapshots(
+        self,
+        md: ModelDeployment,
+        plan: RevisionPlan,
+        snapshots: _Snapshots,
+        snap: dict[str, Any],
+        desired_hash: str,
+    ) -> None:
+        """Write the current revision's ControllerRevision when missing (replacing a stale
+        one), and delete those of pruned revisions."""
+        ns, name = namespace_of(md), name_of(md)
+        cur = find(plan.revisions, plan.current)
         assert cur is not None
         if (
             plan.create is not None
-            and plan.create in snapshots
-            and snapshot_hashes[plan.create] != cur.hash
+            and plan.create in snapshots.data
+            and snapshots.hashes[plan.create] != cur.hash
         ):
             # A run that died between writing this number's ControllerRevision and recording
             # it in status left a snapshot of a spec that has changed since. Its data is
             # immutable: replace it, or the pods would run the old settings as this revision.
-            log.info("%s/%s: replacing a stale snapshot of revision %s", ns, name, current)
+            log.info("%s/%s: replacing a stale snapshot of revision %s", ns, name, plan.current)
             cr_name = controller_revision_name(md, plan.create)
             await self.kube.delete("apps/v1", "ControllerRevision", ns, cr_name)
-            del snapshots[plan.create]
-        if current not in snapshots and cur.hash == desired_hash:
+            del snapshots.data[plan.create]
+        if plan.current not in snapshots.data and cur.hash == desired_hash:
             # New, or its ControllerRevision was deleted by hand: (re)write it from the spec.
-            await self.kube.apply(build_controller_revision(md, current, snap))
-            snapshots[current] = snap
+            await self.kube.apply(build_controller_revision(md, plan.current, snap))
+            snapshots.data[plan.current] = snap
         for n in plan.pruned:
             cr_name = controller_revision_name(md, n)
             await self.kube.delete("apps/v1", "ControllerRevision", ns, cr_name)
 
-        deployment: Obj | None
-        if current in snapshots:
-            effective = apply_snapshot(md, snapshots[current])
-            deployment = await self._apply_children(body, effective, current, cur.hash)
-        else:
-            # Its ControllerRevision is gone and the spec says something else: the exact
-            # settings are unknown, so leave the children as they are rather than guess.
-            log.warning("%s/%s: no snapshot of revision %s; children left as is", ns, name, current)
-            deployment = await self.kube.get("apps/v1", "Deployment", ns, name)
-        pods = [pod_state(p) for p in await self.kube.list("v1", "Pod", ns, selector_string(md))]
-        started_at = now if plan.started else rollout_started_at(previous)
+    async def _apply_current(
+        self, body: Obj, md: ModelDeployment, rollout: _Rollout, snapshots: _Snapshots
+    ) -> Obj | None:
+        """Apply the children of the current revision; the Deployment as it now is."""
+        current = rollout.current
+        cur = find(rollout.revisions, current)
+        assert cur is not None
+        if current in snapshots.data:
+            effective = apply_snapshot(md, snapshots.data[current])
+            return await self._apply_children(body, effective, current, cur.hash)
+        # Its ControllerRevision is gone and the spec says something else: the exact settings
+        # are unknown, so leave the children as they are rather than guess.
+        ns, name = namespace_of(md), name_of(md)
+        log.warning("%s/%s: no snapshot of revision %s; children left as is", ns, name, current)
+        return await self.kube.get("apps/v1", "Deployment", ns, name)
+
+    async def _decide(
+        self,
+        md: ModelDeployment,
+        rollout: _Rollout,
+        deployment: Obj | None,
+        *,
+        previous: ModelDeploymentStatus | None,
+        now: datetime,
+        snapshots: _Snapshots,
+    ) -> Decision:
+        """The rollback check on what the pods, the Deployment and the load reports show."""
+        ns, name = namespace_of(md), name_of(md)
+        pods = [pod_state(p) for p in await self._own_pods(md, deployment)]
         decision = decide(
-            revisions=revisions,
-            current=current,
+            revisions=rollout.revisions,
+            current=rollout.current,
             rollout=md.spec.rollout,
             desired_replicas=desired_replicas(md),
             pods=pods,
             deployment=deployment_state(deployment),
-            started_at=started_at,
+            started_at=now if rollout.started else rollout_started_at(previous),
             now=now,
-            health=self.health.revision_health(ns, name, current, now),
+            health=self.health.revision_health(ns, name, rollout.current, now),
         )
-        started = plan.started
-        if decision.verdict == Verdict.ROLLBACK and decision.target not in snapshots:
-            decision = Decision(
+        if decision.verdict == Verdict.ROLLBACK and decision.target not in snapshots.data:
+            return Decision(
                 Verdict.FAIL,
                 decision.reason,
                 f"{decision.message} Revision {decision.target} has no snapshot to roll back to.",
             )
+        return decision
+
+    async def _own_pods(self, md: ModelDeployment, deployment: Obj | None) -> list[Obj]:
+        """The pods of this ModelDeployment's own Deployment: controlled by one of its
+        ReplicaSets (UIDs). A pod that merely carries the labels (anyone who can create pods
+        can write them) must not be able to fail a rollout with its crash loop."""
+        uid = ((deployment or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            return []
+        ns, selector = namespace_of(md), selector_string(md)
+        replica_sets = {
+            rs["metadata"].get("uid")
+            for rs in await self.kube.list("apps/v1", "ReplicaSet", ns, selector)
+            if controller_uid(rs, "Deployment") == uid
+        }
+        return [
+            p
+            for p in await self.kube.list("v1", "Pod", ns, selector)
+            if controller_uid(p, "ReplicaSet") in replica_sets
+        ]
+
+    async def _take(
+        self,
+        body: Obj,
+        md: ModelDeployment,
+        rollout: _Rollout,
+        decision: Decision,
+        snapshots: _Snapshots,
+    ) -> Obj | None:
+        """Record the verdict in the history; on a rollback, apply the target's children
+        and return the Deployment as it now is (else None)."""
+        current = rollout.current
         if decision.verdict == Verdict.ROLLBACK and decision.target is not None:
             target = decision.target
-            revisions = _mark(revisions, current, RevisionPhase.ROLLED_BACK, decision.reason)
-            events.append(
-                PlannedEvent(
-                    "Warning",
-                    "RolledBack",
-                    f"{decision.message} Rolled back to revision {target}.",
-                )
-            )
-            current, stable, started = target, target, False
-            tgt = find(revisions, target)
+            rollout.mark(current, RevisionPhase.ROLLED_BACK, decision.reason)
+            message = f"{decision.message} Rolled back to revision {target}."
+            rollout.events.append(PlannedEvent("Warning", "RolledBack", message))
+            rollout.current, rollout.stable, rollout.started = target, target, False
+            tgt = find(rollout.revisions, target)
             assert tgt is not None
-            restored = apply_snapshot(md, snapshots[target])
-            deployment = await self._apply_children(body, restored, target, tgt.hash)
-        elif decision.verdict == Verdict.FAIL:
-            revisions = _mark(revisions, current, RevisionPhase.FAILED, decision.reason)
-            events.append(PlannedEvent("Warning", "RevisionFailed", decision.message))
+            restored = apply_snapshot(md, snapshots.data[target])
+            return await self._apply_children(body, restored, target, tgt.hash)
+        if decision.verdict == Verdict.FAIL:
+            rollout.mark(current, RevisionPhase.FAILED, decision.reason)
+            rollout.events.append(PlannedEvent("Warning", "RevisionFailed", decision.message))
         elif decision.verdict == Verdict.HEALTHY:
-            revisions = _mark(revisions, current, RevisionPhase.HEALTHY, decision.reason)
-            stable = current
-            events.append(PlannedEvent("Normal", "RevisionHealthy", decision.message))
+            rollout.mark(current, RevisionPhase.HEALTHY, decision.reason)
+            rollout.stable = current
+            rollout.events.append(PlannedEvent("Normal", "RevisionHealthy", decision.message))
+        return None
 
-        desired = max(
-            (r for r in revisions if r.hash == desired_hash), key=lambda r: r.revision, default=None
-        )
-        desired_revision = desired.revision if desired else current
-        if (
-            desired
-            and desired.phase == RevisionPhase.ROLLED_BACK
-            and desired.reason == "RollbackRequested"
-        ):
-            # The user asked to leave it: the current revision is what they want now.
-            desired_revision = current
-        status = compute_status(
-            previous,
-            Observed(
-                generation=body["metadata"].get("generation"),
-                revisions=revisions,
-                current=current,
-                stable=stable,
-                desired_revision=desired_revision,
-                desired_replicas=desired_replicas(md),
-                deployment=deployment_state(deployment),
-                selector=selector_string(md),
-                endpoint=endpoint_url(md),
-                started=started,
-            ),
-            now,
-        )
-        await self._write_status(body, status)
-        if md.spec.rollback_to is not None:
-            # Done: clear the request (as Deployments once did with their rollbackTo).
-            await self.kube.patch_model_deployment(ns, name, {"spec": {"rollbackTo": None}})
-        for ev in events:
-            await self._event(body, ev)
+
+@dataclass
+class _Snapshots:
+    """The revisions' settings kept in ControllerRevisions, by revision number."""
+
+    data: dict[int, dict[str, Any]]
+    hashes: dict[int, str]
+
+
+@dataclass
+class _Rollout:
+    """The revision history as one reconcile moves it along."""
+
+    revisions: list[Revision]
+    current: int
+    stable: int | None
+    started: bool
+    events: list[PlannedEvent]
+
+    @classmethod
+    def of(cls, plan: RevisionPlan) -> _Rollout:
+        return cls(plan.revisions, plan.current, plan.stable, plan.started, list(plan.events))
+
+    def mark(self, n: int, phase: RevisionPhase, reason: str) -> None:
+        """Set revision ``n``'s phase and reason."""
+        self.revisions = _mark(self.revisions, n, phase, reason)
+
+
+def _desired_revision(rollout: _Rollout, desired_hash: str) -> int:
+    """The revision the spec asks for: the newest with its hash (the current one when the
+    user rolled that back on purpose)."""
+    desired = max(
+        (r for r in rollout.revisions if r.hash == desired_hash),
+        key=lambda r: r.revision,
+        default=None,
+    )
+    if desired is None:
+        return rollout.current
+    if desired.phase == RevisionPhase.ROLLED_BACK and desired.reason == "RollbackRequested":
+        # The user asked to leave it: the current revision is what they want now.
+        return rollout.current
+    return desired.revision

@@ -145,6 +145,107 @@ def _replace(revisions: list[Revision], rev: Revision) -> list[Revision]:
     return [rev if r.revision == rev.revision else r for r in revisions]
 
 
+@dataclass
+class _Planner:
+    """The history as :func:`plan_revisions` rewrites it, one step at a time."""
+
+    revs: list[Revision]
+    current: int | None
+    stable: int | None
+    create: int | None = None
+    started: bool = False
+    events: list[PlannedEvent] = field(default_factory=list)
+
+    def leave_current(self, reason: str, to: int) -> None:
+        """The current revision gives way to ``to``."""
+        cur = find(self.revs, self.current)
+        if cur is None or cur.revision == to:
+            return
+        if reason == "RollbackRequested":
+            self.revs = _replace(self.revs, _set(cur, RevisionPhase.ROLLED_BACK, reason))
+        elif cur.phase == RevisionPhase.PROGRESSING:
+            self.revs = _replace(self.revs, _set(cur, RevisionPhase.SUPERSEDED, reason))
+
+    def activate(self, rev: Revision, reason: str) -> None:
+        """Make ``rev`` current; a rollout to it starts."""
+        # A revision that proved healthy keeps that standing (it stays a rollback target).
+        if rev.phase != RevisionPhase.HEALTHY:
+            rev = _set(rev, RevisionPhase.PROGRESSING, reason)
+        self.revs = _replace(self.revs, rev)
+        self.current, self.started = rev.revision, True
+
+    def roll_back_to(self, number: int, snapshots: frozenset[int]) -> InvalidSpec | None:
+        """``spec.rollbackTo``: that revision becomes current (its snapshot must exist)."""
+        target = find(self.revs, number)
+        if target is None or number not in snapshots:
+            kept = ", ".join(str(r.revision) for r in self.revs if r.revision in snapshots)
+            return InvalidSpec(
+                "spec.rollbackTo",
+                f"revision {number} is not in the history (kept: {kept or 'none'})",
+            )
+        if target.revision == self.current:
+            return None
+        self.leave_current("RollbackRequested", target.revision)
+        self.activate(target, "RollbackRequested")
+        if target.phase == RevisionPhase.HEALTHY:
+            self.stable = target.revision
+        self.events.append(
+            PlannedEvent(
+                "Normal",
+                "RollbackRequested",
+                f"Rolling back to revision {target.revision} as spec.rollbackTo asks.",
+            )
+        )
+        return None
+
+    def follow_spec(self, desired_hash: str, model_version: str, image: str, now: datetime) -> None:
+        """A new hash is a new revision; a known hash makes its revision current again,
+        unless that revision failed or was rolled back."""
+        match = max(
+            (r for r in self.revs if r.hash == desired_hash),
+            key=lambda r: r.revision,
+            default=None,
+        )
+        if match is None:
+            number = max((r.revision for r in self.revs), default=0) + 1
+            self.leave_current("Superseded", number)
+            self.revs.append(
+                Revision(
+                    revision=number,
+                    hash=desired_hash,
+                    model_version=model_version,
+                    image=image,
+                    phase=RevisionPhase.PROGRESSING,
+                    reason="NewRevision",
+                    created_at=now,
+                )
+            )
+            self.current, self.create, self.started = number, number, True
+            message = f"Created revision {number} (model version {model_version})."
+            self.events.append(PlannedEvent("Normal", "NewRevision", message))
+            return
+        refused = (RevisionPhase.FAILED, RevisionPhase.ROLLED_BACK)
+        if match.revision == self.current or match.phase in refused:
+            return
+        self.leave_current("Superseded", match.revision)
+        self.activate(match, "SpecMatchesRevision")
+        message = f"The spec matches revision {match.revision} again; rolling out to it."
+        self.events.append(PlannedEvent("Normal", "RevisionReactivated", message))
+
+    def prune(self, history_limit: int) -> list[int]:
+        """Drop the oldest revisions beyond the limit (never the current or stable one)."""
+        self.revs.sort(key=lambda r: r.revision)
+        pruned: list[int] = []
+        keep = {self.current, self.stable}
+        while len(self.revs) > history_limit:
+            oldest = next((r for r in self.revs if r.revision not in keep), None)
+            if oldest is None:
+                break
+            self.revs.remove(oldest)
+            pruned.append(oldest.revision)
+        return pruned
+
+
 def plan_revisions(
     *,
     history: list[Revision],
@@ -166,95 +267,21 @@ def plan_revisions(
     * the hash of a Failed or RolledBack revision: nothing changes; it is not retried until
       the spec changes again or ``rollbackTo`` names it.
     """
-    revs = list(history)
-    events: list[PlannedEvent] = []
-    cur = find(revs, current)
-
-    def leave_current(reason: str, to: int) -> None:
-        nonlocal revs
-        if cur is None or cur.revision == to:
-            return
-        if reason == "RollbackRequested":
-            revs = _replace(revs, _set(cur, RevisionPhase.ROLLED_BACK, reason))
-        elif cur.phase == RevisionPhase.PROGRESSING:
-            revs = _replace(revs, _set(cur, RevisionPhase.SUPERSEDED, reason))
-
-    def activate(rev: Revision, reason: str) -> Revision:
-        # A revision that proved healthy keeps that standing (it stays a rollback target).
-        if rev.phase == RevisionPhase.HEALTHY:
-            return rev
-        return _set(rev, RevisionPhase.PROGRESSING, reason)
-
-    create: int | None = None
-    started = False
+    planner = _Planner(list(history), current, stable)
     if rollback_to is not None:
-        target = find(revs, rollback_to)
-        if target is None or rollback_to not in snapshots:
-            kept = ", ".join(str(r.revision) for r in revs if r.revision in snapshots) or "none"
-            return InvalidSpec(
-                "spec.rollbackTo", f"revision {rollback_to} is not in the history (kept: {kept})"
-            )
-        if target.revision != current:
-            leave_current("RollbackRequested", target.revision)
-            revs = _replace(revs, activate(target, "RollbackRequested"))
-            current, started = target.revision, True
-            if target.phase == RevisionPhase.HEALTHY:
-                stable = target.revision
-            events.append(
-                PlannedEvent(
-                    "Normal",
-                    "RollbackRequested",
-                    f"Rolling back to revision {target.revision} as spec.rollbackTo asks.",
-                )
-            )
+        invalid = planner.roll_back_to(rollback_to, snapshots)
+        if invalid is not None:
+            return invalid
     else:
-        match = max(
-            (r for r in revs if r.hash == desired_hash), key=lambda r: r.revision, default=None
-        )
-        if match is None:
-            number = max((r.revision for r in revs), default=0) + 1
-            leave_current("Superseded", number)
-            revs.append(
-                Revision(
-                    revision=number,
-                    hash=desired_hash,
-                    model_version=model_version,
-                    image=image,
-                    phase=RevisionPhase.PROGRESSING,
-                    reason="NewRevision",
-                    created_at=now,
-                )
-            )
-            current, create, started = number, number, True
-            events.append(
-                PlannedEvent(
-                    "Normal",
-                    "NewRevision",
-                    f"Created revision {number} (model version {model_version}).",
-                )
-            )
-        elif match.revision != current and match.phase not in (
-            RevisionPhase.FAILED,
-            RevisionPhase.ROLLED_BACK,
-        ):
-            leave_current("Superseded", match.revision)
-            revs = _replace(revs, activate(match, "SpecMatchesRevision"))
-            current, started = match.revision, True
-            events.append(
-                PlannedEvent(
-                    "Normal",
-                    "RevisionReactivated",
-                    f"The spec matches revision {match.revision} again; rolling out to it.",
-                )
-            )
-    assert current is not None
-    revs.sort(key=lambda r: r.revision)
-    pruned: list[int] = []
-    keep = {current, stable}
-    while len(revs) > history_limit:
-        oldest = next((r for r in revs if r.revision not in keep), None)
-        if oldest is None:
-            break
-        revs.remove(oldest)
-        pruned.append(oldest.revision)
-    return RevisionPlan(revs, current, stable, create, pruned, started, events)
+        planner.follow_spec(desired_hash, model_version, image, now)
+    assert planner.current is not None
+    pruned = planner.prune(history_limit)
+    return RevisionPlan(
+        planner.revs,
+        planner.current,
+        planner.stable,
+        planner.create,
+        pruned,
+        planner.started,
+        planner.events,
+    )

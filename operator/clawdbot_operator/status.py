@@ -105,130 +105,166 @@ def _order(c: Condition) -> int:
     return CONDITION_TYPES.index(c.type) if c.type in CONDITION_TYPES else len(CONDITION_TYPES)
 
 
+Verdict = tuple[ConditionStatus, str, str]
+"""A condition's status, reason and message."""
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What every condition is derived from, worked out once from the observation."""
+
+    n: int | None
+    """The current revision's number."""
+    cur: Revision | None
+    wanted: Revision | None
+    """The revision the spec asks for."""
+    latest: Revision | None
+    ready: int
+    desired: int
+    deployment: DeploymentState | None
+    rolled_back: bool
+    """The newest revision is not current: it was rolled back."""
+    rejected: bool
+    """The spec's revision is not current because it failed or was rolled back."""
+
+    @classmethod
+    def of(cls, obs: Observed) -> _Facts:
+        n = obs.current
+        wanted = find(obs.revisions, obs.desired_revision)
+        latest = max(obs.revisions, key=lambda r: r.revision, default=None)
+        refused = (RevisionPhase.ROLLED_BACK, RevisionPhase.FAILED)
+        return cls(
+            n=n,
+            cur=find(obs.revisions, n),
+            wanted=wanted,
+            latest=latest,
+            ready=obs.deployment.ready_replicas if obs.deployment else 0,
+            desired=obs.desired_replicas,
+            deployment=obs.deployment,
+            rolled_back=latest is not None
+            and latest.revision != n
+            and latest.phase == RevisionPhase.ROLLED_BACK,
+            rejected=wanted is not None and wanted.revision != n and wanted.phase in refused,
+        )
+
+    def phase_is(self, phase: RevisionPhase) -> bool:
+        """The current revision exists and is in ``phase``."""
+        return self.cur is not None and self.cur.phase == phase
+
+    @property
+    def updated(self) -> int:
+        """Replicas of the Deployment that run the current revision."""
+        dep = self.deployment
+        return dep.updated_replicas if dep and dep.revision == self.n else 0
+
+
+def _available(f: _Facts) -> Verdict:
+    if f.ready > 0:
+        return T, "MinimumReplicasAvailable", f"{f.ready} of {f.desired} replicas ready."
+    if f.desired == 0:
+        return F, "ScaledToZero", "No replicas are desired."
+    return F, "NoReplicasReady", f"0 of {f.desired} replicas ready."
+
+
+def _progressing(f: _Facts) -> Verdict:
+    if f.cur is None:
+        return T, "Pending", "Waiting for the first revision."
+    if f.cur.phase == RevisionPhase.PROGRESSING:
+        return (
+            T,
+            "RollingOut",
+            f"Rolling out revision {f.n} (model version {f.cur.model_version}): "
+            f"{f.updated} of {f.desired} replicas updated, {f.ready} ready.",
+        )
+    if f.cur.phase == RevisionPhase.FAILED:
+        return F, f.cur.reason or "RevisionFailed", f"Revision {f.n} failed."
+    if f.rolled_back:
+        return F, "RolledBack", f"Rolled back to revision {f.n}."
+    return F, "RolloutComplete", f"Revision {f.n} is rolled out."
+
+
+def _degraded(f: _Facts) -> Verdict:
+    if f.cur is not None and f.cur.phase == RevisionPhase.FAILED:
+        return T, f.cur.reason or "RevisionFailed", f"Revision {f.n} failed: {f.cur.reason}."
+    if f.rejected and f.wanted is not None:
+        return (
+            T,
+            f.wanted.reason or "RevisionRejected",
+            f"The spec's revision {f.wanted.revision} was rolled back ({f.wanted.reason}); "
+            f"serving revision {f.n}. Change the spec, or set spec.rollbackTo, to try again.",
+        )
+    if f.phase_is(RevisionPhase.HEALTHY) and f.ready < f.desired:
+        return T, "ReplicasUnavailable", f"{f.ready} of {f.desired} replicas ready."
+    return F, "AsExpected", ""
+
+
+def _rolled_back(f: _Facts) -> Verdict:
+    if f.rolled_back and f.latest is not None:
+        return (
+            T,
+            f.latest.reason or "RolledBack",
+            f"Revision {f.latest.revision} was rolled back to revision {f.n} ({f.latest.reason}).",
+        )
+    return F, "NoRollback", ""
+
+
+def _ready(f: _Facts, desired_revision: int | None, degraded: Verdict,
+           progressing: Verdict) -> Verdict:  # fmt: skip
+    serving = (
+        f.phase_is(RevisionPhase.HEALTHY)
+        and not f.rejected
+        and desired_revision == f.n
+        and f.ready >= f.desired
+    )
+    if serving:
+        return T, "Ready", f"Revision {f.n} serves on {f.ready} of {f.desired} replicas."
+    if f.rejected:
+        return F, "RolledBack", degraded[2]
+    if f.phase_is(RevisionPhase.FAILED):
+        return F, "RevisionFailed", degraded[2]
+    if f.phase_is(RevisionPhase.PROGRESSING):
+        return F, "RolloutInProgress", progressing[2]
+    return F, "ReplicasNotReady", f"{f.ready} of {f.desired} replicas ready."
+
+
+def _phase(f: _Facts, stable: int | None) -> Phase:
+    if f.cur is None:
+        return Phase.PENDING
+    if f.cur.phase == RevisionPhase.FAILED:
+        return Phase.FAILED
+    if f.rejected or (f.rolled_back and f.latest is not None and f.latest.reason != REQUESTED):
+        return Phase.DEGRADED
+    if f.cur.phase == RevisionPhase.PROGRESSING:
+        return Phase.PENDING if stable is None and f.ready == 0 else Phase.PROGRESSING
+    return Phase.AVAILABLE if f.ready >= f.desired else Phase.DEGRADED
+
+
 def compute_status(
     previous: ModelDeploymentStatus | None, obs: Observed, now: datetime
 ) -> ModelDeploymentStatus:
     """The full status for ``obs``."""
     prev = (previous or ModelDeploymentStatus()).conditions
-    gen = obs.generation
-    dep = obs.deployment
-    ready = dep.ready_replicas if dep else 0
-    desired = obs.desired_replicas
-    cur = find(obs.revisions, obs.current)
-    wanted = find(obs.revisions, obs.desired_revision)
-    latest = max(obs.revisions, key=lambda r: r.revision, default=None)
-    n = obs.current
+    facts = _Facts.of(obs)
+    progressing, degraded = _progressing(facts), _degraded(facts)
 
-    rolled_back = (
-        latest is not None and latest.revision != n and latest.phase == RevisionPhase.ROLLED_BACK
-    )
-    rejected = (
-        wanted is not None
-        and wanted.revision != n
-        and wanted.phase
-        in (
-            RevisionPhase.ROLLED_BACK,
-            RevisionPhase.FAILED,
-        )
-    )
-
-    if ready > 0:
-        available = (T, "MinimumReplicasAvailable", f"{ready} of {desired} replicas ready.")
-    elif desired == 0:
-        available = (F, "ScaledToZero", "No replicas are desired.")
-    else:
-        available = (F, "NoReplicasReady", f"0 of {desired} replicas ready.")
-
-    progressing_clock = obs.started
-    if cur is None:
-        progressing = (T, "Pending", "Waiting for the first revision.")
-    elif cur.phase == RevisionPhase.PROGRESSING:
-        upd = dep.updated_replicas if dep and dep.revision == n else 0
-        progressing = (
-            T,
-            "RollingOut",
-            f"Rolling out revision {n} (model version {cur.model_version}): "
-            f"{upd} of {desired} replicas updated, {ready} ready.",
-        )
-    elif cur.phase == RevisionPhase.FAILED:
-        progressing = (F, cur.reason or "RevisionFailed", f"Revision {n} failed.")
-    elif rolled_back:
-        progressing = (F, "RolledBack", f"Rolled back to revision {n}.")
-    else:
-        progressing = (F, "RolloutComplete", f"Revision {n} is rolled out.")
-
-    if cur is not None and cur.phase == RevisionPhase.FAILED:
-        degraded = (T, cur.reason or "RevisionFailed", f"Revision {n} failed: {cur.reason}.")
-    elif rejected and wanted is not None:
-        degraded = (
-            T,
-            wanted.reason or "RevisionRejected",
-            f"The spec's revision {wanted.revision} was rolled back ({wanted.reason}); "
-            f"serving revision {n}. Change the spec, or set spec.rollbackTo, to try again.",
-        )
-    elif cur is not None and cur.phase == RevisionPhase.HEALTHY and ready < desired:
-        degraded = (T, "ReplicasUnavailable", f"{ready} of {desired} replicas ready.")
-    else:
-        degraded = (F, "AsExpected", "")
-
-    if rolled_back and latest is not None:
-        rb = (
-            T,
-            latest.reason or "RolledBack",
-            f"Revision {latest.revision} was rolled back to revision {n} ({latest.reason}).",
-        )
-    else:
-        rb = (F, "NoRollback", "")
-
-    is_ready = (
-        cur is not None
-        and cur.phase == RevisionPhase.HEALTHY
-        and not rejected
-        and obs.desired_revision == n
-        and ready >= desired
-    )
-    if is_ready:
-        ready_c = (T, "Ready", f"Revision {n} serves on {ready} of {desired} replicas.")
-    elif rejected:
-        ready_c = (F, "RolledBack", str(degraded[2]))
-    elif cur is not None and cur.phase == RevisionPhase.FAILED:
-        ready_c = (F, "RevisionFailed", str(degraded[2]))
-    elif cur is not None and cur.phase == RevisionPhase.PROGRESSING:
-        ready_c = (F, "RolloutInProgress", str(progressing[2]))
-    else:
-        ready_c = (F, "ReplicasNotReady", f"{ready} of {desired} replicas ready.")
-
-    def mk(type_: str, v: tuple[ConditionStatus, str, str], clock: bool = False) -> Condition:
-        return _cond(prev, type_, v, generation=gen, now=now, restart_clock=clock)
+    def mk(type_: str, v: Verdict, clock: bool = False) -> Condition:
+        return _cond(prev, type_, v, generation=obs.generation, now=now, restart_clock=clock)
 
     conditions = [
-        mk("Available", available),
-        mk("Ready", ready_c),
-        mk("Progressing", progressing, progressing_clock),
+        mk("Available", _available(facts)),
+        mk("Ready", _ready(facts, obs.desired_revision, degraded, progressing)),
+        mk("Progressing", progressing, obs.started),
         mk("Degraded", degraded),
-        mk("RolledBack", rb),
+        mk("RolledBack", _rolled_back(facts)),
     ]
-
-    if cur is None:
-        phase = Phase.PENDING
-    elif cur.phase == RevisionPhase.FAILED:
-        phase = Phase.FAILED
-    elif rejected or (rolled_back and latest is not None and latest.reason != REQUESTED):
-        phase = Phase.DEGRADED
-    elif cur.phase == RevisionPhase.PROGRESSING:
-        phase = Phase.PENDING if obs.stable is None and ready == 0 else Phase.PROGRESSING
-    elif ready >= desired:
-        phase = Phase.AVAILABLE
-    else:
-        phase = Phase.DEGRADED
-
+    dep = obs.deployment
     return ModelDeploymentStatus(
-        phase=phase,
-        observed_generation=gen,
+        phase=_phase(facts, obs.stable),
+        observed_generation=obs.generation,
         conditions=conditions,
         replicas=dep.replicas if dep else 0,
-        ready_replicas=ready,
-        updated_replicas=dep.updated_replicas if dep and dep.revision == n else 0,
+        ready_replicas=facts.ready,
+        updated_replicas=facts.updated,
         selector=obs.selector,
         current_revision=obs.current,
         stable_revision=obs.stable,

@@ -81,25 +81,32 @@ def check_supported(md: ModelDeployment, config: OperatorConfig) -> InvalidSpec 
             "spec.precision",
             f"vllm supports no {spec.precision.value} kernels on {accel.value}",
         )
-    if spec.runtime == Runtime.ONNX:
-        if (spec.accelerator.count or 1) > 1:
-            return InvalidSpec(
-                "spec.accelerator.count",
-                "runtime onnx uses one GPU per replica; scale with replicas instead",
-            )
-        if spec.batching.max_batched_tokens is not None:
-            return InvalidSpec(
-                "spec.batching.maxBatchedTokens", "applies to runtime vllm only; remove it"
-            )
-        if spec.batching.max_model_len is not None:
-            return InvalidSpec("spec.batching.maxModelLen", "applies to runtime vllm only")
-        if not _ONNX_MODEL_NAME.match(spec.model.name):
-            return InvalidSpec(
-                "spec.model.name",
-                "runtime onnx serves models by folder name: letters, digits, '_', '.', '-'",
-            )
+    if spec.runtime == Runtime.ONNX and (err := _check_onnx(md)) is not None:
+        return err
     try:
         pod_annotations(md)
     except ValueError as exc:
         return InvalidSpec(f"metadata.annotations[{ANNOTATION_POD_ANNOTATIONS}]", str(exc))
+    return None
+
+
+def _check_onnx(md: ModelDeployment) -> InvalidSpec | None:
+    """What the ONNX server can't do: several GPUs, vLLM's batching knobs, odd model names."""
+    spec = md.spec
+    if (spec.accelerator.count or 1) > 1:
+        return InvalidSpec(
+            "spec.accelerator.count",
+            "runtime onnx uses one GPU per replica; scale with replicas instead",
+        )
+    if spec.batching.max_batched_tokens is not None:
+        return InvalidSpec(
+            "spec.batching.maxBatchedTokens", "applies to runtime vllm only; remove it"
+        )
+    if spec.batching.max_model_len is not None:
+        return InvalidSpec("spec.batching.maxModelLen", "applies to runtime vllm only")
+    if not _ONNX_MODEL_NAME.match(spec.model.name):
+        return InvalidSpec(
+            "spec.model.name",
+            "runtime onnx serves models by folder name: letters, digits, '_', '.', '-'",
+        )
     return None

@@ -255,12 +255,14 @@ class RedisCache:
         """Failed operations (each answered as a miss or a skipped store)."""
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisCache:
-        """A cache on the Redis at `url` (redis:// or rediss://)."""
+    def from_url(cls, url: str, *, password: str | None = None, **kwargs: Any) -> RedisCache:
+        """A cache on the Redis at `url` (redis:// or rediss://), authenticating with
+        `password` when given."""
         import redis.asyncio as aioredis  # noqa: PLC0415 (optional dependency, see __init__)
 
         client = aioredis.Redis.from_url(
             url,
+            password=password,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             socket_timeout=REDIS_OP_TIMEOUT_S,
         )
@@ -323,18 +325,23 @@ class RedisCache:
             self._down_until = None
 
 
-def build_cache(policy: Cache, *, key_prefix: str = "clawdbot:cache:") -> ResponseCache | None:
+def build_cache(
+    policy: Cache, *, key_prefix: str = "clawdbot:cache:", redis_password: str | None = None
+) -> ResponseCache | None:
     """The cache a RoutingPolicy's `spec.cache` asks for; None when caching is off.
 
     `key_prefix` should name the policy (e.g. "clawdbot:cache:<namespace>/<policy>:") so
     pods of different policies sharing one Redis never answer each other's requests.
+    `redis_password`: from the policy's cache.redisPasswordSecretRef.
     """
     if not policy.enabled:
         return None
     if policy.backend is CacheBackend.REDIS:
         if policy.redis_url is None:
             raise ValueError("cache.redisURL: required when cache.backend is redis")
-        return RedisCache.from_url(policy.redis_url, ttl_s=policy.ttl_seconds, prefix=key_prefix)
+        return RedisCache.from_url(
+            policy.redis_url, password=redis_password, ttl_s=policy.ttl_seconds, prefix=key_prefix
+        )
     return MemoryCache(
         max_entries=policy.max_entries, max_bytes=policy.max_bytes, ttl_s=policy.ttl_seconds
     )

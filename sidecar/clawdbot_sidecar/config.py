@@ -70,6 +70,9 @@ class SidecarConfig(_Model):
     """Ready local model endpoints."""
     cloud_api_key: str | None = Field(default=None, repr=False, exclude=True)
     """API key of the cloud endpoint; never logged or dumped."""
+    cache_redis_password: str | None = Field(default=None, repr=False, exclude=True)
+    """Password of the Redis cache (the policy's cache.redisPasswordSecretRef, from the
+    discovery stream); never logged or dumped."""
     audit_hmac_key: bytes | None = Field(default=None, repr=False, exclude=True)
     """Key of the audit hash chain from the discovery stream (the policy's
     audit.hmacKeySecretRef); None: the one given at start, if any. Never logged or dumped."""

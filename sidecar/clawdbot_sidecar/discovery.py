@@ -41,8 +41,8 @@ class PodIdentity:
 
 
 def config_from_snapshot(snapshot: pb.Snapshot, base: SidecarConfig) -> SidecarConfig:
-    """The sidecar config a snapshot describes (limits, and the cloud and audit keys unless
-    the snapshot carries them, stay from ``base``).
+    """The sidecar config a snapshot describes (limits, and the cloud, audit and Redis keys
+    unless the snapshot carries them, stay from ``base``).
 
     Raises ValueError (naming the field) for a snapshot whose policy doesn't validate.
     """
@@ -66,6 +66,8 @@ def config_from_snapshot(snapshot: pb.Snapshot, base: SidecarConfig) -> SidecarC
         update["cloud_api_key"] = snapshot.cloud_api_key
     if snapshot.audit_hmac_key:
         update["audit_hmac_key"] = snapshot.audit_hmac_key
+    if snapshot.cache_redis_password:
+        update["cache_redis_password"] = snapshot.cache_redis_password
     return base.model_copy(update=update)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from clawdbot_api.v1alpha1.common import (
     ApiModel,
@@ -192,7 +193,21 @@ class CustomEntity(ApiModel):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Z][A-Z0-9_]*$")
     """Entity name in UPPER_SNAKE_CASE, used in placeholders and metrics."""
     pattern: str = Field(min_length=1, max_length=1024)
-    """Regular expression (Python re syntax) matching the sensitive text."""
+    """Regular expression (Python re syntax) matching the sensitive text; it must compile
+    and must not match the empty string (checked by the operator and the sidecar: the API
+    server's CEL can't compile Python expressions)."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str, info: ValidationInfo) -> str:
+        name = info.data.get("name", "?")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"custom entity {name!r}: invalid regular expression: {exc}") from exc
+        if compiled.fullmatch("") is not None:
+            raise ValueError(f"custom entity {name!r}: pattern matches the empty string")
+        return pattern
 
 
 class RedactionModel(ApiModel):
@@ -212,8 +227,50 @@ class RedactionModel(ApiModel):
     """Entities the model may add; its findings of other kinds are dropped."""
 
 
+def _builtin_names() -> list[str]:
+    return [e.value for e in Entity]
+
+
+def _cel_list(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _unknown_modes(r: Any) -> list[str]:
+    known = {*_builtin_names(), *(c.name for c in r.custom)}
+    return [name for name in r.per_entity_mode if name not in known]
+
+
+@cel_rules(
+    CelRule(
+        # has() guards: the API server checks these rules against the bare default {} too.
+        rule=f"!has(self.perEntityMode) || self.perEntityMode.all(k, k in "
+        f"{_cel_list(_builtin_names())} || (has(self.custom) && "
+        "self.custom.exists(c, c.name == k)))",
+        message="perEntityMode keys must be built-in entities or custom entities defined in custom",
+        field_path=".perEntityMode",
+        check=lambda r: not _unknown_modes(r),
+    ),
+    CelRule(
+        rule="!has(self.custom) || self.custom.all(c, self.custom.exists_one(o, o.name == c.name))",
+        message="custom entity names must be unique",
+        field_path=".custom",
+        check=lambda r: len({c.name for c in r.custom}) == len(r.custom),
+    ),
+    CelRule(
+        rule=f"!has(self.custom) || self.custom.all(c, !(c.name in {_cel_list(_builtin_names())}))",
+        message="custom entity names must not be those of built-in entities",
+        field_path=".custom",
+        check=lambda r: not {c.name for c in r.custom} & set(_builtin_names()),
+    ),
+)
 class Redaction(ApiModel):
-    """What is removed from requests before they leave for the cloud."""
+    """What is removed from requests before they leave for the cloud.
+
+    The API server rejects unknown entities, duplicate or built-in custom names and unknown
+    perEntityMode keys (schema and CEL); these types also check that custom patterns compile
+    under Python's re and don't match the empty string, so one definition refuses, for the
+    operator, the CLI and the sidecar alike, what the sidecar could not apply.
+    """
 
     enabled: bool = True
     """Redact cloud-bound requests; the local path always sees the original text."""
@@ -222,8 +279,8 @@ class Redaction(ApiModel):
     mode: RedactionMode = RedactionMode.PSEUDONYMIZE
     """mask (replace, not restorable), pseudonymize (placeholders restored in the answer) or
     block (the request stays local, or is refused if local can't answer)."""
-    per_entity_mode: dict[str, RedactionMode] = Field(default_factory=dict)
-    """Mode overrides per entity name."""
+    per_entity_mode: dict[str, RedactionMode] = Field(default_factory=dict, max_length=64)
+    """Mode overrides per entity name (a built-in entity or one defined in custom)."""
     custom: list[CustomEntity] = Field(default_factory=list, max_length=32)
     """Extra entities defined by regular expressions."""
     restore_in_responses: bool = True
@@ -235,6 +292,26 @@ class Redaction(ApiModel):
     cloud uninspected). Applies while redaction is enabled."""
     model: RedactionModel = Field(default_factory=RedactionModel)
     """The optional model tier: a named-entity model on cloud-bound text."""
+
+    @field_validator("custom")
+    @classmethod
+    def _names_are_free(cls, custom: list[CustomEntity]) -> list[CustomEntity]:
+        seen: set[str] = set()
+        builtins = set(_builtin_names())
+        for entity in custom:
+            if entity.name in builtins:
+                raise ValueError(f"custom entity {entity.name!r}: clashes with a built-in entity")
+            if entity.name in seen:
+                raise ValueError(f"custom entity {entity.name!r}: defined more than once")
+            seen.add(entity.name)
+        return custom
+
+    @model_validator(mode="after")
+    def _modes_are_known(self) -> Redaction:
+        unknown = _unknown_modes(self)
+        if unknown:
+            raise ValueError(f"perEntityMode: unknown entity {unknown[0]!r}")
+        return self
 
 
 class CacheBackend(StrEnum):
@@ -261,7 +338,11 @@ class Cache(CelValidated):
     redis_url: str | None = Field(
         default=None, alias="redisURL", max_length=2048, pattern=r"^rediss?://[^\s]+$"
     )
-    """redis:// or rediss:// URL of the shared cache."""
+    """redis:// or rediss:// URL of the shared cache. Put no password in it (anyone who can
+    read the policy could read it): name a Secret in redisPasswordSecretRef."""
+    redis_password_secret_ref: SecretKeyRef | None = None
+    """Secret holding the Redis password, handed to the sidecars over the discovery stream
+    like the cloud API key. Unset for a Redis without a password."""
     ttl_seconds: int = Field(default=300, ge=1, le=604800)
     """How long an answer stays cached."""
     max_entries: int = Field(default=10000, ge=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Final
 
 from clawdbot_api.v1alpha1 import API_VERSION, ModelDeployment
@@ -60,6 +61,14 @@ def labels(md: ModelDeployment, revision: int | None) -> dict[str, str]:
     if revision is not None:
         out[LABEL_REVISION] = str(revision)
     return out
+
+
+def controller_uid(obj: Mapping[str, Any], kind: str) -> str | None:
+    """The UID of the controller owner reference of ``kind`` on ``obj``, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind and ref.get("uid"):
+            return str(ref["uid"])
+    return None
 
 
 def owner_reference(md: ModelDeployment) -> Manifest:

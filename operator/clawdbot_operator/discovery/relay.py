@@ -27,12 +27,14 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import grpc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
@@ -162,3 +164,94 @@ def relayed_by(metadata: Any) -> str | None:
         if key == RELAY_HEADER and isinstance(value, str):
             return value
     return None
+
+
+class PodLister(Protocol):
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace, by label selector."""
+        ...
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    if not status.get("podIP") or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = status.get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def peer_relay(
+    kube: PodLister,
+    *,
+    namespace: str,
+    selector: str,
+    token_file: Path,
+    own_name: str,
+    port: int,
+    service_name: str,
+    ca_cert: Callable[[], bytes],
+) -> tuple[PeerRelay | None, tuple[str, str] | None]:
+    """The relay of load reports to the other replicas, and the (namespace, service
+    account) whose tokens may relay to this one; (None, None) when not configured.
+
+    Peers are the Ready pods matching ``selector`` in ``namespace`` other than ``own_name``,
+    dialled at their IP on ``port``; every replica's certificate names the discovery
+    Service ``service_name``, which is what TLS is verified for (against ``ca_cert()``).
+    """
+    if not selector:
+        return None, None
+    if not token_file.is_file():
+        log.warning("peer relay off: no token at %s (mount a projected serviceAccountToken, "
+                    "audience clawdbot, there)", token_file)  # fmt: skip
+        return None, None
+    account = service_account_of(token_file.read_text().strip())
+    if account is None:
+        log.warning("peer relay off: %s is not a service-account token", token_file)
+        return None, None
+    target = f"{service_name}.{namespace}.svc"
+
+    async def list_peers() -> list[str]:
+        pods = await kube.list("v1", "Pod", namespace, selector)
+        return [
+            f"{p['status']['podIP']}:{port}"
+            for p in pods
+            if p["metadata"]["name"] != own_name and _ready(p)
+        ]
+
+    def channel(address: str) -> grpc.aio.Channel:
+        creds = grpc.ssl_channel_credentials(ca_cert())
+        return grpc.aio.secure_channel(
+            address, creds, options=[("grpc.ssl_target_name_override", target)]
+        )
+
+    relay = PeerRelay(own_name or "operator", list_peers, channel, token_file)
+    log.info("relaying load reports to peers %r on port %d", selector, port)
+    return relay, account
+
+
+class RelayCollector(Collector):
+    """The load-report relay's counters, read at scrape time (``relay()`` may be None:
+    no relay, or not started yet)."""
+
+    def __init__(self, relay: Callable[[], PeerRelay | None]) -> None:
+        self.relay = relay
+
+    def collect(self) -> Iterator[Metric]:
+        relay = self.relay()
+        yield CounterMetricFamily(
+            "clawdbot_operator_load_reports_relayed",
+            "Sidecar load reports this replica forwarded to the other replicas.",
+            value=relay.relayed if relay else 0,
+        )
+        yield CounterMetricFamily(
+            "clawdbot_operator_load_reports_relay_dropped",
+            "Load reports dropped because a peer's queue was full (the peer is down or slow).",
+            value=relay.dropped if relay else 0,
+        )
+        yield GaugeMetricFamily(
+            "clawdbot_operator_relay_peers",
+            "Other operator replicas this replica relays load reports to.",
+            value=len(relay.peers) if relay else 0,
+        )

@@ -1,9 +1,18 @@
 """The discovery gRPC service: policies and endpoints down to sidecars, load reports up.
 
-The operator's watchers feed a :class:`DiscoveryState`; every change bumps its generation
-and wakes the subscribers, each of which recomputes its pod's snapshot and sends it only if
-it changed. Any operator replica can serve the stream: the state is rebuilt from the API
-server's watches in each replica, not shared.
+A sidecar subscribes for its own pod, with the pod-bound token the kubelet projects into it
+(audience ``clawdbot``, checked by TokenReview). Its stream is a subscription on the
+:class:`~clawdbot_operator.discovery.state.DiscoveryState`: woken by the changes that can
+affect its pod (see ``state``), and at least every ``RESYNC_S``, it recomputes the pod's
+snapshot and sends it only if it changed. The subscription is not authorised once for
+good: it ends, with a status that says why, when
+
+* the token expires (its ``exp`` claim) or no longer passes TokenReview, asked again at the
+  latest every ``REVIEW_S`` (a pod-bound token fails once its pod is gone):
+  ``UNAUTHENTICATED``, and the sidecar reconnects with the token the kubelet rotated in;
+* the pod is deleted, or replaced by another of the same name: ``NOT_FOUND``;
+* the pod is relabelled (or re-annotated) so that another policy, or none, applies to it:
+  ``FAILED_PRECONDITION``; the sidecar subscribes again and is served what now applies.
 """
 
 from __future__ import annotations
@@ -12,44 +21,41 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
 
 from clawdbot_api.discovery import discovery_pb2 as pb
 from clawdbot_api.discovery import discovery_pb2_grpc as pb_grpc
-from clawdbot_api.v1alpha1 import RoutingPolicySpec
 from clawdbot_operator.discovery.relay import PeerRelay, relayed_by
-from clawdbot_operator.discovery.resolve import Resolved, resolve
-from clawdbot_operator.loadreports import LoadReport, LoadReportStore
+from clawdbot_operator.discovery.reports import ReportIntake
+from clawdbot_operator.discovery.resolve import EndpointInfo, Resolved
+from clawdbot_operator.discovery.state import DiscoveryState, Subscription
+from clawdbot_operator.discovery.tokenreview import Identity
+from clawdbot_operator.loadreports import LoadReportStore
+from clawdbot_operator.tls import ServingCertificates
+
+__all__ = ["DiscoveryServicer", "DiscoveryState", "Identity", "add_to_server", "serve"]
 
 log = logging.getLogger("clawdbot.operator.discovery")
 
 # How often sidecars are asked to report load.
 REPORT_INTERVAL_S = 10.0
 # A subscriber re-checks its pod at least this often even without a change notification
-# (covers a missed wake-up; cheap, the snapshot is recomputed in memory).
+# (covers a missed wake-up and a rotated Secret; the snapshot is recomputed in memory).
 RESYNC_S = 30.0
+# A subscriber's token is reviewed again at least this often (and when it expires).
+REVIEW_S = 300.0
 
 Manifest = Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who a token belongs to, as the TokenReview says."""
-
-    namespace: str
-    service_account: str
-    pod_name: str | None
-    """From a pod-bound token (projected volume); None for other tokens."""
-
-
 class TokenReviewer(Protocol):
-    async def review(self, token: str) -> Identity | None:
-        """The identity of a valid token for the "clawdbot" audience, None otherwise."""
+    async def review(self, token: str, *, fresh: bool = False) -> Identity | None:
+        """The identity of a valid token for the "clawdbot" audience, None otherwise;
+        ``fresh``: ask the API server, not a cache."""
         ...
 
 
@@ -58,61 +64,12 @@ PodGetter = Callable[[str, str], Awaitable[Manifest | None]]
 SecretGetter = Callable[[str, str, str], Awaitable[str | None]]
 
 
-class DiscoveryState:
-    """What the operator knows that sidecars need, per namespace; changes wake subscribers."""
+class StreamEnded(Exception):
+    """A subscription may not go on; ``code`` and the message say why."""
 
-    def __init__(self) -> None:
-        self.policies: dict[str, dict[str, RoutingPolicySpec]] = {}
-        self.model_pods: dict[str, dict[str, Manifest]] = {}
-        self.served_names: dict[str, dict[str, str]] = {}
-        self._changed = asyncio.Condition()
-        self.generation = 0
-
-    async def _bump(self) -> None:
-        async with self._changed:
-            self.generation += 1
-            self._changed.notify_all()
-
-    async def set_policy(self, namespace: str, name: str, spec: RoutingPolicySpec | None) -> None:
-        policies = self.policies.setdefault(namespace, {})
-        if spec is None:
-            policies.pop(name, None)
-        else:
-            policies[name] = spec
-        await self._bump()
-
-    async def set_model_pod(self, namespace: str, name: str, pod: Manifest | None) -> None:
-        pods = self.model_pods.setdefault(namespace, {})
-        if pod is None:
-            pods.pop(name, None)
-        else:
-            pods[name] = pod
-        await self._bump()
-
-    async def set_served_name(self, namespace: str, deployment: str, model: str | None) -> None:
-        names = self.served_names.setdefault(namespace, {})
-        if model is None:
-            names.pop(deployment, None)
-        else:
-            names[deployment] = model
-        await self._bump()
-
-    def resolve(self, pod: Manifest) -> Resolved:
-        ns = (pod.get("metadata") or {}).get("namespace", "")
-        return resolve(
-            pod,
-            self.policies.get(ns, {}),
-            self.model_pods.get(ns, {}).values(),
-            self.served_names.get(ns, {}),
-        )
-
-    async def wait_change(self, generation: int, within_s: float) -> int:
-        """Wait until the generation moves past ``generation`` (or ``within_s``); the new one."""
-        async with self._changed:
-            if self.generation == generation:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), within_s)
-            return self.generation
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def to_snapshot(resolved: Resolved) -> pb.Snapshot:
@@ -162,8 +119,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         self.reviewer = reviewer
         self.get_pod = get_pod
         self.load_reports = load_reports
-        # (namespace, pod, url) -> that endpoint's counters at the previous report.
-        self._counters: dict[tuple[str, str, str], _Counters] = {}
+        self.intake = ReportIntake(load_reports)
 
     async def _authorize(
         self, context: grpc.aio.ServicerContext[Any, Any], namespace: str, pod_name: str
@@ -195,13 +151,11 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.Snapshot]:
-        identity = await self._authorize(context, request.pod_namespace, request.pod_name)
-        pod = await self.get_pod(request.pod_namespace, request.pod_name)
+        ns, name = request.pod_namespace, request.pod_name
+        identity = await self._authorize(context, ns, name)
+        pod = await self.get_pod(ns, name)
         if pod is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"pod {request.pod_namespace}/{request.pod_name} does not exist",
-            )
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {ns}/{name} does not exist")
         assert pod is not None
         account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
         if account != identity.service_account:
@@ -209,41 +163,109 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"the token's service account is not the pod's ({account})",
             )
+        token = _bearer(context) or ""
+        sub = self.state.subscribe(ns, pod)
+        try:
+            async for snapshot in self._snapshots(sub, pod, identity, token, request):
+                yield snapshot
+        except StreamEnded as end:
+            log.info("discovery stream of %s/%s ended: %s", ns, name, end)
+            await context.abort(end.code, str(end))
+        finally:
+            self.state.unsubscribe(sub)
+
+    async def _snapshots(
+        self,
+        sub: Subscription,
+        pod: Manifest,
+        identity: Identity,
+        token: str,
+        request: pb.SubscribeRequest,
+    ) -> AsyncIterator[pb.Snapshot]:
+        """The pod's snapshots, each one only when it differs from the last sent; raises
+        StreamEnded when the subscription may not go on."""
         sent = request.known_version
-        generation = -1
+        policy: str | None = None
+        review_at = _review_at(identity)
         while True:
-            current = self.state.generation
-            if current != generation or self.get_secret is not None:
-                generation = current
-                snapshot = await self._snapshot(pod)
+            current = self._current_pod(sub, pod)
+            resolved = self.state.resolve(current)
+            if policy is not None and resolved.policy_name != policy and current is not pod:
+                raise StreamEnded(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"pod {sub.namespace}/{sub.pod_name} was relabelled: policy "
+                    f"{resolved.policy_name or '(none)'!r} applies now, not "
+                    f"{policy or '(none)'!r}; subscribe again",
+                )
+            pod, policy = current, resolved.policy_name
+            sub.models = frozenset(m.name for m in resolved.policy.local_models) if (
+                resolved.policy
+            ) else frozenset()  # fmt: skip
+            if not resolved.held:  # a policy with no valid spec: the sidecar keeps its own
+                snapshot = await self._snapshot(resolved, sub.namespace)
                 if snapshot.version != sent:
                     sent = snapshot.version
                     yield snapshot
-            await self.state.wait_change(generation, RESYNC_S)
+            sub.woken.clear()
+            wait_s = max(0.0, min(RESYNC_S, review_at - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.woken.wait(), wait_s)
+            if time.time() >= review_at:
+                review_at = await self._review_again(sub, token)
 
-    async def _snapshot(self, pod: Manifest) -> pb.Snapshot:
-        resolved = self.state.resolve(pod)
+    def _current_pod(self, sub: Subscription, pod: Manifest) -> Manifest:
+        """The subscribed pod as the watch last saw it; StreamEnded once it is gone."""
+        seen = self.state.subscribed_pod(sub.namespace, sub.pod_name)
+        meta = (seen or {}).get("metadata") or {}
+        uid = (pod.get("metadata") or {}).get("uid")
+        if seen is None or meta.get("deletionTimestamp") or (uid and meta.get("uid") != uid):
+            raise StreamEnded(
+                grpc.StatusCode.NOT_FOUND,
+                f"pod {sub.namespace}/{sub.pod_name} was deleted; this stream served it",
+            )
+        return seen
+
+    async def _review_again(self, sub: Subscription, token: str) -> float:
+        """Review the token afresh; when to do so next. StreamEnded when it no longer
+        passes (expired, or its pod is gone)."""
+        identity = None
+        with contextlib.suppress(Exception):  # the API server away: judged by exp alone
+            identity = await self.reviewer.review(token, fresh=True)
+        expired = identity is not None and identity.expires_at is not None and (
+            identity.expires_at <= time.time()
+        )  # fmt: skip
+        if identity is None or expired or identity.pod_name != sub.pod_name:
+            raise StreamEnded(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the token expired or no longer passes TokenReview; reconnect with the "
+                "token the kubelet rotated in",
+            )
+        return _review_at(identity)
+
+    async def _snapshot(self, resolved: Resolved, ns: str) -> pb.Snapshot:
         snapshot = to_snapshot(resolved)
         policy = resolved.policy
         if self.get_secret is None or policy is None:
             return snapshot
-        ns = (pod.get("metadata") or {}).get("namespace", "")
-        secrets = hashlib.sha256()
-        if policy.cloud and policy.cloud.api_key_secret_ref:
-            ref = policy.cloud.api_key_secret_ref
-            key = await self.get_secret(ns, ref.name, ref.key)
-            if key:
-                snapshot.cloud_api_key = key
-                secrets.update(b"cloud:" + key.encode())
-        if policy.audit.hmac_key_secret_ref:
-            ref = policy.audit.hmac_key_secret_ref
-            key = await self.get_secret(ns, ref.name, ref.key)
-            if key:
-                snapshot.audit_hmac_key = key.encode()
-                secrets.update(b"audit:" + key.encode())
-        if snapshot.cloud_api_key or snapshot.audit_hmac_key:
+        refs = {
+            "cloud": policy.cloud.api_key_secret_ref if policy.cloud else None,
+            "audit": policy.audit.hmac_key_secret_ref,
+            "redis": policy.cache.redis_password_secret_ref,
+        }
+        values = {}
+        for what, ref in refs.items():
+            value = await self.get_secret(ns, ref.name, ref.key) if ref is not None else None
+            if value:
+                values[what] = value
+        snapshot.cloud_api_key = values.get("cloud", "")
+        snapshot.audit_hmac_key = values.get("audit", "").encode()
+        snapshot.cache_redis_password = values.get("redis", "")
+        if values:
             # A rotated key is a change: fold a digest of the keys into the version.
-            snapshot.version = f"{snapshot.version}-{secrets.hexdigest()[:8]}"
+            digest = hashlib.sha256()
+            for what, value in sorted(values.items()):
+                digest.update(f"{what}:".encode() + value.encode() + b"\0")
+            snapshot.version = f"{snapshot.version}-{digest.hexdigest()[:8]}"
         return snapshot
 
     async def ReportLoad(
@@ -254,7 +276,7 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         if relayed_by(context.invocation_metadata()) is not None:
             await self._authorize_peer(context)
             async for report in request_iterator:
-                self._record(report)  # never relayed again
+                self.intake.record(report, None)  # checked where it arrived; never relayed
             return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
         authorized: tuple[str, str] | None = None
         async for report in request_iterator:
@@ -262,9 +284,10 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
             if authorized != who:
                 await self._authorize(context, *who)
                 authorized = who
-            self._record(report)
+            # Re-resolved for every report: endpoints come and go while a stream lasts.
+            taken = self.intake.record(report, await self._endpoints_of(*who))
             if self.relay is not None:
-                self.relay.offer(report)
+                self.relay.offer(taken)
         return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
 
     async def _authorize_peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -282,50 +305,50 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 f"account, not {identity.namespace}/{identity.service_account}",
             )
 
-    def _record(self, report: pb.LoadReport) -> None:
-        when = datetime.fromtimestamp(report.unix_ms / 1000, UTC)
-        for e in report.endpoints:
-            key = (report.pod_namespace, report.pod_name, e.url)
-            now = _Counters(report.unix_ms, e.requests, e.errors, e.in_flight_seconds)
-            prev = self._counters.get(key)
-            self._counters[key] = now
-            if prev is None or e.requests < prev.requests:
-                # First report of this endpoint, or the sidecar restarted and its counters
-                # began again: they cover an unknown span.
-                prev = _Counters(report.unix_ms, 0, 0, 0.0)
-            requests, errors = e.requests - prev.requests, e.errors - prev.errors
-            span_s = (now.unix_ms - prev.unix_ms) / 1000
-            rps, mean_in_flight = 0.0, float(e.in_flight)
-            if span_s > 0:
-                rps = requests / span_s
-                if now.in_flight_seconds:  # 0: a sidecar that doesn't integrate; snapshot
-                    growth = now.in_flight_seconds - prev.in_flight_seconds
-                    mean_in_flight = max(0.0, growth) / span_s
-            self.load_reports.add(
-                LoadReport(
-                    namespace=report.pod_namespace,
-                    model_deployment=e.model_deployment,
-                    source=f"{report.pod_name}/{e.url}",
-                    timestamp=when,
-                    revision=e.revision or None,
-                    inflight_requests=float(mean_in_flight),
-                    requests_per_second=rps,
-                    requests=requests,
-                    errors=errors,
-                    p95_latency_ms=e.latency_p95_ms or None,
-                )
-            )
+    async def _endpoints_of(self, namespace: str, pod_name: str) -> dict[str, EndpointInfo]:
+        """The endpoints the pod's own snapshot holds (url -> what they are): all a pod
+        may report about."""
+        pod = await self.get_pod(namespace, pod_name)
+        if pod is None:
+            return {}
+        return {e.url: e for e in self.state.resolve(pod).endpoints}
 
 
-@dataclass(frozen=True)
-class _Counters:
-    """One endpoint's cumulative counters as of one report."""
-
-    unix_ms: int
-    requests: int
-    errors: int
-    in_flight_seconds: float
+def _review_at(identity: Identity) -> float:
+    """When a subscription's token is to be reviewed again (unix time)."""
+    due = time.time() + REVIEW_S
+    return min(due, identity.expires_at) if identity.expires_at is not None else due
 
 
 def add_to_server(server: grpc.aio.Server, servicer: DiscoveryServicer) -> None:
+    """Serve ``servicer`` on ``server``."""
     pb_grpc.add_DiscoveryServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+
+
+async def serve(
+    servicer: DiscoveryServicer, address: str, certificates: ServingCertificates
+) -> tuple[grpc.aio.Server, int]:
+    """Start the stream over TLS at ``address`` (host:port) with the operator's serving
+    certificate; a renewed one is handed to gRPC before the next handshake. Returns the
+    server and the port it got."""
+
+    def current() -> grpc.ServerCertificateConfiguration:
+        bundle = certificates.bundle
+        assert bundle is not None, "certificates.start() runs before the servers"
+        return grpc.ssl_server_certificate_configuration([(bundle.key, bundle.cert)])
+
+    served = certificates.version
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # gRPC asks before each handshake; None keeps the configuration it has.
+        nonlocal served
+        if served == certificates.version:
+            return None
+        served = certificates.version
+        return current()
+
+    server = grpc.aio.server()
+    add_to_server(server, servicer)
+    port = server.add_secure_port(address, grpc.dynamic_ssl_server_credentials(current(), fetch))
+    await server.start()
+    return server, port

@@ -8,11 +8,12 @@ unreachable is the configuration's ``failurePolicy`` (a chart value).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -23,6 +24,36 @@ log = logging.getLogger("clawdbot.operator.webhook")
 
 MUTATE_PATH = "/inject-sidecar"
 NamespaceLabels = Callable[[str], Awaitable[Mapping[str, str]]]
+# How long a namespace's labels are trusted by the webhook before being read again.
+NAMESPACE_LABELS_TTL_S = 10.0
+
+
+class ObjectGetter(Protocol):
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        ...
+
+
+class CachedNamespaceLabels:
+    """A namespace's labels (the opt-in label may sit there), read at most once per
+    ``ttl_s``: every pod creation calls the webhook, and most come in bursts."""
+
+    def __init__(self, kube: ObjectGetter, ttl_s: float = NAMESPACE_LABELS_TTL_S) -> None:
+        self.kube = kube
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, Mapping[str, str]]] = {}
+
+    async def __call__(self, namespace: str) -> Mapping[str, str]:
+        now = asyncio.get_running_loop().time()
+        hit = self._cache.get(namespace)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        ns = await self.kube.get("v1", "Namespace", "", namespace) if namespace else None
+        labels: Mapping[str, str] = ((ns or {}).get("metadata") or {}).get("labels") or {}
+        self._cache[namespace] = (now, labels)
+        return labels
 
 
 class WebhookMetrics:

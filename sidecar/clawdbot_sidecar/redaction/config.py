@@ -1,16 +1,16 @@
-"""Redaction settings: the RoutingPolicy's `redaction` field, checked for use by the engine.
+"""Redaction settings: the RoutingPolicy's `redaction` field, as the engine uses it.
 
-The API type is the single source of truth for the fields; this subclass adds the checks
-the CRD schema cannot express (custom patterns compile, entity names are known), so a bad
-policy is refused with the entity named before any request depends on it.
+The API type is the single source of truth for the fields and their checks (custom patterns
+compile, entity names are known: see `clawdbot_api.v1alpha1.routingpolicy.Redaction`), so
+the API server, the operator and this sidecar refuse the same policies; this subclass only
+freezes it and adds the engine's lookups.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict
 
 from clawdbot_api.v1alpha1.routingpolicy import CustomEntity, Entity, Redaction, RedactionMode
 
@@ -35,30 +35,6 @@ class RedactionConfig(Redaction):
     def from_api(cls, redaction: Redaction) -> RedactionConfig:
         """Check a RoutingPolicy's `spec.redaction` for use (raises pydantic's ValidationError)."""
         return cls.model_validate(redaction.model_dump(by_alias=True))
-
-    @model_validator(mode="after")
-    def _checked(self) -> RedactionConfig:
-        custom_names = [c.name for c in self.custom]
-        seen: set[str] = set()
-        for entity in self.custom:
-            if entity.name in BUILTIN_ENTITIES:
-                raise ValueError(f"custom entity {entity.name!r}: clashes with a built-in entity")
-            if entity.name in seen:
-                raise ValueError(f"custom entity {entity.name!r}: defined more than once")
-            seen.add(entity.name)
-            try:
-                compiled = re.compile(entity.pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"custom entity {entity.name!r}: invalid regular expression: {exc}"
-                ) from exc
-            if compiled.fullmatch("") is not None:
-                raise ValueError(f"custom entity {entity.name!r}: pattern matches the empty string")
-        known = set(BUILTIN_ENTITIES) | set(custom_names)
-        for name in self.per_entity_mode:
-            if name not in known:
-                raise ValueError(f"perEntityMode: unknown entity {name!r}")
-        return self
 
     def active_entities(self) -> tuple[str, ...]:
         """Enabled built-ins in canonical order, then every custom entity (always active)."""

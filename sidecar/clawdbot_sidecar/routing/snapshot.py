@@ -104,12 +104,16 @@ def build(
         # Records after a key change are sealed with the new key: verify each part of the
         # log with the key that was in force (clawdbot audit verify --hmac-key-file).
         audit = AuditLog.from_api(policy.audit, hmac_key=key) if policy.audit.enabled else None
-    if previous is not None and same(lambda c: (c.policy.cache, c.policy_name)):
+    if previous is not None and same(
+        lambda c: (c.policy.cache, c.policy_name, c.cache_redis_password)
+    ):
         cache = previous.cache
     else:
         try:
             prefix = cache_prefix(cache_scope, config.policy_name)
-            cache = build_cache(policy.cache, key_prefix=prefix)
+            cache = build_cache(
+                policy.cache, key_prefix=prefix, redis_password=config.cache_redis_password
+            )
         except Exception:
             if audit is not None and new_audit:
                 audit.close()  # this snapshot never comes into force

@@ -29,7 +29,9 @@ from clawdbot_api.v1alpha1.routingpolicy import (
     Cache,
     CacheBackend,
     CloudEndpoint,
+    CustomEntity,
     LocalModelRef,
+    Redaction,
     Rule,
     RuleMatch,
     Target,
@@ -148,3 +150,34 @@ def test_routing_policy_spec_rules_agree(cloud: Any, local: Any, rules: Any) -> 
         program = ENV.program(ENV.compile(rule.rule))
         got = bool(program.evaluate({"self": celpy.json_to_cel(doc)}))
         assert got == rule.check(obj), rule.rule
+
+
+@pytest.mark.parametrize(
+    "modes", [{}, {"EMAIL": "mask"}, {"TICKET": "block"}, {"EMIAL": "mask"}, {"ticket": "mask"}]
+)
+@pytest.mark.parametrize(
+    "custom",
+    [
+        [],
+        [{"name": "TICKET", "pattern": "T-[0-9]+"}],
+        [{"name": "TICKET", "pattern": "T-[0-9]+"}, {"name": "TICKET", "pattern": "X"}],
+        [{"name": "EMAIL", "pattern": "x@y"}],
+    ],
+)
+def test_redaction_rules_agree(modes: Any, custom: Any) -> None:
+    """perEntityMode keys, custom names: the API server refuses what the types refuse."""
+    obj = Redaction.model_construct(
+        per_entity_mode=modes, custom=[CustomEntity.model_validate(c) for c in custom]
+    )
+    doc: dict[str, Any] = {"perEntityMode": modes, "custom": custom}
+    for rule in rules_of(Redaction):
+        program = ENV.program(ENV.compile(rule.rule))
+        got = bool(program.evaluate({"self": celpy.json_to_cel(doc)}))
+        assert got == rule.check(obj), (rule.rule, doc)
+    # The types' own validators say the same (with the entity named).
+    valid = all(rule.check(obj) for rule in rules_of(Redaction))
+    try:
+        Redaction.model_validate(doc)
+        assert valid, doc
+    except ValueError:
+        assert not valid, doc

@@ -50,3 +50,21 @@ def test_crds_check_fails_on_drift(tmp_path: Path, capsys: pytest.CaptureFixture
     target.write_text(target.read_text() + "# edited\n")
     assert main(["crds", "--output-dir", str(tmp_path), "--check"]) == 1
     assert "run 'make crds'" in capsys.readouterr().err
+
+
+def test_validate_refuses_a_redaction_the_sidecar_could_not_apply(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the API server's CEL can't check (Python's re) the types check, so
+    ``clawdbot validate`` refuses it before anyone applies it, naming the field."""
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(
+        "apiVersion: clawdbot.io/v1alpha1\nkind: RoutingPolicy\nmetadata: {name: p}\n"
+        "spec:\n  redaction:\n    custom:\n"
+        "      - {name: TICKET, pattern: '(?<=a+)T-[0-9]+'}\n"  # variable-width look-behind
+        "    perEntityMode: {EMIAL: mask}\n"
+    )
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.redaction.custom[0].pattern: custom entity 'TICKET': invalid regular" in err
+    assert "look-behind requires fixed-width pattern" in err

@@ -203,3 +203,31 @@ def test_label_selector_semantics(
     selector: dict[str, Any], labels: dict[str, str], expected: bool
 ) -> None:
     assert LabelSelector.model_validate(selector).matches(labels) is expected
+
+
+@pytest.mark.parametrize(
+    ("redaction", "where", "message"),
+    [
+        ({"custom": [{"name": "T", "pattern": "("}]}, ("custom", 0, "pattern"), "invalid regular"),
+        ({"custom": [{"name": "T", "pattern": "x?"}]}, ("custom", 0, "pattern"), "empty string"),
+        ({"custom": [{"name": "PHONE", "pattern": "x"}]}, ("custom",), "clashes with a built-in"),
+        ({"perEntityMode": {"EMIAL": "mask"}}, (), "perEntityMode: unknown entity 'EMIAL'"),
+        ({"entities": ["EMIAL"]}, ("entities", 0), "Input should be"),
+    ],
+)
+def test_a_redaction_the_sidecar_could_not_apply_is_refused_naming_the_field(
+    redaction: dict[str, Any], where: tuple[Any, ...], message: str
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        RoutingPolicySpec.model_validate({"redaction": redaction})
+    (error,) = err.value.errors()
+    assert error["loc"] == ("redaction", *where)
+    assert message in error["msg"]
+
+
+def test_custom_entities_may_be_given_modes() -> None:
+    spec = RoutingPolicySpec.model_validate({"redaction": {
+        "custom": [{"name": "TICKET", "pattern": "T-[0-9]+"}],
+        "perEntityMode": {"TICKET": "block", "EMAIL": "mask"},
+    }})  # fmt: skip
+    assert spec.redaction.per_entity_mode == {"TICKET": "block", "EMAIL": "mask"}

@@ -15,6 +15,7 @@ import pytest
 from clawdbot_cli import cluster
 from clawdbot_cli.main import build_parser
 from clawdbot_cli.main import main as clawdbot
+from clawdbot_operator.kube import KubeError
 from clawdbot_sidecar.accounting.audit import AuditLog, AuditRecord
 
 Obj = dict[str, Any]
@@ -51,49 +52,56 @@ def cond(kind: str, status: str, when: str, message: str = "", reason: str = "R"
 
 def revisions(*phases: str) -> list[Obj]:
     return [
-        {"revision": i, "hash": f"h{i}", "modelVersion": str(i), "phase": p}
+        {"revision": i, "hash": f"h{i}", "modelVersion": str(i), "phase": p,
+         "createdAt": f"2026-01-01T00:0{i}:00Z"}
         for i, p in enumerate(phases, 1)
-    ]
+    ]  # fmt: skip
 
 
 class FakeApi:
-    """Objects by (plural, namespace, name); ``on_patch`` plays the operator."""
+    """Objects by (kind, namespace, name), with the operator client's interface; ``steps``
+    play the operator."""
 
     def __init__(self, *objects: tuple[str, Obj]) -> None:
         self.objects: dict[tuple[str, str, str], Obj] = {}
-        for plural, obj in objects:
+        for kind, obj in objects:
             meta = obj["metadata"]
-            self.objects[(plural, meta["namespace"], meta["name"])] = obj
+            self.objects[(kind, meta["namespace"], meta["name"])] = obj
         self.patches: list[Obj] = []
         self.gets = 0
         self.steps: list[Callable[[Obj], None]] = []
         self.logs: dict[tuple[str, str, str], str] = {}
 
-    async def list_objects(self, plural: str, namespace: str | None) -> list[Obj]:
+    async def list(self, api_version: str, kind: str, namespace: str | None,
+                   label_selector: str = "") -> list[Obj]:  # fmt: skip
         return [
             copy.deepcopy(o)
-            for (p, ns, _), o in self.objects.items()
-            if p == plural and namespace in (None, ns)
+            for (k, ns, _), o in self.objects.items()
+            if k == kind and namespace in (None, ns)
         ]
 
-    async def get_object(self, plural: str, namespace: str, name: str) -> Obj:
-        key = (plural, namespace, name)
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        key = (kind, namespace, name)
         if key not in self.objects:
-            raise cluster.ClusterError(f'{plural} "{name}" not found (HTTP 404)')
+            return None
         self.gets += 1
         # The operator moves one step per read once the request is in.
         if self.patches and self.steps:
             self.steps.pop(0)(self.objects[key])
         return copy.deepcopy(self.objects[key])
 
-    async def merge_patch(self, plural: str, namespace: str, name: str, patch: Obj) -> Obj:
+    async def patch_model_deployment(
+        self, namespace: str, name: str, patch: Obj, *, status: bool = False
+    ) -> Obj:
         self.patches.append(patch)
-        obj = self.objects[(plural, namespace, name)]
+        obj = self.objects[("ModelDeployment", namespace, name)]
         obj["spec"].update(patch["spec"])
         obj["metadata"]["generation"] += 1
         return copy.deepcopy(obj)
 
-    async def pod_log(self, namespace: str, pod: str, container: str, previous: bool) -> str:
+    async def pod_log(
+        self, namespace: str, pod: str, container: str, previous: bool = False
+    ) -> str:
         return self.logs[(namespace, pod, container)]
 
 
@@ -118,24 +126,28 @@ def test_last_condition_message_is_the_latest_transition() -> None:
             cond("Ready", "True", "2026-01-01T00:00:07Z", "middle"),
         ],
     )
-    assert cluster.last_condition_message(obj) == "newest"
-    assert cluster.last_condition_message(md("y")) == ""
+    view = cluster.ModelDeploymentView.of(obj)
+    assert cluster.last_condition_message(view.status.conditions) == "newest"
+    assert (
+        cluster.last_condition_message(cluster.ModelDeploymentView.of(md("y")).status.conditions)
+        == ""
+    )
 
 
 async def test_status_tables_for_one_namespace() -> None:
     long = "Revision 2 failed: CrashLoopBackOff in pod llama-abc; rolled back to revision 1 " * 2
     api = FakeApi(
-        ("modeldeployments", md(
+        ("ModelDeployment", md(
             "llama", phase="Available", readyReplicas=2, currentRevision=2, stableRevision=2,
             conditions=[cond("Ready", "True", "2026-01-01T00:00:00Z", "Revision 2 is rolled out.")],
         )),
-        ("modeldeployments", md(
+        ("ModelDeployment", md(
             "bad", replicas=1, phase="Degraded", currentRevision=1,
             conditions=[cond("Degraded", "True", "2026-01-01T00:00:00Z", long)],
         )),
-        ("modeldeployments", md("new", replicas=3)),
-        ("modeldeployments", md("elsewhere", namespace="other")),
-        ("routingpolicies", {
+        ("ModelDeployment", md("new", replicas=3)),
+        ("ModelDeployment", md("elsewhere", namespace="other")),
+        ("RoutingPolicy", {
             "metadata": {"name": "chat", "namespace": "ai"},
             "status": {"matchedPods": 3, "readyEndpoints": 2,
                        "conditions": [cond("Ready", "True", "2026-01-01T00:00:00Z", "ok")]},
@@ -162,7 +174,7 @@ async def test_status_tables_for_one_namespace() -> None:
 
 
 async def test_status_all_namespaces_and_empty() -> None:
-    api = FakeApi(("modeldeployments", md("b", namespace="z")), ("modeldeployments", md("a")))
+    api = FakeApi(("ModelDeployment", md("b", namespace="z")), ("ModelDeployment", md("a")))
     out = io.StringIO()
     await cluster.status(api, None, out=out)
     lines = out.getvalue().splitlines()
@@ -226,7 +238,7 @@ def _llama(**status: Any) -> FakeApi:
     base.update(status)
     obj = md("llama", **base)
     obj["status"]["replicas"] = 2  # (md's replicas= is spec.replicas)
-    return FakeApi(("modeldeployments", obj))
+    return FakeApi(("ModelDeployment", obj))
 
 
 async def test_rollback_sets_rollback_to_and_follows_the_operator() -> None:
@@ -414,7 +426,7 @@ def test_run_wires_the_fake_api(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    api = FakeApi(("modeldeployments", md("llama", namespace="ns1")))
+    api = FakeApi(("ModelDeployment", md("llama", namespace="ns1")))
     seen: list[tuple[str, str | None]] = []
 
     async def connect(kubeconfig: str, context: str | None) -> cluster.Api:
@@ -430,7 +442,9 @@ def test_run_wires_the_fake_api(
 
     args = build_parser().parse_args(["rollback", "nope", "--to-revision", "1", "-n", "ns1"])
     assert cluster.run(args, connect) == 1
-    assert 'error: modeldeployments "nope" not found' in capsys.readouterr().err
+    assert 'error: modeldeployments.clawdbot.io "nope" not found in namespace ns1' in (
+        capsys.readouterr().err
+    )
 
 
 def test_decisions_from_a_saved_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -447,3 +461,27 @@ def test_commands_are_registered() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert {"status", "rollback", "decisions"} <= set(sub.choices)
+
+
+def test_an_api_refusal_is_reported_in_the_api_servers_words(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The operator's client raises KubeError; the CLI prints the Status message."""
+
+    class Forbidden(FakeApi):
+        async def list(self, api_version: str, kind: str, namespace: str | None,
+                       label_selector: str = "") -> list[Obj]:  # fmt: skip
+            raise KubeError(
+                403,
+                "GET /apis/...: {...}",
+                'modeldeployments.clawdbot.io is forbidden: User "dev" cannot list',
+            )
+
+    async def connect(kubeconfig: str, context: str | None) -> cluster.Api:
+        return Forbidden()
+
+    args = build_parser().parse_args(["status", "-n", "ns1", "--kubeconfig", "kc"])
+    assert cluster.run(args, connect) == 1
+    assert capsys.readouterr().err == (
+        'error: modeldeployments.clawdbot.io is forbidden: User "dev" cannot list (HTTP 403)\n'
+    )

@@ -10,8 +10,9 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from clawdbot_operator.config import OperatorConfig
-from clawdbot_operator.handlers import register
+from clawdbot_operator.controllers.modeldeployment import register, resync
+from clawdbot_operator.controllers.routingpolicy import RoutingPolicyController
+from clawdbot_operator.discovery.server import DiscoveryState
 from clawdbot_operator.kube import Kube, KubeError
 from clawdbot_operator.leader import (
     Action,
@@ -23,10 +24,7 @@ from clawdbot_operator.leader import (
     parse_time,
     released_spec,
 )
-from clawdbot_operator.loadreports import LoadReportStore
-from clawdbot_operator.main import resync
 from clawdbot_operator.reconciler import Reconciler
-from clawdbot_operator.routing import RoutingPlane
 
 Obj = dict[str, Any]
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -353,6 +351,10 @@ async def test_watch_handlers_reconcile_only_on_the_leader(leading: bool) -> Non
     assert len(reconciler.reconciled) == (6 if leading else 0)
 
 
+async def no_secret(namespace: str, name: str, key: str) -> str | None:
+    return None
+
+
 class StatusKube(FakeLeases):
     def __init__(self) -> None:
         super().__init__()
@@ -368,7 +370,9 @@ class StatusKube(FakeLeases):
 @pytest.mark.parametrize("leading", [True, False])
 async def test_routing_policy_status_is_written_only_by_the_leader(leading: bool) -> None:
     kube = StatusKube()
-    plane = RoutingPlane(kube, OperatorConfig(), LoadReportStore(), "ops", lambda: leading)
+    controller = RoutingPolicyController(
+        kube, DiscoveryState(), lambda: leading, get_secret=no_secret
+    )
     policy = {"metadata": {"name": "p", "namespace": "ns", "generation": 1}, "spec": {}}
-    await plane._policy_status(policy, None, "spec: invalid")
+    await controller._policy_status(policy, None, "spec: invalid")
     assert len(kube.patched) == (1 if leading else 0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clawdbot_operator.main import parse_args
+from clawdbot_operator.config import OperatorConfig
+from clawdbot_operator.main import config_from_args, parse_args
 
 
 def test_defaults_watch_every_namespace() -> None:
@@ -51,3 +52,24 @@ def test_namespace_and_all_namespaces_exclude_each_other(
     with pytest.raises(SystemExit):
         parse_args(["--namespace", "a", "--all-namespaces"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_flags_and_environment_make_one_config() -> None:
+    env = {"CLAWDBOT_RESYNC_SECONDS": "3", "POD_NAMESPACE": "ops", "POD_NAME": "op-0",
+           "CLAWDBOT_ACCEPT_LOAD_REPORTS": "true"}  # fmt: skip
+    config = config_from_args(
+        parse_args(["-n", "a", "-n", "b", "--metrics-port", "0", "--leader-elect"]), env
+    )
+    assert (config.namespaces, config.metrics_port, config.leader_elect) == (("a", "b"), 0, True)
+    assert (config.resync_seconds, config.namespace, config.pod_name) == (3.0, "ops", "op-0")
+    # The flag names the setting, so the command line decides it.
+    assert config.accept_load_reports is False
+    defaults = config_from_args(parse_args([]), {})
+    assert defaults.namespace == "clawdbot-system" and defaults.leader_election_namespace == ""
+
+
+def test_a_boolean_setting_is_a_word_not_any_text() -> None:
+    assert OperatorConfig.load({"CLAWDBOT_LEADER_ELECT": "false"}).leader_elect is False
+    assert OperatorConfig.load({"CLAWDBOT_LEADER_ELECT": "yes"}).leader_elect is True
+    with pytest.raises(ValueError, match="leader_elect"):
+        OperatorConfig.load({"CLAWDBOT_LEADER_ELECT": "maybe"})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from clawdbot_operator.loadreports import LoadReport, LoadReportStore
@@ -26,9 +27,18 @@ def store() -> LoadReportStore:
     return s
 
 
+class Anyone:
+    """Serves every request: these tests are about the answers (who may ask is
+    test_metrics_auth.py's)."""
+
+    async def check(self, request: web.Request) -> web.Response | None:
+        return None
+
+
 @pytest.fixture
 async def client(store: LoadReportStore) -> AsyncIterator[TestClient[object, object]]:
-    async with TestClient(TestServer(make_app(store, accept_reports=True))) as c:
+    app = make_app(store, auth=Anyone(), accept_reports=True)
+    async with TestClient(TestServer(app)) as c:
         yield c
 
 
@@ -103,3 +113,20 @@ def test_self_signed_certificate(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path, ["localhost", "127.0.0.1"])
     assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert key.stat().st_mode & 0o077 == 0
+
+
+async def test_posted_reports_are_stamped_when_received(
+    client: TestClient[object, object], store: LoadReportStore
+) -> None:
+    """A report dated next year would hold its load up long after its sender stopped."""
+    before = datetime.now(UTC)
+    resp = await client.post(
+        "/loadreports",
+        json={"namespace": "ns3", "modelDeployment": "m", "inflightRequests": 50,
+              "timestamp": "2099-01-01T00:00:00Z"},
+    )  # fmt: skip
+    assert resp.status == 202
+    (value,) = store.metric_values("ns3", "clawdbot_inflight_requests")
+    assert before <= value.timestamp <= datetime.now(UTC)
+    later = datetime.now(UTC) + store.gauge_ttl + timedelta(seconds=1)
+    assert store.metric_values("ns3", "clawdbot_inflight_requests", later) == []

@@ -35,6 +35,8 @@ class FakeKube(Kube):
         old = self.objects.get(key)
         new = copy.deepcopy(manifest)
         generation = 1
+        # The API server gives an object its UID when it is created, and keeps it.
+        new["metadata"]["uid"] = (old or new)["metadata"].get("uid") or f"uid-{key[0]}-{key[2]}"
         if old is not None:
             generation = old["metadata"]["generation"]
             if old.get("spec") != new.get("spec"):
@@ -337,3 +339,50 @@ async def test_a_snapshot_left_by_a_run_that_died_is_replaced_when_the_spec_move
     )
     template = kube.deployment()["spec"]["template"]["metadata"]
     assert template["labels"]["app.kubernetes.io/version"] == "3"
+
+
+def crash_looping_pod(name: str, revision: str, owner: str | None) -> Obj:
+    """A pod with the ModelDeployment's labels whose container crash-loops."""
+    refs = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": owner,
+             "controller": True}] if owner else []  # fmt: skip
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ai", "ownerReferences": refs,
+                     "labels": {"app.kubernetes.io/instance": "llama",
+                                "app.kubernetes.io/managed-by": "clawdbot-operator",
+                                "clawdbot.io/model-deployment": "llama",
+                                "clawdbot.io/revision": revision}},
+        "status": {"containerStatuses": [
+            {"restartCount": 9, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]},
+    }  # fmt: skip
+
+
+async def test_only_the_deployments_own_pods_can_fail_a_revision(kube: FakeKube) -> None:
+    """A crash-looping pod that merely carries the labels (anyone who can create pods can
+    write them) does not roll a revision back; one of the Deployment's ReplicaSets does."""
+    clock = Clock()
+    rec = Reconciler(kube, OperatorConfig(), LoadReportStore(), clock)
+    await rec.reconcile_named("ai", "llama")
+    kube.roll_out()
+    await rec.reconcile_named("ai", "llama")
+    kube.set_spec(model={"name": "llama-7b", "uri": "pvc://models/llama", "version": "2"})
+    await rec.reconcile_named("ai", "llama")
+    deployment_uid = kube.deployment()["metadata"]["uid"]
+    kube.objects[("Pod", "ai", "stranger")] = crash_looping_pod("stranger", "2", owner=None)
+    kube.objects[("Pod", "ai", "foreign")] = crash_looping_pod("foreign", "2", owner="rs-x")
+    await rec.reconcile_named("ai", "llama")
+    assert kube.md()["status"]["currentRevision"] == 2
+    assert "RolledBack" not in kube.reasons()
+
+    labels = kube.deployment()["spec"]["template"]["metadata"]["labels"]
+    kube.objects[("ReplicaSet", "ai", "llama-2")] = {
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "llama-2", "namespace": "ai", "uid": "rs-2", "labels": labels,
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                          "name": "llama", "uid": deployment_uid,
+                                          "controller": True}]},
+    }  # fmt: skip
+    kube.objects[("Pod", "ai", "llama-2-a")] = crash_looping_pod("llama-2-a", "2", owner="rs-2")
+    await rec.reconcile_named("ai", "llama")
+    assert kube.md()["status"]["currentRevision"] == 1
+    assert "RolledBack" in kube.reasons()

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from clawdbot_operator.webhook import certs
+from clawdbot_operator import tls as serving_tls
 from clawdbot_operator.webhook.inject import (
     SidecarSettings,
     decide,
@@ -94,7 +94,9 @@ def _review(pod: Mapping[str, Any], namespace: str, operation: str = "CREATE") -
 
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    bundle = certs.issue([*certs.dns_names("clawdbot-operator", OPERATOR_NS), "localhost"])
+    bundle = serving_tls.issue(
+        [*serving_tls.dns_names("clawdbot-operator", OPERATOR_NS), "localhost"]
+    )
     cert, key = bundle.write(tmp_path)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert, key)
@@ -147,12 +149,12 @@ async def test_admission_endpoint_over_tls(tls: tuple[ssl.SSLContext, ssl.SSLCon
 
 def test_certificates_rotate_before_expiry() -> None:
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    names = certs.dns_names("clawdbot-operator", OPERATOR_NS)
-    first = certs.rotate(None, names, now)
-    assert certs.rotate(first, names, now + dt.timedelta(days=30)) is first
+    names = serving_tls.dns_names("clawdbot-operator", OPERATOR_NS)
+    first = serving_tls.rotate(None, names, now)
+    assert serving_tls.rotate(first, names, now + dt.timedelta(days=30)) is first
     # Two thirds into the leaf's year: a new leaf from the same CA (caBundle unchanged).
-    later = certs.rotate(first, names, now + dt.timedelta(days=250))
+    later = serving_tls.rotate(first, names, now + dt.timedelta(days=250))
     assert later.ca_cert == first.ca_cert and later.cert != first.cert
     # Near the CA's end: a new CA as well.
-    much_later = certs.rotate(later, names, now + dt.timedelta(days=3000))
+    much_later = serving_tls.rotate(later, names, now + dt.timedelta(days=3000))
     assert much_later.ca_cert != first.ca_cert

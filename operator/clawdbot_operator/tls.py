@@ -288,6 +288,9 @@ class ServingCertificates:
         self.bundle: CertBundle | None = None
         self.version = 0
         self._ssl: ssl.SSLContext | None = None
+        # Contexts of servers that need one of their own (the metrics API asks clients for
+        # certificates): each gets the renewed certificate too.
+        self._own: list[ssl.SSLContext] = []
         self._tls_dir = Path(tempfile.mkdtemp(prefix="clawdbot-tls-"))
         self._task: asyncio.Task[None] | None = None
         self._published = False
@@ -312,9 +315,10 @@ class ServingCertificates:
         self.bundle = fresh
         if changed:
             cert, key = fresh.write(self._tls_dir)
-            if self._ssl is not None:
-                # Running servers take the new certificate on their next handshake.
-                self._ssl.load_cert_chain(cert, key)
+            # Running servers take the new certificate on their next handshake.
+            for context in [self._ssl, *self._own]:
+                if context is not None:
+                    context.load_cert_chain(cert, key)
             self.version += 1
         self._published = await self.publish(fresh.ca_cert)
         return changed
@@ -434,13 +438,18 @@ class ServingCertificates:
 
     # -- serving and renewal ------------------------------------------------------------
 
-    def server_ssl(self) -> ssl.SSLContext:
-        """The SSL context every HTTPS server of the operator serves with."""
+    def server_ssl(self, *, own: bool = False) -> ssl.SSLContext:
+        """The SSL context the operator's HTTPS servers serve with; ``own``: a new one for
+        a server that configures it further (client certificates), kept renewed as well."""
         if self.bundle is None:
             raise RuntimeError("ServingCertificates.start() must run before the servers")
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._ssl.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
+        if own or self._ssl is None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._tls_dir / "tls.crt", self._tls_dir / "tls.key")
+            if own:
+                self._own.append(context)
+                return context
+            self._ssl = context
         return self._ssl
 
     async def start(self) -> None:

@@ -18,19 +18,19 @@ import pytest
 from cryptography import x509
 
 from clawdbot_operator import main as operator_main
-from clawdbot_operator import metrics_api
+from clawdbot_operator import manager, metrics_api, tls
 from clawdbot_operator.config import OperatorConfig
 from clawdbot_operator.kube import Kube, KubeError, Obj
 from clawdbot_operator.leader import LeaderElector
 from clawdbot_operator.loadreports import LoadReportStore
-from clawdbot_operator.webhook import certs
+from clawdbot_operator.metrics_auth import Access, MetricsAuth, User
 
 NS = "clawdbot-system"
 WEBHOOKS = "clawdbot-sidecar-injector"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
 SECRET = "clawdbot-serving-cert"
 OWNER = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "clawdbot", "uid": "u-1"}
-NAMES = certs.service_names(
+NAMES = tls.service_names(
     ["clawdbot-webhook", "clawdbot-discovery", "clawdbot-metrics"], NS, "localhost"
 )
 
@@ -109,7 +109,7 @@ class FakeKube(Kube):
 def webhook_configuration() -> Obj:
     hook = {"clientConfig": {"service": {"name": "clawdbot-webhook", "namespace": NS}}}
     return {
-        "apiVersion": certs.WEBHOOK_API,
+        "apiVersion": tls.WEBHOOK_API,
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": WEBHOOKS},
         "webhooks": [{"name": "namespace.inject.clawdbot.io", **copy.deepcopy(hook)},
@@ -119,7 +119,7 @@ def webhook_configuration() -> Obj:
 
 def api_service(**spec: Any) -> Obj:
     return {
-        "apiVersion": certs.APISERVICE_API,
+        "apiVersion": tls.APISERVICE_API,
         "kind": "APIService",
         "metadata": {"name": APISERVICE},
         "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1",
@@ -135,7 +135,7 @@ def kube() -> FakeKube:
     return k
 
 
-def replica(kube: Kube, names: list[str] | None = None, **kw: Any) -> certs.ServingCertificates:
+def replica(kube: Kube, names: list[str] | None = None, **kw: Any) -> tls.ServingCertificates:
     options: dict[str, Any] = {
         "secret": SECRET,
         "webhook_configuration": WEBHOOKS,
@@ -143,7 +143,7 @@ def replica(kube: Kube, names: list[str] | None = None, **kw: Any) -> certs.Serv
         "owner_references": [OWNER],
         **kw,
     }
-    return certs.ServingCertificates(kube, NS, names or NAMES, **options)
+    return tls.ServingCertificates(kube, NS, names or NAMES, **options)
 
 
 def b64(data: bytes) -> str:
@@ -151,37 +151,37 @@ def b64(data: bytes) -> str:
 
 
 def test_issue_names_ip_addresses_as_such() -> None:
-    bundle = certs.issue(["svc.ns.svc", "localhost", "127.0.0.1", "::1"])
+    bundle = tls.issue(["svc.ns.svc", "localhost", "127.0.0.1", "::1"])
     cert = x509.load_pem_x509_certificate(bundle.cert)
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["svc.ns.svc", "localhost"]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
-    assert certs.names_of(bundle.cert) == {"svc.ns.svc", "localhost", "127.0.0.1", "::1"}
+    assert tls.names_of(bundle.cert) == {"svc.ns.svc", "localhost", "127.0.0.1", "::1"}
 
 
 def test_a_leaf_missing_a_name_is_reissued_from_the_same_ca() -> None:
     """An upgrade that adds the metrics Service must not change the published CA."""
-    old = certs.issue(certs.service_names(["clawdbot-webhook"], NS, "localhost"))
-    new = certs.rotate(old, NAMES)
+    old = tls.issue(tls.service_names(["clawdbot-webhook"], NS, "localhost"))
+    new = tls.rotate(old, NAMES)
     assert new.ca_cert == old.ca_cert and new.cert != old.cert
-    assert set(NAMES) <= certs.names_of(new.cert)
-    assert certs.rotate(new, NAMES) is new  # every name covered: kept as it is
+    assert set(NAMES) <= tls.names_of(new.cert)
+    assert tls.rotate(new, NAMES) is new  # every name covered: kept as it is
 
 
 def test_service_names_skip_disabled_services_and_duplicates() -> None:
-    names = certs.service_names(["a", "", "a"], "ns", "localhost", "a.ns.svc")
+    names = tls.service_names(["a", "", "a"], "ns", "localhost", "a.ns.svc")
     assert names == ["a", "a.ns", "a.ns.svc", "a.ns.svc.cluster.local", "localhost"]
 
 
 def test_self_signed_is_its_own_issuer(tmp_path: Path) -> None:
-    cert_path, key_path = certs.self_signed(tmp_path, ["localhost", "127.0.0.1"])
+    cert_path, key_path = tls.self_signed(tmp_path, ["localhost", "127.0.0.1"])
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert cert.issuer == cert.subject
     assert key_path.stat().st_mode & 0o077 == 0
     # The metrics module keeps the name its callers use.
     (tmp_path / "m").mkdir()
     other, _ = metrics_api.self_signed(tmp_path / "m", ["x.ns.svc"])
-    assert certs.names_of(other.read_bytes()) == {"x.ns.svc"}
+    assert tls.names_of(other.read_bytes()) == {"x.ns.svc"}
 
 
 async def test_the_first_replica_issues_into_the_secret_and_publishes_the_ca(
@@ -191,7 +191,7 @@ async def test_the_first_replica_issues_into_the_secret_and_publishes_the_ca(
     assert await first.ensure() is True
     assert first.bundle is not None
     secret = kube.obj("Secret", SECRET, NS)
-    assert certs.CertBundle.from_secret(secret) == first.bundle
+    assert tls.CertBundle.from_secret(secret) == first.bundle
     assert secret["type"] == "kubernetes.io/tls"
     # Owned by the operator's Deployment: the garbage collector deletes it on uninstall.
     assert secret["metadata"]["ownerReferences"] == [OWNER]
@@ -200,7 +200,7 @@ async def test_the_first_replica_issues_into_the_secret_and_publishes_the_ca(
     assert [h["clientConfig"]["caBundle"] for h in hooks] == [ca, ca]
     assert hooks[0]["clientConfig"]["service"]["name"] == "clawdbot-webhook"  # untouched
     assert kube.obj("APIService", APISERVICE)["spec"]["caBundle"] == ca
-    assert set(NAMES) <= certs.names_of(first.bundle.cert)
+    assert set(NAMES) <= tls.names_of(first.bundle.cert)
 
     # Nothing changed: no write at all on the next check.
     version = kube.version
@@ -215,14 +215,14 @@ async def test_replicas_starting_together_serve_and_publish_one_ca(kube: FakeKub
     assert len(bundles) == 1
     (bundle,) = bundles
     assert bundle is not None
-    assert certs.CertBundle.from_secret(kube.obj("Secret", SECRET, NS)) == bundle
+    assert tls.CertBundle.from_secret(kube.obj("Secret", SECRET, NS)) == bundle
     assert kube.obj("APIService", APISERVICE)["spec"]["caBundle"] == b64(bundle.ca_cert)
 
 
 async def test_an_older_secret_gets_the_new_names_and_its_owner_keeps_its_ca(
     kube: FakeKube,
 ) -> None:
-    old = certs.issue(certs.service_names(["clawdbot-webhook"], NS, "localhost"))
+    old = tls.issue(tls.service_names(["clawdbot-webhook"], NS, "localhost"))
     kube.put({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
               "metadata": {"name": SECRET, "namespace": NS},
               "data": old.secret_data()})  # fmt: skip
@@ -230,7 +230,7 @@ async def test_an_older_secret_gets_the_new_names_and_its_owner_keeps_its_ca(
     await upgraded.ensure()
     assert upgraded.bundle is not None and upgraded.bundle.ca_cert == old.ca_cert
     secret = kube.obj("Secret", SECRET, NS)
-    assert certs.CertBundle.from_secret(secret) == upgraded.bundle
+    assert tls.CertBundle.from_secret(secret) == upgraded.bundle
     assert secret["metadata"]["ownerReferences"] == [OWNER]
 
     # A current Secret written before owners were known is only given its owner.
@@ -241,7 +241,7 @@ async def test_an_older_secret_gets_the_new_names_and_its_owner_keeps_its_ca(
     again = replica(kube)
     assert await again.ensure() is True  # a new process: its first certificate
     secret = kube.obj("Secret", SECRET, NS)
-    assert certs.CertBundle.from_secret(secret) == upgraded.bundle
+    assert tls.CertBundle.from_secret(secret) == upgraded.bundle
     assert secret["metadata"]["ownerReferences"] == [OWNER]
 
 
@@ -270,7 +270,7 @@ async def test_publishing_waits_for_missing_objects_and_respects_skip_verify() -
 async def test_cert_manager_mode_reads_the_directory_and_publishes_nothing(
     kube: FakeKube, tmp_path: Path
 ) -> None:
-    bundle = certs.issue(NAMES)
+    bundle = tls.issue(NAMES)
     bundle.write(tmp_path)
     managed = replica(kube, cert_dir=str(tmp_path))
     await managed.ensure()
@@ -280,11 +280,16 @@ async def test_cert_manager_mode_reads_the_directory_and_publishes_nothing(
 
 
 @pytest.fixture
-async def metrics_server(kube: FakeKube) -> AsyncIterator[tuple[int, certs.ServingCertificates]]:
+async def metrics_server(kube: FakeKube) -> AsyncIterator[tuple[int, tls.ServingCertificates]]:
     certificates = replica(kube)
     await certificates.start()
+    auth = MetricsAuth(read_configmap=no_configmap, review=no_review)
     runner = await metrics_api.serve(
-        LoadReportStore(), host="127.0.0.1", port=0, ssl_context=certificates.server_ssl()
+        LoadReportStore(),
+        auth=auth,
+        host="127.0.0.1",
+        port=0,
+        ssl_context=certificates.server_ssl(own=True),
     )
     port = runner.addresses[0][1]
     try:
@@ -294,16 +299,24 @@ async def metrics_server(kube: FakeKube) -> AsyncIterator[tuple[int, certs.Servi
         await certificates.stop()
 
 
+async def no_configmap(namespace: str, name: str) -> dict[str, Any] | None:
+    return None
+
+
+async def no_review(user: User, access: Access) -> bool:
+    return False
+
+
 async def _get(port: int, ca: bytes, server_name: str) -> int:
     context = ssl.create_default_context(cadata=ca.decode())
     async with aiohttp.ClientSession() as session:
-        url = f"https://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1"
+        url = f"https://127.0.0.1:{port}/healthz"  # TLS is the question here, not who asks
         async with session.get(url, ssl=context, server_hostname=server_name) as resp:
             return resp.status
 
 
 async def test_the_metrics_api_serves_under_the_published_ca(
-    kube: FakeKube, metrics_server: tuple[int, certs.ServingCertificates]
+    kube: FakeKube, metrics_server: tuple[int, tls.ServingCertificates]
 ) -> None:
     """What the aggregator does: dial the Service, check the name it knows the server by
     against the APIService's caBundle."""
@@ -311,14 +324,14 @@ async def test_the_metrics_api_serves_under_the_published_ca(
     ca = base64.b64decode(kube.obj("APIService", APISERVICE)["spec"]["caBundle"])
     assert await _get(port, ca, f"clawdbot-metrics.{NS}.svc") == 200
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
-        await _get(port, certs.issue(NAMES).ca_cert, f"clawdbot-metrics.{NS}.svc")
+        await _get(port, tls.issue(NAMES).ca_cert, f"clawdbot-metrics.{NS}.svc")
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
         await _get(port, ca, "someone-else.example")
 
     # A renewed leaf is served on the next handshake, under the same CA.
     before = certificates.bundle
     assert before is not None
-    renewed = certs.issue(NAMES, ca=(before.ca_cert, before.ca_key))
+    renewed = tls.issue(NAMES, ca=(before.ca_cert, before.ca_key))
     kube.objects.pop(("Secret", NS, SECRET))
     kube.put({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
               "metadata": {"name": SECRET, "namespace": NS, "ownerReferences": [OWNER]},
@@ -331,21 +344,26 @@ async def test_the_metrics_api_serves_under_the_published_ca(
 
 
 def test_the_operator_names_every_service_and_the_apiservice_it_publishes_to() -> None:
-    config = OperatorConfig.from_mapping({"webhook_service": "w", "discovery_service": "d"})
-    args = operator_main.parse_args(["--metrics-service", "m", "--metrics-api-service", APISERVICE])
-    made = operator_main.serving_certificates(args, config, FakeKube(), NS, [OWNER])
+    env = {"CLAWDBOT_WEBHOOK_SERVICE": "w", "CLAWDBOT_DISCOVERY_SERVICE": "d", "POD_NAMESPACE": NS}
+
+    def config(*argv: str) -> OperatorConfig:
+        return operator_main.config_from_args(operator_main.parse_args(argv), env)
+
+    made = manager.serving_certificates(
+        config("--metrics-service", "m", "--metrics-api-service", APISERVICE), FakeKube(), [OWNER]
+    )
     for service in ("w", "d", "m"):
         assert f"{service}.{NS}.svc" in made.names
     assert (made.api_service, made.owner_references) == (APISERVICE, [OWNER])
 
     # Certificate files of its own for the metrics API: its CA is not the operator's.
-    own = operator_main.parse_args(
-        ["--metrics-api-service", APISERVICE, "--metrics-cert-file", "c", "--metrics-key-file", "k"]
+    own = config(
+        "--metrics-api-service", APISERVICE, "--metrics-cert-file", "c", "--metrics-key-file", "k"
     )
-    assert operator_main.serving_certificates(own, config, FakeKube(), NS, []).api_service == ""
+    assert manager.serving_certificates(own, FakeKube(), []).api_service == ""
     # The metrics API off: its Service is not named, nothing is published to the APIService.
-    off = operator_main.parse_args(["--metrics-port", "0", "--metrics-api-service", APISERVICE])
-    made = operator_main.serving_certificates(off, config, FakeKube(), NS, [])
+    off = config("--metrics-port", "0", "--metrics-api-service", APISERVICE)
+    made = manager.serving_certificates(off, FakeKube(), [])
     assert made.api_service == "" and f"m.{NS}.svc" not in made.names
 
 
@@ -362,10 +380,10 @@ async def test_owner_references_name_the_operators_deployment() -> None:
     kube = FakeKube()
     kube.put({"apiVersion": "apps/v1", "kind": "Deployment",
               "metadata": {"name": "clawdbot", "namespace": NS, "uid": "u-9"}})  # fmt: skip
-    refs = await operator_main.owner_references(kube, NS, "clawdbot")
+    refs = await manager.owner_references(kube, NS, "clawdbot")
     assert refs == [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "clawdbot",
                      "uid": "u-9"}]  # fmt: skip
-    assert await operator_main.owner_references(kube, NS, "missing") == []
+    assert await manager.owner_references(kube, NS, "missing") == []
 
 
 async def test_the_lease_a_replica_creates_is_owned() -> None:
@@ -385,11 +403,11 @@ def test_login_uses_the_service_address_from_the_environment(
     settings = kopf.OperatorSettings()
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    info = operator_main.login(settings=settings)
+    info = manager.login(settings=settings)
     assert info is not None and (info.server, info.token) == ("https://10.96.0.1:443", "t")
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
-    info = operator_main.login(settings=settings)
+    info = manager.login(settings=settings)
     assert info is not None and info.server == "https://[fd00::1]:443"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
-    info = operator_main.login(settings=settings)
+    info = manager.login(settings=settings)
     assert info is not None and info.server == "https://kubernetes.default.svc"
