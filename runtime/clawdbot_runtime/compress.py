@@ -31,7 +31,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -426,21 +426,12 @@ def quantize_int4(
     nodes: list[onnx.NodeProto] = []
     replaced: set[str] = set()
     for node in graph.node:
-        new: tuple[Any, ...] | None = None
-        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
-            weight = constant(node.input[1])
-            if weight is not None and weight.shape[0] >= block_size:
-                new = _matmul_nbits(node, weight, block_size)
-                replaced.add(node.input[1])
-        elif node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            table = constant(node.input[0])
-            if table is not None and axis == 0:
-                new = _gather_block_quantized(node, table, block_size)
-                replaced.add(node.input[0])
-        if new is None:
+        found = _int4_replacement(node, constant, block_size)
+        if found is None:
             nodes.append(node)
             continue
+        new, weight_name = found
+        replaced.add(weight_name)
         nodes.append(new[0])
         graph.initializer.extend(new[1:])
     if not replaced:
@@ -457,6 +448,25 @@ def quantize_int4(
     if not any(o.domain == _MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_MS_DOMAIN, 1))
     return model, len(replaced)
+
+
+def _int4_replacement(
+    node: onnx.NodeProto, constant: Callable[[str], Array | None], block_size: int
+) -> tuple[tuple[Any, ...], str] | None:
+    """The int4 nodes and initializers replacing ``node`` and the weight it replaces, or
+    None for a node int4 weight-only quantization leaves alone."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "MatMul":
+        weight = constant(node.input[1])
+        if weight is not None and weight.shape[0] >= block_size:
+            return _matmul_nbits(node, weight, block_size), node.input[1]
+    elif node.op_type == "Gather":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = constant(node.input[0])
+        if table is not None and axis == 0:
+            return _gather_block_quantized(node, table, block_size), node.input[0]
+    return None
 
 
 def held_out_inputs(

@@ -257,63 +257,9 @@ class DecoderSpec(BaseModel):
     ) -> DecoderSpec:
         """Check the graph against the contract; ValueError naming the first thing amiss."""
         by_input = {s.name: s for s in inputs}
-        by_output = {s.name: s for s in outputs}
-        for name in (INPUT_IDS, ATTENTION_MASK):
-            spec = by_input.get(name)
-            if spec is None:
-                raise ValueError(f"the ONNX graph has no input '{name}'; {EXPORT_HINT}")
-            if spec.datatype != "INT64" or len(spec.shape) != 2:
-                raise ValueError(f"input '{name}' must be INT64 [batch, sequence]")
-        layers = _first_int(config, _LAYERS)
-        if layers is None:
-            layers = sum(1 for s in inputs if s.name.startswith("past_key_values.")) // 2
-        if layers < 1:
-            raise ValueError(
-                f"{CONFIG_FILE} has no num_hidden_layers and the ONNX graph no "
-                f"past_key_values inputs; {EXPORT_HINT}"
-            )
-        position = by_input.get(POSITION_IDS)
-        if position is not None and (position.datatype != "INT64" or len(position.shape) != 2):
-            raise ValueError(f"input '{POSITION_IDS}' must be INT64 [batch, sequence]")
-        names = [past_name(i, k) for i in range(layers) for k in ("key", "value")]
-        known = {INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *names}
-        for name in names:
-            if name not in by_input:
-                raise ValueError(
-                    f"the ONNX graph has no input '{name}' ({CONFIG_FILE} says {layers} "
-                    f"layers); {EXPORT_HINT}"
-                )
-        unknown = [s.name for s in inputs if s.name not in known]
-        if unknown:
-            raise ValueError(
-                f"the ONNX graph takes input '{unknown[0]}', which the text-generation-with-past "
-                f"contract has no value for (its inputs: {INPUT_IDS}, {ATTENTION_MASK}, "
-                f"[{POSITION_IDS}], past_key_values.<layer>.key/value)"
-            )
-        logits = by_output.get(LOGITS)
-        if logits is None:
-            raise ValueError(f"the ONNX graph has no output '{LOGITS}'; {EXPORT_HINT}")
-        if logits.datatype not in ("FP32", "FP16") or len(logits.shape) not in (2, 3):
-            raise ValueError(f"output '{LOGITS}' must be float [batch, sequence, vocab]")
-        for i in range(layers):
-            for kind in ("key", "value"):
-                if present_name(i, kind) not in by_output:
-                    raise ValueError(
-                        f"the ONNX graph has no output '{present_name(i, kind)}'; {EXPORT_HINT}"
-                    )
-        kv_heads, head_dim, datatype = _cache_geometry(config, by_input[names[0]])
-        for name in names:
-            spec = by_input[name]
-            if spec.datatype != datatype or spec.shape[1:2] + spec.shape[3:] not in (
-                (kv_heads, head_dim),
-                (-1, head_dim),
-                (kv_heads, -1),
-                (-1, -1),
-            ):
-                raise ValueError(
-                    f"input '{name}' is {spec.datatype} {list(spec.shape)}; every cache input "
-                    f"must be {datatype} [batch, {kv_heads}, past, {head_dim}]"
-                )
+        layers, names = _check_inputs(config, inputs, by_input)
+        _check_outputs({s.name: s for s in outputs}, layers)
+        kv_heads, head_dim, datatype = _check_cache(config, by_input, names)
         context = _first_int(config, _CONTEXT)
         if context is None or context < 2:
             raise ValueError(
@@ -337,7 +283,7 @@ class DecoderSpec(BaseModel):
             eos_token_ids=tuple(eos),
             bos_token_id=bos[0] if bos else None,
             vocab_size=vocab if isinstance(vocab, int) else None,
-            has_position_ids=position is not None,
+            has_position_ids=POSITION_IDS in by_input,
         )
 
 
@@ -374,3 +320,77 @@ def _cache_geometry(config: dict[str, Any], first: TensorSpec) -> tuple[int, int
             f"neither the graph nor {CONFIG_FILE} gives the cache's key/value heads and head_dim"
         )
     return kv_heads, head_dim, first.datatype
+
+
+def _check_inputs(
+    config: dict[str, Any], inputs: list[TensorSpec], by_input: dict[str, TensorSpec]
+) -> tuple[int, list[str]]:
+    """The number of layers and the cache input names; ValueError for a wrong input."""
+    for name in (INPUT_IDS, ATTENTION_MASK):
+        spec = by_input.get(name)
+        if spec is None:
+            raise ValueError(f"the ONNX graph has no input '{name}'; {EXPORT_HINT}")
+        if spec.datatype != "INT64" or len(spec.shape) != 2:
+            raise ValueError(f"input '{name}' must be INT64 [batch, sequence]")
+    layers = _first_int(config, _LAYERS)
+    if layers is None:
+        layers = sum(1 for s in inputs if s.name.startswith("past_key_values.")) // 2
+    if layers < 1:
+        raise ValueError(
+            f"{CONFIG_FILE} has no num_hidden_layers and the ONNX graph no "
+            f"past_key_values inputs; {EXPORT_HINT}"
+        )
+    position = by_input.get(POSITION_IDS)
+    if position is not None and (position.datatype != "INT64" or len(position.shape) != 2):
+        raise ValueError(f"input '{POSITION_IDS}' must be INT64 [batch, sequence]")
+    names = [past_name(i, k) for i in range(layers) for k in ("key", "value")]
+    known = {INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *names}
+    for name in names:
+        if name not in by_input:
+            raise ValueError(
+                f"the ONNX graph has no input '{name}' ({CONFIG_FILE} says {layers} "
+                f"layers); {EXPORT_HINT}"
+            )
+    unknown = [s.name for s in inputs if s.name not in known]
+    if unknown:
+        raise ValueError(
+            f"the ONNX graph takes input '{unknown[0]}', which the text-generation-with-past "
+            f"contract has no value for (its inputs: {INPUT_IDS}, {ATTENTION_MASK}, "
+            f"[{POSITION_IDS}], past_key_values.<layer>.key/value)"
+        )
+    return layers, names
+
+
+def _check_outputs(by_output: dict[str, TensorSpec], layers: int) -> None:
+    """ValueError when the logits or a present output is missing or mis-shaped."""
+    logits = by_output.get(LOGITS)
+    if logits is None:
+        raise ValueError(f"the ONNX graph has no output '{LOGITS}'; {EXPORT_HINT}")
+    if logits.datatype not in ("FP32", "FP16") or len(logits.shape) not in (2, 3):
+        raise ValueError(f"output '{LOGITS}' must be float [batch, sequence, vocab]")
+    for i in range(layers):
+        for kind in ("key", "value"):
+            if present_name(i, kind) not in by_output:
+                raise ValueError(
+                    f"the ONNX graph has no output '{present_name(i, kind)}'; {EXPORT_HINT}"
+                )
+
+
+def _check_cache(
+    config: dict[str, Any], by_input: dict[str, TensorSpec], names: list[str]
+) -> tuple[int, int, str]:
+    """(kv heads, head dim, datatype) every cache input agrees on; ValueError otherwise."""
+    kv_heads, head_dim, datatype = _cache_geometry(config, by_input[names[0]])
+    for name in names:
+        spec = by_input[name]
+        if spec.datatype != datatype or spec.shape[1:2] + spec.shape[3:] not in (
+            (kv_heads, head_dim),
+            (-1, head_dim),
+            (kv_heads, -1),
+            (-1, -1),
+        ):
+            raise ValueError(
+                f"input '{name}' is {spec.datatype} {list(spec.shape)}; every cache input "
+                f"must be {datatype} [batch, {kv_heads}, past, {head_dim}]"
+            )
+    return kv_heads, head_dim, datatype
