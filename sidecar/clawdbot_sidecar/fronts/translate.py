@@ -20,6 +20,8 @@ __all__ = [
     "RETRY_AFTER_S",
     "EventSource",
     "check_fields",
+    "error_headers",
+    "json_error",
     "named_events",
     "new_id",
     "number",
