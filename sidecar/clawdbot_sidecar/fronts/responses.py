@@ -709,8 +709,12 @@ class ResponsesFront:
         writer = ResponsesEvents(turn)
         if answer.native:
             events = self._native_events(answer.chunks, turn, writer)
-        else:
-            events = self._events(answer.chunks, turn, writer)
+            # The cloud's response has its own id: only the error event, no response.failed
+            # of ours that would contradict it.
+            return StreamingResponse(
+                200, named_events(events, lambda exc: writer.broken(exc)[:1]), headers=headers
+            )
+        events = self._events(answer.chunks, turn, writer)
         return StreamingResponse(200, named_events(events, writer.broken), headers=headers)
 
     def _previous(self, body: Any) -> list[dict[str, Any]] | None:
