@@ -91,8 +91,10 @@ class CloudApi(StrEnum):
         message="an anthropic-messages endpoint serves neither embeddings nor audio: "
         "leave embeddingModel and audioModel unset",
         field_path=".api",
-        check=lambda c: c.api != CloudApi.ANTHROPIC_MESSAGES
-        or (c.embedding_model is None and c.audio_model is None),
+        check=lambda c: (
+            c.api != CloudApi.ANTHROPIC_MESSAGES
+            or (c.embedding_model is None and c.audio_model is None)
+        ),
     )
 )
 class CloudEndpoint(CelValidated):
