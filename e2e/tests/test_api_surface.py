@@ -7,9 +7,9 @@ IP), and a policy that also names a local speech server and a cloud audio model.
 ``/v1/audio/translations``, the real ``anthropic`` client ``/v1/messages``: short prompts
 are answered by the local ONNX model, long ones by the cloud stand-in with the planted
 e-mail redacted on the way out and restored on the way back, streamed and not; audio goes
-to the local speech server, never to the cloud. The speech server is a loopback stand-in
-(``clawdbot-cloud-standin --speech``) that names the file it got: no speech model is
-installed here, so transcription itself is not tested, the routing of audio is.
+to the local speech server, never to the cloud. The speech server is a real recognizer
+(``clawdbot-cloud-standin --asr``: PocketSphinx with the US-English model its wheel ships)
+hearing a recorded sentence.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import anthropic
 import openai
 import pytest
 
-from e2e.conftest import E2ECluster
+from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness import routing
 from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator, free_port
@@ -44,7 +44,8 @@ from e2e.harness.routing import (
 
 pytestmark = pytest.mark.e2e
 
-WAV = b"RIFF$\x00\x00\x00WAVEfmt " + b"\x00" * 4000
+# "please call me tomorrow morning about the order" (see tests/unit/sidecar/test_api_audio.py)
+SPEECH = (REPO_ROOT / "tests" / "support" / "speech-en.wav").read_bytes()
 # How long the patched policy may take to reach the sidecar over the discovery stream.
 POLICY_PROPAGATION_S = 30.0
 
@@ -65,11 +66,11 @@ def operator(
 
 @pytest.fixture
 def speech_server(tmp_path: Path) -> Iterator[str]:
-    """The local speech server stand-in; its base URL (``.../v1``)."""
+    """The local speech server (a real recognizer); its base URL (``.../v1``)."""
     port = free_port()
     with (tmp_path / "speech.log").open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "clawdbot-cloud-standin"), "--speech", "--port", str(port)],
+            [str(BIN / "clawdbot-cloud-standin"), "--asr", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -80,7 +81,7 @@ def speech_server(tmp_path: Path) -> Iterator[str]:
                 urllib.request.urlopen(f"{url}/_stub/requests", timeout=1).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no speech stand-in"
+                assert time.monotonic() < deadline and proc.poll() is None, "no speech server"
                 time.sleep(0.2)
         yield f"{url}/v1"
     finally:
@@ -99,7 +100,7 @@ def audio_answered(client: openai.OpenAI, log_tail: Any) -> openai.types.audio.T
     deadline = time.monotonic() + POLICY_PROPAGATION_S
     while True:
         try:
-            return client.audio.transcriptions.create(file=("call.wav", WAV), model="whisper-1")
+            return client.audio.transcriptions.create(file=("call.wav", SPEECH), model="whisper-1")
         except openai.BadRequestError as exc:  # the policy without localSpeech, still
             assert exc.code == "speech_not_configured", exc
             assert time.monotonic() < deadline, log_tail()
@@ -129,12 +130,12 @@ def test_responses_messages_and_audio_through_the_injected_sidecar(
 
         # Audio first: it waits for the patched policy. Local speech server, not the cloud.
         transcript = audio_answered(oai, sidecar.log_tail)
-        assert transcript.text == f"Local transcribe of call.wav ({len(WAV)} bytes)."
+        assert "tomorrow" in transcript.text and "order" in transcript.text, transcript.text
         translated = oai.audio.translations.with_raw_response.create(
-            file=("note.wav", WAV), model="whisper-1", response_format="text"
+            file=("note.wav", SPEECH), model="whisper-1", response_format="text"
         )
         assert translated.headers["x-clawdbot-target"] == "local"
-        assert translated.parse() == f"Local translate of note.wav ({len(WAV)} bytes)."
+        assert translated.parse() == transcript.text
         assert [r["path"] for r in speech_requests(speech_server)] == [
             "/v1/audio/transcriptions", "/v1/audio/translations"]  # fmt: skip
 

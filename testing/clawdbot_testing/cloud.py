@@ -319,15 +319,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9099)
     p.add_argument("--api-key", default=os.environ.get("CLAWDBOT_STUB_API_KEY"))
-    p.add_argument(
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument(
         "--speech",
         action="store_true",
         help="serve only the audio routes, without a key: a stand-in for a local "
         "OpenAI-compatible speech server (it transcribes nothing)",
     )
+    kind.add_argument(
+        "--asr",
+        action="store_true",
+        help="a local OpenAI-compatible speech server on a real recognizer (PocketSphinx, "
+        "English; see clawdbot_testing.asr)",
+    )
     args = p.parse_args(argv)
-    app = cloud_native.build_speech_app() if args.speech else build_app(args.api_key)
-    what = "speech server stand-in" if args.speech else "cloud stand-in"
+    if args.asr:
+        from clawdbot_testing.asr import build_asr_app  # noqa: PLC0415 - loads numpy
+
+        app, what = build_asr_app(), "speech server (PocketSphinx)"
+    elif args.speech:
+        app, what = cloud_native.build_speech_app(), "speech server stand-in"
+    else:
+        app, what = build_app(args.api_key), "cloud stand-in"
     print(f"{what} on http://{args.host}:{args.port}/v1", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None)
     return 0

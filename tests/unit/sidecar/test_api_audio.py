@@ -1,16 +1,18 @@
 """The audio routes: transcriptions and translations through the sidecar, and their forms.
 
-The local speech server here is a loopback stand-in speaking the OpenAI audio API
-(``clawdbot_testing.cloud_native.build_speech_app``), not a speech model: no speech model
-is installed on the machines these tests run on. It answers with the name and size of the
-file it got, so the tests check the routing, the multipart handling and the formats, not
-transcription. The privacy behaviour is real: with redaction on, audio never reaches the
-cloud stand-in.
+Two local speech servers speak the OpenAI audio API on loopback. A real recognizer
+(``clawdbot_testing.asr``: PocketSphinx and the US-English model its wheel ships) gets a
+recorded sentence (``tests/support/speech-en.wav``, espeak-ng's voice) and must hear its
+words, through the sidecar, in every format. A stand-in
+(``clawdbot_testing.cloud_native.build_speech_app``) that names the file it got and echoes
+the prompt checks the form's fields and the routing cheaply. The privacy behaviour is real:
+with redaction on, audio never reaches the cloud stand-in.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,11 +28,24 @@ from clawdbot_sidecar.fronts.multipart import (
     boundary_of,
     parse_form,
 )
+from clawdbot_testing.asr import build_asr_app, pcm16_mono_16k
 from clawdbot_testing.cloud_native import build_speech_app
 from tests.support.servers import serve_app
 
 # A WAV header and a little silence: the stand-ins don't decode it, they count it.
 WAV = b"RIFF$\x00\x00\x00WAVEfmt " + b"\x00" * 2000
+# "please call me tomorrow morning about the order", spoken by espeak-ng (en-us, 140 words
+# a minute), 16 kHz mono; regenerate with `espeak-ng -w` and resample if it must change.
+SPEECH = (Path(__file__).resolve().parents[3] / "tests/support/speech-en.wav").read_bytes()
+# Words PocketSphinx hears in it (it mishears the first half of the sentence).
+HEARD = ("tomorrow", "order")
+
+
+@pytest.fixture
+async def asr() -> AsyncIterator[str]:
+    """The real recognizer's base URL (``.../v1``); its model loads on the first request."""
+    async with serve_app(build_asr_app()) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture
@@ -98,6 +113,34 @@ async def test_with_redaction_on_audio_is_transcribed_locally_never_in_the_cloud
     assert form["response_format"] == "verbose_json"
     assert await received(cloud) == []
     assert 'endpoint="audio/transcriptions",target="local"' in await sc.metrics()
+
+
+async def test_a_real_recognizer_transcribes_speech_through_the_sidecar(
+    cloud: str, asr: str, make_sidecar: StartSidecar
+) -> None:
+    sc = await make_sidecar(audio_policy(cloud, asr), [])
+    client = client_of(sc.url)
+    raw = await client.audio.transcriptions.with_raw_response.create(
+        file=("order.wav", SPEECH, "audio/wav"), model="whisper-1"
+    )
+    assert raw.headers["x-clawdbot-target"] == "local"
+    text = raw.parse().text
+    for words in HEARD:
+        assert words in text, text
+    srt = await client.audio.translations.create(
+        file=("order.wav", SPEECH), model="whisper-1", response_format="srt"
+    )
+    cue, timing, said = srt.strip().split("\n")
+    assert cue == "1" and timing == "00:00:00,000 --> 00:00:03,337"
+    assert said == text  # the same audio, the same decoder: the same words
+    assert await received(cloud) == []
+
+
+def test_the_recognizer_reads_wav_at_any_rate_and_refuses_other_audio() -> None:
+    pcm, duration = pcm16_mono_16k(SPEECH)
+    assert duration == pytest.approx(3.337, abs=0.001) and len(pcm) == len(SPEECH) - 44
+    with pytest.raises(ValueError, match="not a WAV"):
+        pcm16_mono_16k(b"ID3 an mp3")
 
 
 @pytest.mark.parametrize("fmt", ["json", "text", "srt", "vtt"])
