@@ -352,3 +352,26 @@ async def test_images_in_a_responses_request_stay_local(
         )
     assert "text content" in err.value.message
     assert await received(cloud) == []
+
+
+async def test_the_cache_and_the_audit_record_see_the_responses_api(
+    cloud: str, make_sidecar: StartSidecar, tmp_path: Any
+) -> None:
+    audit_path = tmp_path / "audit.jsonl"
+    sc = await make_sidecar(
+        to_cloud(cloud, cache={"enabled": True},
+                 audit={"enabled": True, "sink": "file", "path": str(audit_path)}), []
+    )  # fmt: skip
+    client = await stack_client(sc.url)
+    first = await client.responses.with_raw_response.create(model="tiny-chat", input="cache me")
+    again = await client.responses.with_raw_response.create(model="tiny-chat", input="cache me")
+    assert first.headers["x-clawdbot-target"] == "cloud"
+    assert again.headers["x-clawdbot-target"] == "cache"
+    assert again.parse().output_text == first.parse().output_text
+    assert again.parse().id != first.parse().id  # a new response, from the cached answer
+    assert len(await received(cloud)) == 1
+    await sc.core.close()  # flush the audit log
+    records = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    decisions = [r for r in records if r.get("kind") == "decision"]
+    assert [(r["endpoint"], r["target"]) for r in decisions] == [
+        ("responses", "cloud"), ("responses", "cache")]  # fmt: skip
