@@ -19,12 +19,13 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from clawdbot_api.openai_wire import dumps, loads
+from clawdbot_api.openai_wire import dumps
 from clawdbot_api.v1alpha1 import CloudApi
 from clawdbot_sidecar.errors import RequestError, StreamBroken, invalid
 from clawdbot_sidecar.fronts.http import Request, Response, StreamingResponse
 from clawdbot_sidecar.fronts.translate import (
     check_fields,
+    decode_json,
     json_error,
     named_events,
     new_id,
@@ -517,7 +518,7 @@ class MessagesFront:
         """Translate, route, translate back; errors in Anthropic's shape."""
         request_id = request.headers.get("x-request-id")
         try:
-            body = _decode(request.body)
+            body = decode_json(request.body)
             chat = to_chat(body)
             inbound = Inbound(ApiKind.CHAT, chat, request.headers, front="messages",
                               native=self._native(body, request.headers))  # fmt: skip
@@ -541,7 +542,7 @@ class MessagesFront:
     async def count_tokens(self, request: Request) -> Response:
         """The prompt's tokens as the sidecar estimates them (nothing leaves the pod)."""
         try:
-            body = _decode(request.body)
+            body = decode_json(request.body)
             if not isinstance(body, dict):
                 raise invalid("the request body must be a JSON object")
             # count_tokens takes a request without max_tokens.
@@ -559,13 +560,6 @@ class MessagesFront:
         sent: dict[str, str] = {k: lowered[k] for k in _FORWARDED if k in lowered}
         sent.setdefault("anthropic-version", DEFAULT_VERSION)
         return Native(CloudApi.ANTHROPIC_MESSAGES.value, "messages", body, sent)
-
-
-def _decode(raw: bytes) -> Any:
-    try:
-        return loads(raw)
-    except ValueError as exc:
-        raise invalid(f"the request body is not valid JSON: {exc}") from exc
 
 
 async def _translated(

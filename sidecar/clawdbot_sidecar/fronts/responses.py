@@ -23,12 +23,13 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from clawdbot_api.openai_wire import dumps, loads
+from clawdbot_api.openai_wire import dumps
 from clawdbot_api.v1alpha1 import CloudApi, ResponsesStore
 from clawdbot_sidecar.errors import RequestError, StreamBroken, invalid
 from clawdbot_sidecar.fronts.http import Request, Response, StreamingResponse
 from clawdbot_sidecar.fronts.translate import (
     check_fields,
+    decode_json,
     json_error,
     named_events,
     new_id,
@@ -688,10 +689,7 @@ class ResponsesFront:
     async def handle(self, request: Request) -> Response | StreamingResponse:
         """Translate, route, translate back; errors in OpenAI's shape."""
         try:
-            try:
-                body: Any = loads(request.body)
-            except ValueError as exc:
-                raise invalid(f"the request body is not valid JSON: {exc}") from exc
+            body = decode_json(request.body)
             previous = self._previous(body)
             chat, turn = to_chat(body, previous)
             native = self._native(body, turn)

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
-from clawdbot_api.openai_wire import dumps
+from clawdbot_api.openai_wire import dumps, loads
 from clawdbot_sidecar.errors import RequestError, StreamBroken, invalid
 from clawdbot_sidecar.fronts.http import Response
 from clawdbot_sidecar.routing.request import REQUEST_ID_HEADER, Answer
@@ -20,6 +20,7 @@ __all__ = [
     "RETRY_AFTER_S",
     "EventSource",
     "check_fields",
+    "decode_json",
     "error_headers",
     "json_error",
     "named_events",
@@ -38,6 +39,15 @@ EventSource = AsyncIterator[dict[str, Any]]
 def new_id(prefix: str) -> str:
     """An id in the style of the API (``resp_...``, ``msg_...``): 24 random bytes, hex."""
     return f"{prefix}_{os.urandom(24).hex()}"
+
+
+def decode_json(raw: bytes) -> Any:
+    """A request body's JSON; a 400 saying why when it isn't JSON. (The one decoder of the
+    Responses and Messages fronts: limits on what JSON is accepted belong here.)"""
+    try:
+        return loads(raw)
+    except ValueError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}") from exc
 
 
 def check_fields(
