@@ -2,9 +2,14 @@
 
 It speaks OpenAI's protocol over a real socket (chat completions, completions, embeddings,
 models; JSON and SSE streaming, usage, errors in OpenAI's shape) and checks the bearer key,
-so the sidecar is exercised exactly as against a real provider. Its answers are
+so the sidecar is exercised exactly as against a real provider. It also speaks OpenAI's
+Responses API and Anthropic's Messages API natively (JSON and their named event streams;
+Messages checks ``x-api-key`` and ``anthropic-version``), and the audio endpoints
+(multipart forms): see :mod:`clawdbot_testing.cloud_native`. Its answers are
 deterministic: it echoes the last user message (which makes restored placeholders visible in
-tests) and records every request it received, so tests can assert what left the pod.
+tests), calls the first tool when ``tool_choice`` requires a call (``required``, a named
+function; Messages: ``any``, ``tool``), answers a JSON document in JSON mode, and records
+every request it received, so tests can assert what left the pod.
 
     clawdbot-cloud-standin --port 9099 --api-key sk-test
 
@@ -29,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from clawdbot_api.openai_wire import SSE_DONE, error_body, sse_event
+from clawdbot_testing import cloud_native
 
 STUB_MODEL = "cloud-stub-1"
 # Streamed answers are cut into pieces this long, so placeholders span chunk boundaries.
@@ -89,14 +95,27 @@ def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
     return "", 0
 
 
-def answer_text(body: dict[str, Any]) -> str:
-    """The stub's deterministic answer: it echoes the last user text."""
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of a chat body's last user message (a prompt's or input's text)."""
     if "messages" in body:
         users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         last, _ = prompt_text({"messages": users[-1:]}) if users else ("", 0)
     else:
         last, _ = prompt_text(body)
-    return f"Cloud answer. You said: {last}"
+    return last
+
+
+def answer_text(body: dict[str, Any]) -> str:
+    """The stub's deterministic answer: it echoes the last user text."""
+    return f"Cloud answer. You said: {last_user_text(body)}"
+
+
+def _authorized(request: web.Request, api_key: str | None) -> bool:
+    if api_key is None:
+        return True
+    if request.path.endswith("/messages"):  # Anthropic's API takes the key as x-api-key
+        return request.headers.get("x-api-key") == api_key
+    return request.headers.get("Authorization") == f"Bearer {api_key}"
 
 
 @web.middleware
@@ -104,17 +123,18 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[STATE]
     if request.path.startswith("/_stub/"):
         return await handler(request)  # type: ignore[no-any-return]
-    authorization = request.headers.get("Authorization")
-    if state.api_key is not None and authorization != f"Bearer {state.api_key}":
+    if not _authorized(request, state.api_key):
         return _error(401, "Incorrect API key provided.", "invalid_request_error",
                           "invalid_api_key")  # fmt: skip
     if request.method == "POST":
         try:
-            body = await request.json()
+            body = await cloud_native.read_body(request)
         except ValueError:
             return _error(400, "We could not parse the JSON body.", "invalid_request_error")
         if len(state.requests) < MAX_RECORDED:
-            state.requests.append({"path": request.path, "body": body})
+            state.requests.append(
+                {"path": request.path, "body": body, "headers": cloud_native.headers_of(request)}
+            )
     faults = state.faults
     if faults.count > 0:
         faults.count -= 1
@@ -128,6 +148,37 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)  # type: ignore[no-any-return]
 
 
+def _stream_choices(
+    chat: bool, message: dict[str, Any], finish: str, text: str
+) -> list[dict[str, Any]]:
+    """The streamed choices of an answer, its text (or tool arguments) in short pieces."""
+    out: list[dict[str, Any]] = []
+    calls = message.get("tool_calls")
+    if calls:
+        call = calls[0]
+        function = call["function"]
+        first = {"index": 0, "id": call["id"], "type": "function",
+                 "function": {"name": function["name"], "arguments": ""}}  # fmt: skip
+        out.append({"index": 0, "finish_reason": None,
+                    "delta": {"role": "assistant", "tool_calls": [first]}})  # fmt: skip
+        for piece in _pieces(function["arguments"]):
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            out.append({"index": 0, "finish_reason": None, "delta": delta})
+        out.append({"index": 0, "finish_reason": finish, "delta": {}})
+        return out
+    content = message.get("content") if chat else text
+    pieces = _pieces(str(content or ""))
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        c: dict[str, Any] = {"index": 0, "finish_reason": finish if last else None}
+        if chat:
+            c["delta"] = {"content": piece, **({"role": "assistant"} if i == 0 else {})}
+        else:
+            c["text"] = piece
+        out.append(c)
+    return out
+
+
 def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
     prompt = estimate_tokens(prompt_text(body)[0])
     completion = estimate_tokens(text)
@@ -138,6 +189,40 @@ def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
     }
 
 
+def json_mode(body: dict[str, Any]) -> bool:
+    """Whether a chat body asks for a JSON answer (json_object or json_schema)."""
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def forced_tool(body: dict[str, Any]) -> str | None:
+    """The function a chat body's tool_choice makes the model call, if any."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return str(choice["function"].get("name"))
+    if choice == "required" and tools:
+        return str((tools[0].get("function") or {}).get("name"))
+    return None
+
+
+def _chat_message(body: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
+    """The answer message of a chat body and its finish reason."""
+    tool = forced_tool(body)
+    if tool is not None:
+        arguments = json.dumps({"text": last_user_text(body)}, ensure_ascii=False)
+        call = {"id": "call_" + hashlib.sha256(text.encode()).hexdigest()[:12],
+                "type": "function", "function": {"name": tool, "arguments": arguments}}  # fmt: skip
+        return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+    if json_mode(body):
+        text = json.dumps({"answer": text}, ensure_ascii=False)
+    return {"role": "assistant", "content": text}, "stop"
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + STREAM_PIECE_CHARS] for i in range(0, len(text), STREAM_PIECE_CHARS)]
+
+
 async def _completion(request: web.Request) -> web.StreamResponse:
     body: dict[str, Any] = await request.json()  # read (and checked) by the middleware
     chat = request.path.endswith("/chat/completions")
@@ -145,10 +230,11 @@ async def _completion(request: web.Request) -> web.StreamResponse:
     rid = "cmpl-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
+    message, finish = _chat_message(body, text) if chat else ({}, "stop")
     if not body.get("stream"):
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = message
         else:
             choice["text"] = text
         return web.json_response(
@@ -158,14 +244,7 @@ async def _completion(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     chunk_obj = "chat.completion.chunk" if chat else "text_completion"
-    pieces = [text[i : i + STREAM_PIECE_CHARS] for i in range(0, len(text), STREAM_PIECE_CHARS)]
-    for i, piece in enumerate(pieces):
-        last = i == len(pieces) - 1
-        c: dict[str, Any] = {"index": 0, "finish_reason": "stop" if last else None}
-        if chat:
-            c["delta"] = {"content": piece, **({"role": "assistant"} if i == 0 else {})}
-        else:
-            c["text"] = piece
+    for c in _stream_choices(chat, message, finish, text):
         event = {"id": rid, "object": chunk_obj, "created": created, "model": STUB_MODEL,
                  "choices": [c]}  # fmt: skip
         await resp.write(sse_event(event))
@@ -227,6 +306,7 @@ def build_app(api_key: str | None = None) -> web.Application:
     app.router.add_post("/v1/completions", _completion)
     app.router.add_post("/v1/embeddings", _embeddings)
     app.router.add_get("/v1/models", _models)
+    cloud_native.add_routes(app, prefix="Cloud")
     app.router.add_get("/_stub/requests", _get_requests)
     app.router.add_delete("/_stub/requests", _clear_requests)
     app.router.add_post("/_stub/faults", _set_faults)
@@ -239,9 +319,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9099)
     p.add_argument("--api-key", default=os.environ.get("CLAWDBOT_STUB_API_KEY"))
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--speech",
+        action="store_true",
+        help="serve only the audio routes, without a key: a stand-in for a local "
+        "OpenAI-compatible speech server (it transcribes nothing)",
+    )
+    kind.add_argument(
+        "--asr",
+        action="store_true",
+        help="a local OpenAI-compatible speech server on a real recognizer (PocketSphinx, "
+        "English; see clawdbot_testing.asr)",
+    )
     args = p.parse_args(argv)
-    print(f"cloud stand-in on http://{args.host}:{args.port}/v1", flush=True)
-    web.run_app(build_app(args.api_key), host=args.host, port=args.port, print=None)
+    if args.asr:
+        from clawdbot_testing.asr import build_asr_app  # noqa: PLC0415 - loads numpy
+
+        app, what = build_asr_app(), "speech server (PocketSphinx)"
+    elif args.speech:
+        app, what = cloud_native.build_speech_app(), "speech server stand-in"
+    else:
+        app, what = build_app(args.api_key), "cloud stand-in"
+    print(f"{what} on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None)
     return 0
 
 

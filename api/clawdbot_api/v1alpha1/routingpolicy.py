@@ -69,16 +69,53 @@ class Pricing(ApiModel):
     """USD per million completion tokens."""
 
 
-class CloudEndpoint(ApiModel):
-    """An OpenAI-compatible endpoint outside the cluster."""
+class CloudApi(StrEnum):
+    """The protocol a cloud endpoint speaks (docs/api.md says what each one is sent)."""
+
+    OPENAI = "openai"
+    """OpenAI's chat completions, completions and embeddings; Responses and Messages
+    requests are sent to it translated into chat completions."""
+    OPENAI_RESPONSES = "openai-responses"
+    """As openai, and Responses requests are sent as they are, to <baseURL>/responses."""
+    ANTHROPIC_MESSAGES = "anthropic-messages"
+    """Anthropic's Messages API only: Messages requests are sent as they are, to
+    <baseURL>/messages with the key as x-api-key; no other request goes to it."""
+
+
+@cel_rules(
+    CelRule(
+        # has() guards: the rule is also checked against objects that leave the field out.
+        rule=(
+            "!has(self.api) || self.api != 'anthropic-messages' || "
+            "(!has(self.embeddingModel) && !has(self.audioModel))"
+        ),
+        message="an anthropic-messages endpoint serves neither embeddings nor audio: "
+        "leave embeddingModel and audioModel unset",
+        field_path=".api",
+        check=lambda c: (
+            c.api != CloudApi.ANTHROPIC_MESSAGES
+            or (c.embedding_model is None and c.audio_model is None)
+        ),
+    )
+)
+class CloudEndpoint(CelValidated):
+    """A model API outside the cluster (OpenAI-compatible, or Anthropic's Messages API)."""
 
     base_url: str = Field(alias="baseURL", max_length=2048, pattern=r"^https?://[^\s]+$")
-    """Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1."""
+    """Base URL of the API, e.g. https://api.openai.com/v1 or https://api.anthropic.com/v1."""
+    api: CloudApi = CloudApi.OPENAI
+    """What the endpoint speaks: openai, openai-responses (Responses requests passed through
+    natively) or anthropic-messages (Messages requests passed through natively, nothing else
+    sent). Every native request is redacted like a chat request."""
     model: str = Field(min_length=1, max_length=256)
     """Model name sent to the endpoint for chat and completions."""
     embedding_model: str | None = Field(default=None, min_length=1, max_length=256)
     """Model name sent to the endpoint for embeddings. Unset: embeddings never go to the
     cloud (a vector from another model is not comparable with the local model's)."""
+    audio_model: str | None = Field(default=None, min_length=1, max_length=256)
+    """Model name sent to the endpoint for audio transcriptions and translations (e.g.
+    whisper-1). Unset: audio never goes to the cloud. Audio can't be redacted: while
+    redaction is enabled it leaves only with redaction.uninspectable: allow."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret holding the API key; sent as a bearer token. Unset for endpoints without auth."""
     timeout_seconds: float = Field(default=60, gt=0, le=600)
@@ -91,6 +128,28 @@ class CloudEndpoint(ApiModel):
     timeoutSeconds, so retries only use what quick failures left of it."""
     pricing: Pricing = Field(default_factory=Pricing)
     """Token prices, for budgets and cost-aware routing."""
+
+
+class LocalSpeech(ApiModel):
+    """A speech-to-text server in the cluster, for audio transcriptions and translations."""
+
+    base_url: str = Field(alias="baseURL", max_length=2048, pattern=r"^https?://[^\s]+$")
+    """Base URL of an OpenAI-compatible API serving /audio/transcriptions (and
+    /audio/translations), e.g. http://whisper.speech.svc:8000/v1."""
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    """Model name sent to it; unset: the app's."""
+
+
+class ResponsesStore(ApiModel):
+    """Answered Responses kept in the sidecar's memory, so previous_response_id works."""
+
+    enabled: bool = False
+    """Keep each answered response (its input and output items) in the pod, for a later
+    request's previous_response_id. Off: such a request is refused with 400."""
+    max_entries: int = Field(default=1000, ge=1, le=100000)
+    """Responses kept per pod; the least recently used go first."""
+    ttl_seconds: int = Field(default=3600, ge=1, le=604800)
+    """How long a stored response can be continued."""
 
 
 class HeaderMatch(ApiModel):
@@ -423,6 +482,10 @@ class RoutingPolicySpec(CelValidated):
     """Cloud budgets."""
     audit: Audit = Field(default_factory=Audit)
     """Audit log."""
+    local_speech: LocalSpeech | None = None
+    """The local speech-to-text server for /v1/audio/transcriptions and translations."""
+    responses_store: ResponsesStore = Field(default_factory=ResponsesStore)
+    """The in-pod store behind the Responses API's previous_response_id."""
 
 
 class RoutingPolicyStatus(ApiModel):

@@ -103,6 +103,9 @@ class AuditRecord:
     records how it ended: 499 (the app left) or 502 (the upstream broke off)."""
     fallback: bool = False
     """The answer (or the last failure) came from the other target after the first failed."""
+    endpoint: str | None = None
+    """The API the app called (chat/completions, responses, messages...); records written
+    before this field existed have none."""
 
     def fields(self, now: float) -> dict[str, Any]:
         """The record's JSON fields, checked in the caller's thread so the writer can't fail."""
@@ -126,7 +129,7 @@ class AuditRecord:
             "cache_hit": bool(self.cache_hit),
             "status": int(self.status),
             "fallback": bool(self.fallback),
-        }
+        } | ({} if self.endpoint is None else {"endpoint": self.endpoint[:_MAX_FIELD]})
 
 
 def _canonical(obj: Mapping[str, Any]) -> bytes:

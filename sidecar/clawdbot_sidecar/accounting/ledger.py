@@ -39,8 +39,12 @@ class Outcome:
 
     request_id: str
     endpoint: str
-    """The API endpoint below /v1 (chat/completions, completions, embeddings)."""
+    """The API endpoint below /v1 (chat/completions, completions, embeddings): the path
+    the upstream is called at."""
     started: float
+    front: str | None = None
+    """The endpoint the app called when a front translated it into ``endpoint``
+    (responses, messages); metrics and the audit record name this one."""
     model: str = ""
     stream: bool = False
     reason: str | None = None
@@ -124,7 +128,7 @@ class Ledger:
         books = self._books()
         m = self.metrics
         target = out.target or ("reject" if out.status >= 400 else "none")
-        m.requests.labels(out.endpoint, target, str(out.status)).inc()
+        m.requests.labels(out.front or out.endpoint, target, str(out.status)).inc()
         m.latency.labels(target).observe(elapsed)
         if out.prompt_tokens or out.completion_tokens:
             m.tokens.labels(target, "prompt").inc(out.prompt_tokens)
@@ -155,6 +159,7 @@ class Ledger:
                     cache_hit=out.cache == "hit",
                     status=out.status,
                     fallback=out.fallback_from is not None,
+                    endpoint=out.front or out.endpoint,
                 )
             )
 

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from clawdbot_api.openai_wire import SSE_DONE, dumps, loads, sse_event
 from clawdbot_sidecar.errors import RequestError, StreamBroken
+from clawdbot_sidecar.fronts.audio import AudioFront
 from clawdbot_sidecar.fronts.http import (
     HttpServer,
     Refusals,
@@ -25,6 +26,8 @@ from clawdbot_sidecar.fronts.http import (
     Response,
     StreamingResponse,
 )
+from clawdbot_sidecar.fronts.messages import MessagesFront
+from clawdbot_sidecar.fronts.responses import ResponsesFront
 from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.routing.request import ApiKind, Inbound
 
@@ -72,7 +75,15 @@ class RestFront:
         # stream, after the first snapshot, whose client replaces this event).
         self.synced = asyncio.Event()
         self.synced.set()
+        # The other APIs apps use, translated onto chat completions (docs/api.md).
+        self.responses = ResponsesFront(core)
+        messages, audio = MessagesFront(core), AudioFront(core)
         self._routes: dict[tuple[str, str], Route] = {
+            ("POST", "/v1/responses"): self.responses.handle,
+            ("POST", "/v1/messages"): messages.handle,
+            ("POST", "/v1/messages/count_tokens"): messages.count_tokens,
+            ("POST", "/v1/audio/transcriptions"): audio.transcriptions,
+            ("POST", "/v1/audio/translations"): audio.translations,
             ("POST", "/v1/chat/completions"): self._api(ApiKind.CHAT),
             ("POST", "/v1/completions"): self._api(ApiKind.COMPLETIONS),
             ("POST", "/v1/embeddings"): self._api(ApiKind.EMBEDDINGS),

@@ -13,6 +13,12 @@ user data:
 * numbers, booleans and null, which are not text;
 * the keys of the API's own objects (``content``, ``tool_calls``...).
 
+The same walk serves the other APIs a request may leave in: OpenAI's Responses (``input``
+items, ``instructions``, ``input_image``/``input_file``/``input_audio`` parts) and Anthropic's
+Messages (``system``, ``tool_use`` inputs, ``tool_result`` contents, ``image`` and
+``document`` blocks with a base64 ``source``): their field names and enumerations are in the
+tables below, and whatever is not there is visited as text.
+
 Strings holding JSON (tool-call ``arguments``, tool results in ``content``) are decoded, so
 an escaped ``\\u0040`` is seen as ``@``, their strings visited, and re-encoded when one
 changed. Content that can't be inspected as text is reported, not visited: image, audio and
@@ -63,8 +69,19 @@ _ENUMS: Final[dict[str, frozenset[str]]] = {
             "function_call_output", "approximate", "allowed_tools",
             # JSON schema types (response_format, tool parameters)
             "string", "number", "integer", "boolean", "object", "array", "null",
+            # Responses: items, tool choices, text formats
+            "reasoning", "summary_text", "item_reference",
+            # Messages: blocks, their sources, tool choices, thinking, cache control
+            "tool_use", "tool_result", "document", "thinking", "redacted_thinking",
+            "base64", "url", "auto", "any", "none", "enabled", "disabled", "ephemeral",
         }
     ),
+    "status": frozenset({"completed", "in_progress", "incomplete"}),
+    "stop_reason": frozenset(
+        {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
+    ),
+    "truncation": frozenset({"auto", "disabled"}),
+    "effort": frozenset({"minimal", "low", "medium", "high"}),
     "detail": frozenset({"auto", "low", "high"}),
     "format": frozenset({"wav", "mp3", "flac", "opus", "pcm16", "aac"}),
     "voice": frozenset(
@@ -97,6 +114,16 @@ _FIELDS: Final = frozenset(
         "search_context_size", "echo", "best_of", "encoding_format", "dimensions",
         "verbosity", "prompt_cache_key", "safety_identifier", "properties", "required",
         "items", "enum", "additionalProperties", "title", "default", "examples",
+        # Responses
+        "instructions", "call_id", "output", "previous_response_id", "max_output_tokens",
+        "truncation", "include", "reasoning", "effort", "summary", "status", "file_url",
+        "background", "max_tool_calls", "conversation", "language",
+        "timestamp_granularities", "content_type", "chunking_strategy",
+        # Messages
+        "system", "tool_use_id", "is_error", "input_schema", "source", "media_type",
+        "stop_sequences", "top_k", "thinking", "budget_tokens", "signature",
+        "cache_control", "ttl", "disable_parallel_tool_use", "user_id", "stop_reason",
+        "stop_sequence", "context", "citations",
     }
 )  # fmt: skip
 # Content part types whose payload is not text.
@@ -108,14 +135,20 @@ _PART_KINDS: Final[dict[str, Uninspectable]] = {
     "audio": Uninspectable.AUDIO,
     "file": Uninspectable.FILE,
     "input_file": Uninspectable.FILE,
+    "document": Uninspectable.FILE,
 }
 # Binary payloads inside such parts: not visited (the part as a whole is reported).
 _PAYLOADS: Final = frozenset({"data", "file_data", "image_url", "url", "image", "b64_json"})
+# A Messages ``document`` whose source is text (plain text, or content blocks) is text to
+# inspect like any other, not a file.
+_TEXT_SOURCES: Final = frozenset({"text", "content"})
 # Strings longer than this are not tried as JSON (a tool result can be large; its text is
 # still visited whole).
 MAX_JSON_DECODE_CHARS: Final = 1 << 20
 # Fields whose text is the conversation itself (size and complexity are measured on it).
-_CONVERSATION: Final = frozenset({"content", "text", "refusal", "prompt", "input", "suffix"})
+_CONVERSATION: Final = frozenset(
+    {"content", "text", "refusal", "prompt", "input", "suffix", "instructions", "system"}
+)
 
 Visit = Callable[[str], str]
 
@@ -176,15 +209,20 @@ class _Walker:
         out = [self.value(v, key, conversational) for v in values]
         return values if all(a is b for a, b in zip(out, values, strict=True)) else out
 
-    def mapping(self, obj: Mapping[str, Any], parent: str | None) -> Any:
-        kind = obj.get("type")
-        payload_kind = _PART_KINDS.get(kind) if isinstance(kind, str) else None
+    def mapping(self, obj: Mapping[str, Any], parent: str | None, in_part: bool = False) -> Any:
+        payload_kind = _payload_kind(obj)
         if payload_kind is not None:
             self.uninspectable.add(payload_kind)
+        # Inside a binary part: its own fields, the object named after its type (chat's
+        # image_url, input_audio, file) and a Messages block's ``source``.
+        in_payload = payload_kind is not None or parent in _PART_KINDS or in_part
         changed = False
         out: dict[str, Any] = {}
         for k, v in obj.items():
-            new_v = self._field(k, v, payload_kind is not None or parent in _PART_KINDS)
+            if payload_kind is not None and k == "source" and isinstance(v, Mapping):
+                new_v = self.mapping(v, k, in_part=True)
+            else:
+                new_v = self._field(k, v, in_payload)
             new_k = k if k in _FIELDS else self.visit(k)
             changed = changed or new_v is not v or new_k != k
             out[new_k] = new_v
@@ -206,6 +244,17 @@ class _Walker:
             if all(isinstance(v, str) and v in allowed for v in value):
                 return value
         return self.value(value, key, key in _CONVERSATION)
+
+
+def _payload_kind(obj: Mapping[str, Any]) -> Uninspectable | None:
+    """The kind of binary content a part or block carries, if it is one."""
+    kind = obj.get("type")
+    found = _PART_KINDS.get(kind) if isinstance(kind, str) else None
+    if found is Uninspectable.FILE and kind == "document":
+        source = obj.get("source")
+        if isinstance(source, Mapping) and source.get("type") in _TEXT_SOURCES:
+            return None
+    return found
 
 
 def _is_web_url(value: str) -> bool:

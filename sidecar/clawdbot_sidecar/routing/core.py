@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
-from clawdbot_api.v1alpha1.routingpolicy import RedactionMode, UninspectableContent
+from clawdbot_api.v1alpha1.routingpolicy import CloudApi, RedactionMode, UninspectableContent
 from clawdbot_sidecar.accounting.ledger import Ledger, Outcome
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.cache import CachedResponse, ResponseCache, cache_key, cacheable
@@ -43,6 +43,7 @@ from clawdbot_sidecar.routing import snapshot as snapshots
 from clawdbot_sidecar.routing.decision import Bandit, Decision, Signals, decide
 from clawdbot_sidecar.routing.features import Features, complexity, estimate_tokens
 from clawdbot_sidecar.routing.request import (
+    AUDIO_KINDS,
     REQUEST_ID_HEADER,
     Answer,
     ApiKind,
@@ -52,9 +53,10 @@ from clawdbot_sidecar.routing.request import (
 )
 from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
 from clawdbot_sidecar.upstream.client import Upstream, UpstreamError
-from clawdbot_sidecar.upstream.cloud import CloudCall, CloudTarget
+from clawdbot_sidecar.upstream.cloud import CloudCall, CloudTarget, Wire
 from clawdbot_sidecar.upstream.local import LocalTarget, Reply
 from clawdbot_sidecar.upstream.pool import LocalPool, NoEndpoint
+from clawdbot_sidecar.upstream.speech import SpeechTarget
 
 __all__ = ["RoutingCore"]
 
@@ -103,6 +105,7 @@ class RoutingCore:
         self.pool = LocalPool(config.endpoints, seed=seed)
         self.local = LocalTarget(self.pool, upstream)
         self.cloud = CloudTarget(upstream, self.metrics)
+        self.speech = SpeechTarget(upstream)
         self.ledger = Ledger(self.metrics, lambda: self.snapshot.books, after)
         # Gauges read at scrape time: nothing to keep in step on the request path.
         gauges = self.metrics.local_endpoints
@@ -215,11 +218,12 @@ class RoutingCore:
         out = Outcome(
             request_id=lowered.get(REQUEST_ID_HEADER) or f"{self._ids.getrandbits(128):032x}",
             endpoint=inbound.kind.value,
+            front=inbound.front,
             started=time.monotonic(),
         )
         streaming = False
         try:
-            request = validate(Inbound(inbound.kind, inbound.body, lowered))
+            request = validate(Inbound(inbound.kind, inbound.body, lowered, native=inbound.native))
             out.model, out.stream = request.model, request.stream
             route_headers = request.headers
             if self._before or self.ledger.has_after:
@@ -262,7 +266,7 @@ class RoutingCore:
         # After the rules, so a request a rule now refuses is refused; before the guards'
         # verdict, so a cached answer still serves when no target can answer right now.
         key = None
-        if snap.cache is not None and not out.stream:
+        if snap.cache is not None and not out.stream and request.kind not in AUDIO_KINDS:
             key = cache_key(request.body)  # of the original: answers are stored restored
             hit = await self._cache_get(snap.cache, key)
             embeddings = request.kind == ApiKind.EMBEDDINGS
@@ -280,10 +284,15 @@ class RoutingCore:
             out.arm, out.context = decision.target, decision.context
         self.metrics.decisions.labels(decision.target, decision.reason).inc()
         reply = await self._answer(snap, request, decision, out)
-        if key is not None and reply.body is not None:
+        if key is not None and reply.body is not None and not reply.native:
             await self._cache_put(snap, key, reply.body, out)
         return Answer(
-            out.request_id, out.target, out.full_reason, body=reply.body, chunks=reply.chunks
+            out.request_id,
+            out.target,
+            out.full_reason,
+            body=reply.body,
+            chunks=reply.chunks,
+            native=reply.native,
         )
 
     @staticmethod
@@ -317,7 +326,7 @@ class RoutingCore:
                     break
                 out.fallback_from = order[0]
             try:
-                reply = await self._call(snap, target, request.body, out)
+                reply = await self._call(snap, target, request, out)
             except (UpstreamError, NoEndpoint, RequestError) as exc:
                 # RequestError: e.g. the cloud copy would carry a blocked entity.
                 last = exc
@@ -330,8 +339,7 @@ class RoutingCore:
     def _decide(
         self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
     ) -> Decision:
-        body = request.body
-        seen = inspect_request(body)  # the walk redaction repeats on a cloud-bound copy
+        seen = self._inspect(snap, request)  # the walk redaction repeats on a cloud-bound copy
         texts = seen.texts
         # Redaction off or narrower than the rules: rules still see every entity. The
         # findings are kept for the redaction of a cloud-bound copy (one detection pass).
@@ -346,7 +354,7 @@ class RoutingCore:
             headers=headers,
             stream=out.stream,
         )
-        signals = self._signals(snap, features, body)
+        signals = self._signals(snap, features, request)
         blocked = {e: n for e, n in pii.items() if self._mode(snap, e) == RedactionMode.BLOCK}
         decision = decide(
             snap.config.policy,
@@ -365,6 +373,25 @@ class RoutingCore:
             # The policy refuses what it can't inspect rather than answer it elsewhere.
             return Decision("reject", decision.reason, private=True)
         return decision
+
+    @staticmethod
+    def _inspect(snap: snapshots.Snapshot, request: Request) -> Inspection:
+        """The walk of the request, and of its native form when that is what would leave
+        (so the rules see every string the cloud would get, the translation's or not)."""
+        seen = inspect_request(request.body)
+        native = request.native
+        cloud = snap.config.policy.cloud
+        if native is None or cloud is None or cloud.api != native.api:
+            return seen
+        other = inspect_request(native.body)
+        known = set(seen.texts)
+        extra = [t for t in other.texts if t not in known]
+        return Inspection(
+            texts=seen.texts + extra,
+            conversation=seen.conversation,
+            turns=seen.turns,
+            uninspectable=seen.uninspectable | other.uninspectable,
+        )
 
     @staticmethod
     def _keep_local(
@@ -448,16 +475,22 @@ class RoutingCore:
         redaction = snap.config.policy.redaction
         return redaction.per_entity_mode.get(entity, redaction.mode)
 
-    def _signals(self, snap: snapshots.Snapshot, f: Features, body: Mapping[str, Any]) -> Signals:
+    def _signals(self, snap: snapshots.Snapshot, f: Features, request: Request) -> Signals:
         cloud = snap.config.policy.cloud
+        body = request.body
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         completion = max_tokens if isinstance(max_tokens, int) else DEFAULT_COMPLETION_TOKENS
         budgets = snap.budgets
         exhausted = budgets.exhausted(f.tokens + completion) if cloud else None
         states = [s for s in self.pool.states if s.healthy(time.monotonic())]
         least = min(states, key=lambda s: s.in_flight) if states else None
+        if request.kind in AUDIO_KINDS:  # local is the policy's speech server, not the pool
+            states, least = [], None
+        local_healthy = len(states)
+        if request.kind in AUDIO_KINDS and snap.config.policy.local_speech is not None:
+            local_healthy = 1
         return Signals(
-            local_healthy=len(states),
+            local_healthy=local_healthy,
             local_queue=least.in_flight if least else 0,
             local_latency_s=least.latency_ewma_s if least else 0.0,
             cloud_configured=cloud is not None,
@@ -471,15 +504,28 @@ class RoutingCore:
     # -- calling the targets ------------------------------------------------------------
 
     async def _call(
-        self, snap: snapshots.Snapshot, target: str, body: dict[str, Any], out: Outcome
+        self, snap: snapshots.Snapshot, target: str, request: Request, out: Outcome
     ) -> Reply:
         out.target = target
         config = snap.config
+        body = request.body
+        audio = request.kind in AUDIO_KINDS
+        if target == "local" and audio:
+            return await self.speech.call(body, config.policy.local_speech, config.limits, out)
         if target == "local":
             return await self.local.call(body, config.limits, out)
         cloud = config.policy.cloud
         if cloud is None:
             raise NoEndpoint("no cloud endpoint is configured")
+        wire = Wire.AUDIO if audio else Wire.CHAT
+        native = request.native
+        if native is not None and native.api == cloud.api:
+            body, wire = native.body, Wire.native(native.path, native.headers)
+        elif cloud.api == CloudApi.ANTHROPIC_MESSAGES:
+            raise NoEndpoint(
+                "the cloud endpoint speaks only Anthropic's Messages API (spec.cloud.api); "
+                f"a {out.front or out.endpoint} request is not sent to it"
+            )
         call = CloudCall(
             endpoint=cloud,
             redaction=config.policy.redaction,
@@ -489,7 +535,7 @@ class RoutingCore:
             model_tier=snap.model_tier,
             model_tier_error=snap.model_tier_error,
         )
-        return await self.cloud.call(body, call, out)
+        return await self.cloud.call(body, call, out, wire)
 
     async def _finish_stream(
         self, chunks: AsyncIterator[dict[str, Any]], out: Outcome

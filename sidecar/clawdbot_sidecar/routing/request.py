@@ -17,12 +17,14 @@ from typing import Any
 from clawdbot_sidecar.errors import invalid
 
 __all__ = [
+    "AUDIO_KINDS",
     "REASON_HEADER",
     "REQUEST_ID_HEADER",
     "TARGET_HEADER",
     "Answer",
     "ApiKind",
     "Inbound",
+    "Native",
     "Request",
     "validate",
 ]
@@ -39,6 +41,28 @@ class ApiKind(StrEnum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    TRANSCRIPTIONS = "audio/transcriptions"
+    TRANSLATIONS = "audio/translations"
+
+
+AUDIO_KINDS = frozenset({ApiKind.TRANSCRIPTIONS, ApiKind.TRANSLATIONS})
+
+
+@dataclass(frozen=True, slots=True)
+class Native:
+    """The app's request in the API it called, for a cloud endpoint that speaks that API.
+
+    The core routes the chat translation of it; when the cloud it calls speaks ``api``
+    (a ``CloudApi`` value), this body is what is redacted and sent instead, and the answer
+    comes back in that API's shape (:attr:`Answer.native`)."""
+
+    api: str
+    """The CloudApi that takes it as it is: ``openai-responses`` or ``anthropic-messages``."""
+    path: str
+    """Its path below the endpoint's base URL: ``responses`` or ``messages``."""
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    """Headers of the API to send on (``anthropic-version``, ``anthropic-beta``)."""
 
 
 @dataclass(slots=True)
@@ -50,6 +74,11 @@ class Inbound:
     """The decoded JSON body (OpenAI's shape for ``kind``)."""
     headers: Mapping[str, str]
     """Request headers or call metadata; names in any case."""
+    front: str | None = None
+    """The API the app called when a front translated it into ``kind`` (``responses``,
+    ``messages``): what metrics and the audit record name as the endpoint."""
+    native: Native | None = None
+    """The request as the app sent it, for a cloud endpoint that speaks its API."""
 
 
 @dataclass(slots=True)
@@ -62,6 +91,7 @@ class Request:
     """Lower-cased names."""
     model: str
     stream: bool
+    native: Native | None = None
 
 
 def validate(inbound: Inbound) -> Request:
@@ -72,6 +102,18 @@ def validate(inbound: Inbound) -> Request:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise invalid("you must provide a model parameter", "model")
+    _validate_fields(kind, body)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise invalid("stream must be a boolean", "stream")
+    if stream and (kind == ApiKind.EMBEDDINGS or kind in AUDIO_KINDS):
+        raise invalid(f"{kind.value} can't be streamed", "stream")
+    headers = {k.lower(): v for k, v in inbound.headers.items()}
+    return Request(kind, body, headers, model, stream, inbound.native)
+
+
+def _validate_fields(kind: ApiKind, body: dict[str, Any]) -> None:
+    """The fields each API requires."""
     if kind == ApiKind.CHAT:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -82,15 +124,11 @@ def validate(inbound: Inbound) -> Request:
     elif kind == ApiKind.COMPLETIONS:
         if not isinstance(body.get("prompt"), str | list):
             raise invalid("prompt must be a string or an array", "prompt")
+    elif kind in AUDIO_KINDS:
+        if not isinstance(body.get("file"), dict):
+            raise invalid("file must be an audio file", "file")
     elif not isinstance(body.get("input"), str | list):
         raise invalid("input must be a string or an array", "input")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise invalid("stream must be a boolean", "stream")
-    if stream and kind == ApiKind.EMBEDDINGS:
-        raise invalid("embeddings can't be streamed", "stream")
-    headers = {k.lower(): v for k, v in inbound.headers.items()}
-    return Request(kind, body, headers, model, stream)
 
 
 @dataclass(slots=True)
@@ -106,6 +144,9 @@ class Answer:
     reason: str | None
     body: dict[str, Any] | None = None
     chunks: AsyncIterator[dict[str, Any]] | None = None
+    native: bool = False
+    """The body or chunks are in the shape of the request's :class:`Native` API (the cloud
+    took it as it was), not chat completions'."""
 
     @property
     def headers(self) -> dict[str, str]:

@@ -151,7 +151,7 @@ def retry_after(seconds: str | None, millis: str | None = None) -> float | None:
 class _Target:
     """A parsed upstream URL: where to connect and the request line's path."""
 
-    __slots__ = ("get_head", "head", "host", "key", "port", "scheme")
+    __slots__ = ("get_head", "head", "host", "key", "port", "post_head", "scheme")
 
     def __init__(self, scheme: str, host: str, port: int, path: str, host_header: str) -> None:
         self.scheme = scheme
@@ -159,9 +159,8 @@ class _Target:
         self.port = port
         common = f"Host: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
         # "POST <path> HTTP/1.1\r\nHost: ...\r\n" plus the fixed headers
-        self.head = (f"POST {path} HTTP/1.1\r\n{common}Content-Type: application/json\r\n").encode(
-            "latin-1"
-        )
+        self.post_head = f"POST {path} HTTP/1.1\r\n{common}".encode("latin-1")
+        self.head = self.post_head + b"Content-Type: application/json\r\n"
         self.get_head = f"GET {path} HTTP/1.1\r\n{common}".encode("latin-1")
         self.key = (scheme, host, port)
 
@@ -584,6 +583,32 @@ class Upstream:
         )
         return self._json_answer(target, conn)
 
+    async def post_form(
+        self,
+        url: str,
+        form: tuple[str, bytes],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """POST a form (its Content-Type and payload) and return the JSON answer; raises
+        UpstreamError. The audio endpoints take multipart/form-data."""
+        target, conn, _ = await self._send(
+            url, None, headers, timeout_s, connect_timeout_s, accept=b"application/json",
+            raw=form,
+        )  # fmt: skip
+        status, raw, wait = conn.status, conn.answer(), conn.retry_after
+        self._release(target, conn)
+        if status >= 400:
+            raise _answer_error(status, raw, wait)
+        try:
+            data: Any = loads(raw)
+        except ValueError as exc:
+            raise UpstreamError("protocol", "upstream answered with invalid JSON") from exc
+        if not isinstance(data, dict):
+            raise UpstreamError("protocol", "upstream answered with a non-object JSON")
+        return data
+
     async def get_json(
         self, url: str, timeout_s: float, connect_timeout_s: float | None = None
     ) -> dict[str, Any]:
@@ -637,9 +662,11 @@ class Upstream:
         connect_timeout_s: float | None,
         *,
         accept: bytes,
+        raw: tuple[str, bytes] | None = None,
     ) -> tuple[_Target, _Connection, float]:
-        """Write the request (a POST of ``body``, a GET without one) and wait for the head
-        (a stream: ``accept`` is an event stream) or the whole answer (JSON)."""
+        """Write the request (a POST of ``body`` as JSON or of ``raw``'s content type and
+        payload, a GET without either) and wait for the head (a stream: ``accept`` is an
+        event stream) or the whole answer (JSON)."""
         stream = accept == b"text/event-stream"
         target = self._target(url)
         extra = self._header_block(headers)
@@ -656,7 +683,16 @@ class Upstream:
         conn.streaming = stream
         timer = loop.call_at(deadline, _expire, waiter)
         assert conn.transport is not None
-        if body is None:  # a GET
+        if raw is not None:
+            content_type, payload = raw
+            conn.transport.write(
+                b"".join(
+                    (target.post_head, b"Content-Type: ", content_type.encode("latin-1"),
+                     b"\r\nAccept: ", accept, b"\r\n", extra, b"Content-Length: ",
+                     str(len(payload)).encode(), b"\r\n\r\n", payload)
+                )
+            )  # fmt: skip
+        elif body is None:  # a GET
             conn.transport.write(b"".join((target.get_head, b"Accept: ", accept, b"\r\n\r\n")))
         else:
             payload = dumps(body)

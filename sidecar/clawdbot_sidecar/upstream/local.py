@@ -39,6 +39,8 @@ class Reply:
 
     body: dict[str, Any] | None = None
     chunks: AsyncIterator[dict[str, Any]] | None = None
+    native: bool = False
+    """In the shape of the request's own API (a cloud that took it natively)."""
 
 
 def with_stream_usage(body: Mapping[str, Any]) -> dict[str, Any]:

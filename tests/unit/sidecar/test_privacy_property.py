@@ -1,8 +1,9 @@
 """The privacy property, end to end: no planted value reaches the cloud in clear.
 
 Requests with sensitive values planted in every field the OpenAI chat, completions and
-embeddings APIs define (and in unknown fields, JSON-escaped tool arguments, metadata keys)
-go through the real sidecar to the cloud stand-in, in pseudonymize, mask and block modes,
+embeddings APIs define, and the Responses and Anthropic Messages APIs (and in unknown
+fields, JSON-escaped tool arguments, metadata keys) go through the real sidecar to the
+cloud stand-in, in pseudonymize, mask and block modes,
 streaming and not, with the local model up, down and overloaded, under a policy that sends
 everything to the cloud and under one that keeps PII local. Whatever the sidecar answers,
 the stand-in must never have received a planted value, requests with content the sidecar
@@ -128,6 +129,86 @@ INPUT_SLOTS: dict[str, Callable[[dict[str, Any], str], None]] = {
 }
 
 
+def _item(body: dict[str, Any], item: dict[str, Any]) -> None:
+    body["input"].insert(0, item)
+
+
+# The Responses API: its input items, parts, tools, text format and top-level fields.
+RESPONSES_SLOTS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "instructions": lambda b, v: b.update(instructions=f"the user is {v}"),
+    "message-content": lambda b, v: _item(b, {"role": "user", "content": f"note {v}"}),
+    "input-text-part": lambda b, v: _item(b, {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": v}]}),
+    "output-text-part": lambda b, v: _item(b, {"type": "message", "role": "assistant",
+        "content": [{"type": "output_text", "text": v, "annotations": []}]}),
+    "refusal-part": lambda b, v: _item(b, {"role": "assistant", "content": [
+        {"type": "refusal", "refusal": v}]}),
+    "system-message": lambda b, v: _item(b, {"role": "developer", "content": v}),
+    "function-call": lambda b, v: _item(b, {"type": "function_call", "call_id": "call_9",
+        "name": "send", "arguments": escaped(v)}),
+    "function-call-output": lambda b, v: b["input"].extend([
+        {"type": "function_call", "call_id": "call_8", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_8", "output": escaped(v)}]),
+    "file-name": lambda b, v: _item(b, {"role": "user", "content": [
+        {"type": "input_text", "text": "see file"},
+        {"type": "input_file", "filename": f"{v}.pdf", "file_id": "file-1"}]}),
+    "tool": lambda b, v: b.update(tools=[{"type": "function", "name": "lookup",
+        "description": f"looks up {v}", "parameters": {"type": "object", "properties": {
+            "q": {"type": "string", "description": v, "enum": [v]}}}}]),
+    "text-format": lambda b, v: b.update(text={"format": {"type": "json_schema",
+        "name": "out", "description": v, "schema": {"type": "object", "title": v}}}),
+    "metadata": lambda b, v: b.update(metadata={"ticket": v, v: "key"}),
+    "user": lambda b, v: b.update(user=v),
+    "safety-identifier": lambda b, v: b.update(safety_identifier=v),
+    "prompt-cache-key": lambda b, v: b.update(prompt_cache_key=v),
+    "unknown-field": lambda b, v: b.update(x_vendor={"deep": [v]}),
+}  # fmt: skip
+
+
+def _turn(body: dict[str, Any], message: dict[str, Any]) -> None:
+    body["messages"].insert(0, message)
+
+
+# The Messages API: system, every block type it translates, tools and top-level fields.
+MESSAGES_SLOTS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "system": lambda b, v: b.update(system=f"the user is {v}"),
+    "system-blocks": lambda b, v: b.update(system=[{"type": "text", "text": v}]),
+    "content": lambda b, v: _turn(b, {"role": "user", "content": f"note {v}"}),
+    "text-block": lambda b, v: _turn(b, {"role": "user", "content": [
+        {"type": "text", "text": v, "cache_control": {"type": "ephemeral"}}]}),
+    "assistant-text": lambda b, v: _turn(b, {"role": "assistant", "content": [
+        {"type": "text", "text": v}]}),
+    "tool-use": lambda b, v: _turn(b, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "send", "input": {"to": v, v: 1}}]}),
+    "tool-result": lambda b, v: b["messages"].extend([
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_2", "name": "f", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": escaped(v)},
+            {"type": "text", "text": "go on"}]}]),
+    "tool-result-blocks": lambda b, v: b["messages"].extend([
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_3", "name": "f", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_3",
+            "is_error": True, "content": [{"type": "text", "text": v}]}]}]),
+    "text-document": lambda b, v: _turn(b, {"role": "user", "content": [
+        {"type": "document", "title": v,
+         "source": {"type": "text", "media_type": "text/plain", "data": f"notes: {v}"}}]}),
+    "tool": lambda b, v: b.update(tools=[{"name": "lookup", "description": f"finds {v}",
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string",
+                                                                "description": v}}}}]),
+    "metadata-user": lambda b, v: b.update(metadata={"user_id": v}),
+    "stop-sequences": lambda b, v: b.update(stop_sequences=[v]),
+    "output-format": lambda b, v: b.update(output_config={"format": {"type": "json_schema",
+        "schema": {"type": "object", "description": v}}}),
+    "unknown-field": lambda b, v: b.update(x_vendor={"deep": [v]}),
+}  # fmt: skip
+RESPONSES_IMAGE = {"role": "user", "content": [
+    {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}  # fmt: skip
+MESSAGES_IMAGE = {"role": "user", "content": [{"type": "image", "source": {
+    "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Case:
     """One request: its endpoint, body, whether the app streams it, what was planted."""
@@ -138,11 +219,24 @@ class Case:
     uninspectable: bool
 
 
+def _other_api(kind: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The starting body, slots and path of a Responses or Messages request."""
+    if kind == "responses":
+        body = {"model": "tiny-chat", "input": [{"role": "user", "content": "answer briefly"}]}
+        return body, RESPONSES_SLOTS, "responses"
+    body = {"model": "tiny-chat", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "answer briefly"}]}  # fmt: skip
+    return body, MESSAGES_SLOTS, "messages"
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
-    kind = draw(st.sampled_from(["chat", "completions", "embeddings"]))
+def cases(draw: st.DrawFn, kinds: tuple[str, ...] = ("chat", "completions", "embeddings",
+                                                     "responses", "messages")) -> Case:  # fmt: skip
+    kind = draw(st.sampled_from(kinds))
     slots: dict[str, Callable[[dict[str, Any], str], None]]
-    if kind == "chat":
+    if kind in ("responses", "messages"):
+        body, slots, path = _other_api(kind)
+    elif kind == "chat":
         body: dict[str, Any] = {"model": "tiny-chat", "messages": [
             {"role": "user", "content": "please answer briefly"}]}  # fmt: skip
         slots, path = CHAT_SLOTS, "chat/completions"
@@ -162,6 +256,10 @@ def cases(draw: st.DrawFn) -> Case:
         uninspectable = True
     elif kind == "completions" and draw(st.integers(0, 5)) == 0:
         body["prompt"] = [[1, 2, 3], [4]]  # token ids replace the text prompt
+        uninspectable = True
+    elif kind in ("responses", "messages") and draw(st.integers(0, 5)) == 0:
+        image = RESPONSES_IMAGE if kind == "responses" else MESSAGES_IMAGE
+        body["input" if kind == "responses" else "messages"].append(image)
         uninspectable = True
     return Case(path, body, planted, uninspectable)
 
@@ -249,3 +347,48 @@ async def test_no_planted_value_ever_reaches_the_cloud_in_clear(
         assert sent == [], (setup, case)
     if setup.mode == "block" or setup.shape == "pii-stays-local":
         assert sent == [], (setup, case)
+
+
+@pytest.fixture
+async def native_setups(local_url: str, cloud: str, make_sidecar: StartSidecar) -> list[Setup]:
+    """Sidecars whose cloud speaks Responses or Messages itself: the app's own request is
+    what leaves, redacted; everything to the cloud, local up or down."""
+    out = []
+    for api in ("openai-responses", "anthropic-messages"):
+        for mode in ("pseudonymize", "mask", "block"):
+            spec = policy(cloud, rules=[], defaultTarget="cloud", redaction={"mode": mode})
+            spec["cloud"]["api"] = api
+            for local in ("up", "down"):
+                url = local_url if local == "up" else f"http://127.0.0.1:{free_port()}/v1"
+                out.append(Setup(await make_sidecar(spec, [url]), mode, api, local))
+    return out
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=cases(("responses", "messages")), which=st.integers(0, 11))
+async def test_no_planted_value_reaches_a_cloud_that_takes_the_api_natively(
+    native_setups: list[Setup], cloud: str, case: Case, which: int
+) -> None:
+    setup = native_setups[which]
+    async with aiohttp.ClientSession() as s:
+        await s.delete(f"{cloud}/_stub/requests")
+    status = await send(setup, case)
+    assert status < 500 or status in (502, 503), status
+    async with aiohttp.ClientSession() as s, s.get(f"{cloud}/_stub/requests") as r:
+        sent = await r.json()
+    seen = [text for request in sent for text in strings(request["body"])]
+    for value in case.planted:
+        leaked = [t for t in seen if value in t or value.lower() in t.lower()]
+        assert not leaked, (setup, case.path, value, leaked)
+    if case.uninspectable or setup.mode == "block":
+        assert sent == [], (setup, case)
+    # What went out went natively to a cloud that speaks the case's API, else nowhere.
+    native_path = "/v1/responses" if setup.shape == "openai-responses" else "/v1/messages"
+    for request in sent:
+        assert request["path"] in (native_path, "/v1/chat/completions"), request["path"]
+        if request["path"] != "/v1/chat/completions":
+            assert request["path"] == f"/v1/{case.path}"
