@@ -181,17 +181,22 @@ def _token_volume() -> Manifest:
 
 
 def _app_env(container: Manifest, settings: SidecarSettings) -> None:
-    """Point the app's OpenAI SDK (and gRPC clients) at the sidecar.
+    """Point the app's OpenAI and Anthropic SDKs (and gRPC clients) at the sidecar.
 
-    OPENAI_BASE_URL is replaced: routing through the sidecar is what the pod opted into.
-    OPENAI_API_KEY is only set when absent (SDKs refuse to start without one; the sidecar
-    ignores it and holds the real cloud key itself).
+    OPENAI_BASE_URL and ANTHROPIC_BASE_URL are replaced: routing through the sidecar is what
+    the pod opted into (the Anthropic SDK appends /v1/messages itself). The API keys are
+    only set when absent (SDKs refuse to start without one; the sidecar ignores them and
+    holds the real cloud key itself).
     """
-    env = [e for e in container.get("env") or [] if e.get("name") != "OPENAI_BASE_URL"]
+    replaced = ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")
+    env = [e for e in container.get("env") or [] if e.get("name") not in replaced]
     names = {e.get("name") for e in env}
-    env.append({"name": "OPENAI_BASE_URL", "value": f"http://127.0.0.1:{settings.http_port}/v1"})
-    if "OPENAI_API_KEY" not in names:
-        env.append({"name": "OPENAI_API_KEY", "value": "routed-by-clawdbot"})
+    base = f"http://127.0.0.1:{settings.http_port}"
+    env.append({"name": "OPENAI_BASE_URL", "value": f"{base}/v1"})
+    env.append({"name": "ANTHROPIC_BASE_URL", "value": base})
+    for key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        if key not in names:
+            env.append({"name": key, "value": "routed-by-clawdbot"})
     if "CLAWDBOT_GRPC_ADDRESS" not in names:
         env.append({"name": "CLAWDBOT_GRPC_ADDRESS", "value": f"127.0.0.1:{settings.grpc_port}"})
     container["env"] = env

@@ -21,9 +21,12 @@ __all__ = ["ChunkRestorer", "Restorer", "StreamRestorer"]
 class Restorer:
     """Replaces the placeholders a PseudonymMap issued; unknown ones stay as they are."""
 
-    def __init__(self, mapping: PseudonymMap) -> None:
+    def __init__(self, mapping: PseudonymMap, *, json_content: bool = False) -> None:
+        """``json_content``: the answer's text is a JSON document (the request asked for
+        JSON mode), so values restored into it are escaped like tool-call arguments."""
         self._mapping = mapping
         self._restored = 0
+        self.json_content = json_content
 
     @property
     def mapping(self) -> PseudonymMap:
@@ -83,7 +86,9 @@ class Restorer:
             if isinstance(message, dict):
                 message = choice["message"] = dict(message)
                 if isinstance(message.get("content"), str):
-                    message["content"] = self.restore(message["content"])
+                    message["content"] = self.restore(
+                        message["content"], in_json=self.json_content
+                    )
                 for function in _copy_tool_calls(message):
                     function["arguments"] = self.restore(function["arguments"], in_json=True)
                 legacy = _copy_function_call(message)
@@ -136,7 +141,9 @@ class ChunkRestorer:
     def _stream(self, key: tuple[int, str, int]) -> StreamRestorer:
         found = self._streams.get(key)
         if found is None:
-            in_json = key[1] in ("tool", "function_call")
+            in_json = key[1] in ("tool", "function_call") or (
+                key[1] == "content" and self._restorer.json_content
+            )
             found = self._streams[key] = self._restorer.stream(in_json=in_json)
         return found
 

@@ -39,7 +39,8 @@ from clawdbot_api.openai_wire import SseDecoder, SseError, dumps, loads
 __all__ = ["StreamHandle", "Upstream", "UpstreamError", "backoff_delay", "retry_after"]
 
 # Statuses worth another try at the same upstream (rate limited, overloaded, restarting).
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# 529 is Anthropic's "overloaded".
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504, 529})
 BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 5.0
 # An idle pooled connection older than this is closed rather than reused: servers close

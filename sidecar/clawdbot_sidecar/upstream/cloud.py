@@ -96,6 +96,12 @@ Wire.CHAT = Wire(Encoding.CHAT)
 Wire.AUDIO = Wire(Encoding.AUDIO)
 
 
+def _json_mode(body: Mapping[str, Any]) -> bool:
+    """Whether the request asks for a JSON document as the answer's text."""
+    fmt = body.get("response_format")
+    return isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema")
+
+
 class CloudTarget:
     """The cloud endpoint's client state: breaker and health estimates."""
 
@@ -127,7 +133,7 @@ class CloudTarget:
             self.metrics.redactions.labels(entity).inc(n)
         restorer = None
         if result.counts and call.redaction.restore_in_responses and len(result.mapping):
-            restorer = Restorer(result.mapping)
+            restorer = Restorer(result.mapping, json_content=_json_mode(body))
         request = dict(result.request)
         if out.endpoint == "embeddings":
             if cloud.embedding_model is None:  # decide() keeps them away; never the chat model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from itertools import combinations, pairwise
 from typing import Any
 
@@ -232,3 +233,49 @@ def test_restoring_copies_what_it_rewrites_and_leaves_the_input_alone() -> None:
     assert out["usage"] == {"prompt_tokens": 3}
     delta = restored["choices"][0]["delta"]
     assert delta["content"] == SSN and EMAIL in delta["tool_calls"][0]["function"]["arguments"]
+
+
+# A value that would end a JSON string early and smuggle a key in, were it not escaped.
+HOSTILE = 'O"Brien\\ "admin": true, "x'
+
+
+def _hostile_map() -> tuple[PseudonymMap, str]:
+    mapping = PseudonymMap()
+    return mapping, mapping.placeholder_for("PERSON", HOSTILE)
+
+
+def test_values_restored_into_tool_arguments_keep_the_json_intact() -> None:
+    mapping, placeholder = _hostile_map()
+    arguments = json.dumps({"name": placeholder, "n": 1})
+    answer = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}],
+        "function_call": {"name": "g", "arguments": arguments}}}]}  # fmt: skip
+    out = Restorer(mapping).restore_response(answer)["choices"][0]["message"]
+    for args in (out["tool_calls"][0]["function"]["arguments"], out["function_call"]["arguments"]):
+        assert json.loads(args) == {"name": HOSTILE, "n": 1}
+    # Streamed in pieces that split the placeholder, too.
+    chunks = Restorer(mapping).chunks()
+    pieces = [arguments[i : i + 5] for i in range(0, len(arguments), 5)]
+    got = ""
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        call = {"index": 0, "function": {"arguments": piece}}
+        choice = {"index": 0, "finish_reason": "tool_calls" if last else None,
+                  "delta": {"tool_calls": [call]}}  # fmt: skip
+        chunk = {"choices": [choice]}
+        delta = chunks.feed(chunk)["choices"][0]["delta"]
+        got += "".join(c["function"]["arguments"] for c in delta.get("tool_calls", []))
+    assert json.loads(got) == {"name": HOSTILE, "n": 1}
+
+
+def test_json_mode_answers_are_restored_as_json() -> None:
+    mapping, placeholder = _hostile_map()
+    content = json.dumps({"patient": placeholder})
+    answer = {"choices": [{"index": 0, "finish_reason": "stop",
+              "message": {"role": "assistant", "content": content}}]}  # fmt: skip
+    restored = Restorer(mapping, json_content=True).restore_response(answer)
+    assert json.loads(restored["choices"][0]["message"]["content"]) == {"patient": HOSTILE}
+    # Without JSON mode the text gets the value verbatim, as prose should.
+    plain = Restorer(mapping).restore_response(answer)["choices"][0]["message"]["content"]
+    assert HOSTILE in plain
