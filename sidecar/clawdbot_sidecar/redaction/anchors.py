@@ -251,3 +251,254 @@ def _needs_item(op: Any, av: Any, chars: frozenset[int]) -> bool:
     if op is C.ATOMIC_GROUP:
         return _needs(av.data, chars)
     return False  # lookarounds, anchors, back references: assume nothing
+
+
+# --- lookaround-free over-approximations, for the native scanner -----------------------
+#
+# The native scanner (native/, built with the `regex` crate) runs one pass over a text for
+# all detectors and tells, for each, where its *approximation* first matches. An
+# approximation matches wherever the pattern does and maybe elsewhere: lookarounds and
+# anchors become empty, back references repeat their group's pattern, counted repetitions
+# lose their upper bounds, and classes the crate reads differently are widened. So a
+# detector whose approximation matches nowhere has no match, and none of its matches starts
+# before the approximation's first match: the engine starts its search there.
+
+_ANY: Final = r"[\s\S]"
+# Upper bounds above this are dropped and lower bounds capped at _MAX_LO: fewer automaton
+# states, the same or a larger language.
+_MAX_HI: Final = 4
+_MAX_LO: Final = 16
+
+
+def approximate(pattern: re.Pattern[str], budget: int = 12, ascii: bool = False) -> str | None:
+    """A pattern for the `regex` crate that matches wherever `pattern` can start a match
+    (see above), cut after about `budget` characters: a prefix of a pattern still matches
+    at each of its starts, and a short one keeps the automaton small and fast.
+
+    With `ascii`, the approximation holds for ASCII texts only, and every class in it is a
+    set of ASCII characters (the crate then builds a byte automaton, far smaller than one
+    over Unicode classes). None where the parse tree holds something this doesn't
+    translate."""
+    try:
+        tree = P.parse(pattern.pattern, pattern.flags)
+    except re.error:  # pragma: no cover - it compiled once already
+        return None
+    flags = tree.state.flags
+    if flags & (re.VERBOSE | re.LOCALE | re.ASCII):
+        return None
+    try:
+        approx = _Approx(dotall=bool(flags & re.DOTALL), budget=budget, ascii=ascii)
+        return approx.seq(tree.data, icase=bool(flags & re.IGNORECASE))
+    except _Untranslatable:
+        return None
+
+
+class _Untranslatable(Exception):
+    pass
+
+
+def _hex(code: int) -> str:
+    return f"\\x{{{code:x}}}"
+
+
+class _Approx:
+    """Translates a parse tree, item by item, until `budget` characters are spent; then
+    `done` is set and the rest is dropped (what remains is a prefix of the pattern)."""
+
+    def __init__(self, dotall: bool, budget: int, ascii: bool) -> None:
+        self.dotall = dotall
+        self.budget = budget
+        self.ascii = ascii
+        self.done = False
+        self.groups: dict[int, str] = {}
+
+    def seq(self, items: Any, icase: bool) -> str:
+        out = []
+        for op, av in items:
+            if self.done:
+                break
+            out.append(self.item(op, av, icase))
+        return "".join(out)
+
+    def char(self, cls: str) -> str:
+        self.budget -= 1
+        self.done = self.budget <= 0
+        return cls
+
+    def item(self, op: Any, av: Any, icase: bool) -> str:
+        if op in (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN):
+            return self.char(self.one_char(op, av, icase))
+        if op is C.BRANCH:
+            return self.branch(av[1], icase)
+        if op is C.SUBPATTERN:
+            return self.subpattern(av, icase)
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT):
+            return self.repeat(av, icase)
+        if op is C.ATOMIC_GROUP:
+            return f"(?:{self.seq(av.data, icase)})"
+        if op in (C.ASSERT, C.ASSERT_NOT, C.AT):
+            return ""
+        if op is C.GROUPREF and av in self.groups:
+            return self.char(f"(?:{self.groups[av]})")
+        raise _Untranslatable
+
+    def one_char(self, op: Any, av: Any, icase: bool) -> str:
+        if self.ascii:
+            return _ascii_class(_ascii_set(op, av, icase, self.dotall))
+        if op is C.IN:
+            return _approx_class(av, icase)
+        if op is C.ANY:
+            return _ANY if self.dotall else r"[^\n]"
+        chars = _variants(av, icase)
+        if chars is None:
+            return _ANY
+        return ("[" if op is C.LITERAL else "[^") + "".join(map(_hex, chars)) + "]"
+
+    def branch(self, alts: Any, icase: bool) -> str:
+        budget, out, done = self.budget, [], False
+        left = budget
+        for alt in alts:
+            self.budget, self.done = budget, False
+            out.append(self.seq(alt.data, icase))
+            done |= self.done
+            left = min(left, self.budget)
+        # One alternative cut short ends the whole prefix here.
+        self.budget, self.done = left, done or left <= 0
+        return "(?:" + "|".join(out) + ")"
+
+    def subpattern(self, av: Any, icase: bool) -> str:
+        group, add, delete, sub = av
+        sub_icase = (icase or bool(add & re.IGNORECASE)) and not delete & re.IGNORECASE
+        if add & re.DOTALL or delete & re.DOTALL:
+            raise _Untranslatable
+        body = self.seq(sub.data, sub_icase)
+        if group is not None and not self.done:
+            self.groups[group] = body
+        return f"(?:{body})"
+
+    def repeat(self, av: Any, icase: bool) -> str:
+        lo, hi, sub = av
+        before = self.budget
+        body = self.seq(sub.data, icase)
+        if self.done:  # cut inside the body: one (partial) copy, and only if required
+            return body if lo >= 1 else ""
+        if lo == 0:
+            self.budget = before  # an optional part spends nothing for sure
+        else:
+            self.budget -= (before - self.budget) * (min(lo, _MAX_LO) - 1)
+            self.done = self.budget <= 0
+        lo = min(lo, _MAX_LO)
+        bound = f"{{{lo},{hi}}}" if hi <= _MAX_HI else f"{{{lo},}}"
+        return f"(?:{body}){bound}"
+
+
+def _variants(code: int, icase: bool) -> list[int] | None:
+    """The characters a literal matches, or None for "don't know" (widened to any)."""
+    ch = chr(code)
+    if not icase or ch.lower() == ch.upper():
+        return [code]
+    if not ch.isascii():
+        return None
+    low = ch.lower()
+    return sorted({ord(low), ord(ch.upper()), *map(ord, _FOLDS_ONTO_ASCII.get(low, ""))})
+
+
+def _approx_class(items: Any, icase: bool) -> str:
+    negated = bool(items) and items[0][0] is C.NEGATE
+    parts: list[str] = []
+    for op, av in items[1:] if negated else items:
+        if op is C.LITERAL:
+            chars = _variants(av, icase)
+            if chars is None:
+                return _ANY
+            parts += map(_hex, chars)
+        elif op is C.RANGE:
+            lo, hi = av
+            if icase and any(chr(c).lower() != chr(c).upper() for c in range(lo, hi + 1)):
+                if hi > 0x7F:
+                    return _ANY
+                for c in range(lo, hi + 1):
+                    parts += map(_hex, _variants(c, icase) or [c])
+            else:
+                parts.append(f"{_hex(lo)}-{_hex(hi)}")
+        elif op is C.CATEGORY and not negated and av in _WIDE_CATEGORIES:
+            parts.append(_WIDE_CATEGORIES[av])
+        else:
+            # Negated categories, and categories in a negated class, read differently in
+            # the crate (Unicode versions, Python's own definitions): any character.
+            return _ANY
+    if not parts:
+        return _ANY if negated else "[^\\s\\S]"
+    return ("[^" if negated else "[") + "".join(parts) + "]"
+
+
+# Python's classes, widened to what the crate's tables surely hold: Python's \w takes every
+# letter and number (str.isalnum), its \s the four separators below 0x20 too.
+_WIDE_CATEGORIES: Final = {
+    C.CATEGORY_DIGIT: r"\d",
+    C.CATEGORY_WORD: r"\w\p{L}\p{N}\p{M}_",
+    C.CATEGORY_SPACE: r"\s\x{1c}-\x{1f}\x{85}",
+}
+
+
+_ASCII: Final = range(128)
+
+
+def _ascii_set(op: Any, av: Any, icase: bool, dotall: bool) -> set[int]:
+    """The ASCII characters one character item matches (exactly: a text of ASCII holds
+    no others)."""
+    if op is C.ANY:
+        return set(_ASCII) if dotall else set(_ASCII) - {10}
+    if op is C.LITERAL:
+        return {c for c in _variants(av, icase) or [] if c < 128}
+    if op is C.NOT_LITERAL:
+        return set(_ASCII) - set(_variants(av, icase) or [])
+    negated = bool(av) and av[0][0] is C.NEGATE
+    members: set[int] = set()
+    for item_op, item in av[1:] if negated else av:
+        if item_op is C.LITERAL:
+            members |= {c for c in _variants(item, icase) or [] if c < 128}
+        elif item_op is C.RANGE:
+            for c in range(item[0], min(item[1], 127) + 1):
+                members |= {v for v in _variants(c, icase) or [c] if v < 128}
+        elif item_op is C.CATEGORY:
+            members |= _ASCII_CATEGORIES[item]
+        else:
+            raise _Untranslatable
+    return set(_ASCII) - members if negated else members
+
+
+def _category(pattern: str) -> frozenset[int]:
+    return frozenset(c for c in _ASCII if re.match(pattern, chr(c)))
+
+
+_ASCII_CATEGORIES: Final = {
+    C.CATEGORY_DIGIT: _category(r"\d"),
+    C.CATEGORY_NOT_DIGIT: _category(r"\D"),
+    C.CATEGORY_SPACE: _category(r"\s"),
+    C.CATEGORY_NOT_SPACE: _category(r"\S"),
+    C.CATEGORY_WORD: _category(r"\w"),
+    C.CATEGORY_NOT_WORD: _category(r"\W"),
+}
+
+
+def _ascii_class(codes: set[int]) -> str:
+    if not codes:
+        # Matches nothing in an ASCII text but NUL: a superset of "nothing" that every
+        # version of the crate accepts.
+        return r"\x00"
+    ranges: list[str] = []
+    run: list[int] = []
+    for c in sorted(codes):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            ranges.append(_range(run))
+        run = [c]
+    ranges.append(_range(run))
+    return "[" + "".join(ranges) + "]"
+
+
+def _range(run: list[int]) -> str:
+    return _hex(run[0]) if len(run) == 1 else f"{_hex(run[0])}-{_hex(run[-1])}"

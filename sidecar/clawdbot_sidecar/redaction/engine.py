@@ -7,11 +7,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
-from .anchors import analyze
+from .anchors import analyze, approximate
 from .config import BUILTIN_ENTITIES, RedactionConfig, RedactionMode
 from .detectors import Detector, Span, builtin_detectors, custom_detector, resolve_overlaps
+from .native import Scanner, scanner_type
 from .walker import inspect_request, rewrite
 
 __all__ = [
@@ -142,14 +144,16 @@ class _Run:
     # Texts without an ASCII digit skip it (declared, implied by a digit lead, or read
     # from the pattern).
     needs_digit: bool
+    # Its index among the native scanner's detectors.
+    slot: int
 
 
-def _prepare(det: Detector) -> _Run:
+def _prepare(det: Detector, slot: int) -> _Run:
     facts = analyze(det.regex)
     needs_digit = det.needs_digit or det.digit_lead is not None or facts.needs_digit
     finder = facts.finder
     if finder is None:
-        return _Run(det, det.regex.search, needs_digit)
+        return _Run(det, det.regex.search, needs_digit, slot)
     match = det.regex.match
 
     def search(text: str, pos: int) -> re.Match[str] | None:
@@ -165,7 +169,21 @@ def _prepare(det: Detector) -> _Run:
                 return m
             pos = hit.start() + 1
 
-    return _Run(det, search, needs_digit)
+    return _Run(det, search, needs_digit, slot)
+
+
+@lru_cache(maxsize=4)
+def _shared_scanner(unicode: tuple[str | None, ...], ascii: tuple[str | None, ...]) -> Scanner:
+    # Redactors with the same detectors (the built-in one, a policy's, its reloads) share
+    # one scanner: its compiled automata are the native path's memory.
+    make = scanner_type()
+    assert make is not None
+    return make(list(unicode), list(ascii))
+
+
+# How far into a pattern its approximation for the native scanner reaches (characters): a
+# longer one skips more detectors, a shorter one scans faster; 10 measured best.
+_APPROXIMATION_BUDGET: Final = 10
 
 
 # The only built-in pattern that can match across a line break (a PEM block); texts joined
@@ -176,7 +194,9 @@ _MULTILINE_NEEDLE: Final = "-----BEGIN"
 class Redactor:
     """Finds sensitive values and rewrites text and OpenAI requests per a RedactionConfig."""
 
-    def __init__(self, config: RedactionConfig) -> None:
+    def __init__(self, config: RedactionConfig, native: bool | None = None) -> None:
+        """`native`: use the native scanner (True: it must be installed), the pure-Python
+        path (False), or the scanner where it is installed (None)."""
         self._config = config
         active = config.active_entities()
         # Every built-in gets a detector, active or not: a routing rule may ask about an
@@ -185,14 +205,33 @@ class Redactor:
         detectors += [custom_detector(c.name, c.pattern) for c in config.custom]
         self._all_detectors = tuple(detectors)
         self._detectors = tuple(d for d in detectors if d.entity in active)
-        runs = {d: _prepare(d) for d in detectors}
+        runs = {d: _prepare(d, slot) for slot, d in enumerate(detectors)}
         self._all_runs = tuple(runs[d] for d in detectors)
         self._runs = tuple(runs[d] for d in self._detectors)
         # Detectors of entities detection leaves out; routing rules may still ask about them.
         self._inactive = tuple(runs[d] for d in detectors if d.entity not in active)
         self._has_custom = bool(config.custom)
+        self._scanner = self._native_scanner(detectors, native)
         self._modes = {name: config.mode_for(name) for name in active}
         self._order = BUILTIN_ENTITIES + tuple(c.name for c in config.custom)
+
+    @staticmethod
+    def _native_scanner(detectors: Sequence[Detector], native: bool | None) -> Scanner | None:
+        make = scanner_type()
+        if native is False or (make is None and native is None):
+            return None
+        if make is None:
+            raise RuntimeError("the native scanner is not installed (make venv builds it)")
+        budget = _APPROXIMATION_BUDGET
+        return _shared_scanner(
+            tuple(approximate(d.regex, budget) for d in detectors),
+            tuple(approximate(d.regex, budget, ascii=True) for d in detectors),
+        )
+
+    @property
+    def native(self) -> bool:
+        """True when this redactor's fast tier runs the native scanner."""
+        return self._scanner is not None
 
     @property
     def config(self) -> RedactionConfig:
@@ -302,8 +341,7 @@ class Redactor:
         present = self._present(text, chosen)
         return [name for name in self._order if name in present]
 
-    @staticmethod
-    def _candidates(text: str, runs: Iterable[_Run]) -> Iterator[tuple[_Run, int]]:
+    def _candidates(self, text: str, runs: Iterable[_Run]) -> Iterator[tuple[_Run, int]]:
         """Those of `runs` whose prefilters pass on `text`, each with the position its
         search can start from.
 
@@ -311,10 +349,47 @@ class Redactor:
         occurs and, for a pattern that needs one, a digit occurs: each is necessary for a
         match. No match can start earlier than the lead before the first needle or digit,
         so the search starts there; lookbehinds still see the text before that position.
+        With the native scanner, its approximations' first matches take the needles'
+        place (a text of ASCII without digits, prose, is cheaper without it).
         """
+        scanner = self._scanner
+        if scanner is None:
+            return self._python_candidates(text, runs)
+        m = _ANY_DIGIT.search(text)
+        first_digit = m.start() if m is not None else -1
+        ascii_only = text.isascii()
+        if first_digit == -1 and ascii_only:
+            return self._python_candidates(text, runs, first_digit, ascii_only)
+        return self._native_candidates(scanner, text, runs, first_digit, ascii_only)
+
+    @staticmethod
+    def _native_candidates(
+        scanner: Scanner, text: str, runs: Iterable[_Run], first_digit: int, ascii_only: bool
+    ) -> Iterator[tuple[_Run, int]]:
+        starts = scanner.first_starts(text)
+        for run in runs:
+            start = starts[run.slot]
+            if start < 0:
+                continue
+            det = run.det
+            if (det.non_ascii and ascii_only) or (run.needs_digit and first_digit == -1):
+                continue
+            if det.requires:
+                for needle in det.requires:
+                    if needle in text:
+                        break
+                else:
+                    continue
+            if det.digit_lead is not None:
+                start = max(start, first_digit - det.digit_lead)
+            yield run, start
+
+    @staticmethod
+    def _python_candidates(
+        text: str, runs: Iterable[_Run], first_digit: int = -2, ascii_only: bool | None = None
+    ) -> Iterator[tuple[_Run, int]]:
+        # first_digit -2: not looked for yet (-1: none); ascii_only None: not known yet.
         folded: str | None = None
-        first_digit = -2  # not looked for yet; -1: none
-        ascii_only: bool | None = None
         for run in runs:
             det = run.det
             if det.non_ascii:

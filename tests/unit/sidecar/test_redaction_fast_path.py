@@ -15,9 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor, Span
-from clawdbot_sidecar.redaction.anchors import analyze
+from clawdbot_sidecar.redaction import (
+    BUILTIN_ENTITIES,
+    CustomEntity,
+    RedactionConfig,
+    Redactor,
+    Span,
+)
+from clawdbot_sidecar.redaction.anchors import analyze, approximate
 from clawdbot_sidecar.redaction.detectors import Detector, builtin_detectors, resolve_overlaps
+from clawdbot_sidecar.redaction.native import fast_tier_path, scanner_type
 
 EN = [
     "jane.doe@example.com", "josé@ejemplo.es", "jane [ at ] example [dot] com", "a(at)b.org",
@@ -85,10 +92,15 @@ def reference_spans(detectors: tuple[Detector, ...], text: str) -> list[Span]:
     return resolve_overlaps(reference(detectors, text))
 
 
-REDACTORS = [
-    Redactor(RedactionConfig()),
-    Redactor(RedactionConfig(entities=["PERSON", "ADDRESS", "DATE_OF_BIRTH", "PHONE"])),
+CONFIGS = [
+    RedactionConfig(),
+    RedactionConfig(entities=["PERSON", "ADDRESS", "DATE_OF_BIRTH", "PHONE"]),
+    RedactionConfig(custom=[CustomEntity(name="TICKET", pattern=r"(?<![A-Z])T-\d{3,}")]),
 ]
+# Both paths: the pure-Python one, and the native scanner's where it is installed.
+REDACTORS = [Redactor(c, native=False) for c in CONFIGS]
+if scanner_type() is not None:
+    REDACTORS += [Redactor(c, native=True) for c in CONFIGS]
 
 
 def _check(text: str) -> None:
@@ -96,7 +108,7 @@ def _check(text: str) -> None:
         assert redactor.detect(text) == reference_spans(redactor._detectors, text)
         present = {f[3] for f in reference(redactor._all_detectors, text)}
         expected = [e for e in redactor._order if e in present]
-        assert redactor.contains_pii(text, BUILTIN_ENTITIES) == expected
+        assert redactor.contains_pii(text, redactor._order) == expected
 
 
 @settings(max_examples=400, deadline=None)
@@ -158,3 +170,38 @@ def test_digit_requirements_read_from_the_patterns() -> None:
     assert analyze(re.compile(r"(?:b[0-9]|[0-9]{2,})")).needs_digit is True
     assert analyze(re.compile(r"x[0-9]*")).needs_digit is False
     assert analyze(re.compile(r"x\d")).needs_digit is False  # \d takes other digits too
+
+
+@pytest.mark.skipif(scanner_type() is None, reason=f"fast tier path: {fast_tier_path()}")
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(en_texts, zh_texts))
+def test_an_approximation_matches_no_later_than_its_pattern(text: str) -> None:
+    make = scanner_type()
+    assert make is not None
+    for budget in (4, 10, 1000):
+        scanner = make(
+            [approximate(d.regex, budget) for d in DETECTORS],
+            [approximate(d.regex, budget, ascii=True) for d in DETECTORS],
+        )
+        starts = scanner.first_starts(text)
+        for det, start in zip(DETECTORS, starts, strict=True):
+            m = det.regex.search(text)
+            if m is not None:
+                assert 0 <= start <= m.start(), (budget, det.regex.pattern[:40])
+
+
+def test_every_pattern_gets_an_approximation() -> None:
+    for det in DETECTORS:
+        assert approximate(det.regex) is not None, det.regex.pattern[:40]
+        assert approximate(det.regex, ascii=True) is not None, det.regex.pattern[:40]
+
+
+def test_the_native_scanner_is_used_where_installed_and_can_be_refused() -> None:
+    assert not Redactor(RedactionConfig(), native=False).native
+    if scanner_type() is None:
+        assert fast_tier_path().startswith("python")
+        with pytest.raises(RuntimeError, match="not installed"):
+            Redactor(RedactionConfig(), native=True)
+    else:
+        assert fast_tier_path().startswith("native")
+        assert Redactor(RedactionConfig()).native
