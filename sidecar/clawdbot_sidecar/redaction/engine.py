@@ -225,7 +225,10 @@ class Redactor:
         budget = _APPROXIMATION_BUDGET
         return _shared_scanner(
             tuple(approximate(d.regex, budget) for d in detectors),
-            tuple(approximate(d.regex, budget, ascii=True) for d in detectors),
+            # Detectors of Chinese text never run on ASCII texts: nothing to look for.
+            tuple(
+                None if d.non_ascii else approximate(d.regex, budget, ascii=True) for d in detectors
+            ),
         )
 
     @property
