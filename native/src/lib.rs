@@ -28,23 +28,30 @@ struct Scanner {
     // Per detector, in the order given: its approximations (None: search from the start).
     unicode: Vec<Option<Regex>>,
     ascii: Vec<Option<Regex>>,
+    // Detectors whose approximation the crate refused (too large, say): they are searched
+    // from the start of every text, which costs time, never findings.
+    refused: Vec<usize>,
 }
 
-fn compile_all(patterns: &[Option<String>], unicode: bool) -> PyResult<Vec<Option<Regex>>> {
+fn compile_all(
+    patterns: &[Option<String>],
+    unicode: bool,
+    refused: &mut Vec<usize>,
+) -> Vec<Option<Regex>> {
     patterns
         .iter()
-        .map(|pattern| {
-            pattern
-                .as_deref()
-                .map(|source| {
-                    RegexBuilder::new(source)
-                        .unicode(unicode)
-                        .size_limit(SIZE_LIMIT)
-                        .dfa_size_limit(DFA_SIZE_LIMIT)
-                        .build()
-                        .map_err(|e| PyValueError::new_err(e.to_string()))
-                })
-                .transpose()
+        .enumerate()
+        .map(|(i, pattern)| {
+            let source = pattern.as_deref()?;
+            let built = RegexBuilder::new(source)
+                .unicode(unicode)
+                .size_limit(SIZE_LIMIT)
+                .dfa_size_limit(DFA_SIZE_LIMIT)
+                .build();
+            if built.is_err() && !refused.contains(&i) {
+                refused.push(i);
+            }
+            built.ok()
         })
         .collect()
 }
@@ -59,10 +66,20 @@ impl Scanner {
                 "expected one Unicode and one ASCII pattern per detector",
             ));
         }
+        let mut refused = Vec::new();
+        let unicode = compile_all(&unicode, true, &mut refused);
+        let ascii = compile_all(&ascii, false, &mut refused);
+        refused.sort_unstable();
         Ok(Scanner {
-            unicode: compile_all(&unicode, true)?,
-            ascii: compile_all(&ascii, false)?,
+            unicode,
+            ascii,
+            refused,
         })
+    }
+
+    /// The detectors (indices) whose approximation the crate could not compile.
+    fn refused(&self) -> Vec<usize> {
+        self.refused.clone()
     }
 
     /// For each detector, the character offset in `text` where its approximation first

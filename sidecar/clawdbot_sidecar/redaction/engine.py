@@ -205,11 +205,10 @@ class Redactor:
         detectors += [custom_detector(c.name, c.pattern) for c in config.custom]
         self._all_detectors = tuple(detectors)
         self._detectors = tuple(d for d in detectors if d.entity in active)
-        runs = {d: _prepare(d, slot) for slot, d in enumerate(detectors)}
-        self._all_runs = tuple(runs[d] for d in detectors)
-        self._runs = tuple(runs[d] for d in self._detectors)
+        self._all_runs = tuple(_prepare(d, slot) for slot, d in enumerate(detectors))
+        self._runs = tuple(r for r in self._all_runs if r.det.entity in active)
         # Detectors of entities detection leaves out; routing rules may still ask about them.
-        self._inactive = tuple(runs[d] for d in detectors if d.entity not in active)
+        self._inactive = tuple(r for r in self._all_runs if r.det.entity not in active)
         self._has_custom = bool(config.custom)
         self._scanner = self._native_scanner(detectors, native)
         self._modes = {name: config.mode_for(name) for name in active}

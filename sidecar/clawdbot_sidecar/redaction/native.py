@@ -30,6 +30,11 @@ class Scanner(Protocol):
         nowhere, 0 for a detector without an approximation."""
         ...
 
+    def refused(self) -> list[int]:
+        """Detectors whose approximation the crate could not compile (searched from the
+        start of every text instead)."""
+        ...
+
     def __len__(self) -> int: ...
 
 

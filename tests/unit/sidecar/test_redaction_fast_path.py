@@ -196,6 +196,17 @@ def test_every_pattern_gets_an_approximation() -> None:
         assert approximate(det.regex, ascii=True) is not None, det.regex.pattern[:40]
 
 
+@pytest.mark.skipif(scanner_type() is None, reason=f"fast tier path: {fast_tier_path()}")
+def test_the_crate_compiles_every_built_in_approximation_and_survives_a_bad_one() -> None:
+    assert Redactor(RedactionConfig(), native=True)._scanner.refused() == []  # type: ignore[union-attr]
+    make = scanner_type()
+    assert make is not None
+    scanner = make(["a", "(?:x){1000}{1000}{1000}", None], ["a", "(", None])
+    assert scanner.refused() == [1]
+    # A refused approximation, like none at all: that detector searches from the start.
+    assert scanner.first_starts("xa") == [1, 0, 0]
+
+
 def test_the_native_scanner_is_used_where_installed_and_can_be_refused() -> None:
     assert not Redactor(RedactionConfig(), native=False).native
     if scanner_type() is None:
