@@ -35,7 +35,7 @@ $(VENV_STAMP): pyproject.toml
 # The redaction fast tier's native scanner (native/, Rust, built with maturin through pip):
 # rebuilt only when its sources change; cargo keeps its build cache under the venv. Without
 # cargo the sidecar runs the pure-Python path (it says which at start-up).
-NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/.cargo/config.toml native/pyproject.toml $(wildcard native/src/*.rs)
 NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
 
 $(NATIVE_STAMP): $(VENV_STAMP) $(NATIVE_SOURCES)
