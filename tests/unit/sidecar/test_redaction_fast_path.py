@@ -126,11 +126,13 @@ def test_chinese_texts_find_what_the_reference_finds(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        # Case folds: "ſ" is an "s" and "İ" an "i" to a case-insensitive cue.
-        "ſſn 078051120",
+        # Case folds: "ſ" is an "s" and "İ" an "i" to a case-insensitive cue (the first
+        # two were missed when needles were looked for in text.lower()).
+        "paſſword=hunter22",
+        "paſſport no. X1234567",
         "İnsurance ID: ABC123456",
         "MBİ 1EG4-TE5-MK73 and \u212aastanienallee 12",
-        "jane [ at ] example [dot] com",
+        "jane [ at ] example [dot] com",  # missed when the needles wanted "at]"
         "İİ phone: 07700900123 İ",
     ],
 )
