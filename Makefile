@@ -35,8 +35,26 @@ $(VENV_STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The redaction fast tier's native scanner (native/, Rust, built with maturin through pip):
+# rebuilt only when its sources change; cargo keeps its build cache under the venv. Without
+# cargo the sidecar runs the pure-Python path (it says which at start-up).
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/.cargo/config.toml native/pyproject.toml $(wildcard native/src/*.rs)
+NATIVE_STAMP := $(VENV)/.native-$(shell cat $(NATIVE_SOURCES) | sha256sum | cut -c1-16)
+
+$(NATIVE_STAMP): $(VENV_STAMP) $(NATIVE_SOURCES)
+	@if command -v cargo >/dev/null; then \
+		echo "==> building the native redaction scanner (native/, $$(cargo --version))"; \
+		CARGO_TARGET_DIR=$(abspath $(VENV))/native-target $(BIN)/python -m pip install --quiet ./native; \
+		rm -f $(VENV)/.native-*; touch $@; \
+	else \
+		echo "==> cargo not found: not building native/ (the redaction fast tier runs its pure-Python path)"; \
+	fi
+
 .PHONY: venv
-venv: $(VENV_STAMP) ## Create the virtualenv with the project and its dev tools.
+venv: $(VENV_STAMP) $(NATIVE_STAMP) ## Create the virtualenv with the project, its dev tools and the native scanner.
+
+.PHONY: native
+native: $(NATIVE_STAMP) ## Build the redaction fast tier's native scanner into the venv (needs cargo).
 
 .PHONY: fmt
 fmt: venv ## Format and auto-fix the Python code.

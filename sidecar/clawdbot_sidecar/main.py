@@ -27,6 +27,7 @@ from clawdbot_sidecar.discovery import DiscoveryClient, PodIdentity
 from clawdbot_sidecar.fronts.grpc import GrpcFront
 from clawdbot_sidecar.fronts.rest import RestFront
 from clawdbot_sidecar.plugins import PluginError, load_plugins
+from clawdbot_sidecar.redaction.fastscan import fast_tier_path
 from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
 
@@ -195,6 +196,7 @@ async def serve(args: argparse.Namespace) -> int:
         len(config.endpoints),
         "configured" if config.policy.cloud else "off",
     )
+    log.info("redaction fast tier: %s", fast_tier_path())
     grpc_front = GrpcFront(core, args.host, args.grpc_port) if args.grpc_port else None
     if grpc_front is not None:
         await grpc_front.start(front.synced)

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
+from clawdbot_sidecar.redaction.fastscan import scanner_type
+
 # Latency buckets from a cached answer (ms) to a long generation (minutes).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -121,6 +123,12 @@ class SidecarMetrics:
             ["state"],
             registry=r,
         )
+        self.redaction_native = Gauge(
+            "clawdbot_sidecar_redaction_fast_tier_native",
+            "1 when the redaction fast tier runs its native scanner, 0 on the pure-Python path.",
+            registry=r,
+        )
+        self.redaction_native.set(1 if scanner_type() is not None else 0)
         self.cloud_circuit_open = Gauge(
             "clawdbot_sidecar_cloud_circuit_open",
             "1 while the circuit breaker keeps requests away from the cloud.",

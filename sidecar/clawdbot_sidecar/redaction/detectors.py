@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from .personal import specs
+from .personal import DIGIT_CHECKED, specs
 from .validators import (
     IBAN_LENGTHS,
     cn_resident_id_valid,
@@ -65,6 +65,10 @@ class Detector:
     digit_lead: int | None = None
     # Every match holds a character outside ASCII (Chinese text): ASCII texts skip it.
     non_ascii: bool = False
+    # Every confirmed finding comes from a match holding an ASCII digit, though not at a
+    # fixed distance from its start (the check insists on digits): texts without one skip
+    # it. The engine also works this out from the pattern where the pattern says so.
+    needs_digit: bool = False
 
 
 # --- validators bound to matches -------------------------------------------------------
@@ -413,9 +417,11 @@ def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
         "EMAIL": [
             Detector("EMAIL", _EMAIL, PRIORITY["EMAIL"], ("@",), needle_lead=64),
             Detector("EMAIL", _EMAIL_LATIN, PRIORITY["EMAIL"], ("@",), needle_lead=64),
+            # Spaces may stand between "at" and its brackets ("[ at ]"): the brackets are
+            # what every spelling holds.
             Detector(
-                "EMAIL", _EMAIL_SPELLED, PRIORITY["EMAIL"], ("at]", "at)", "at}", "at>", "@]",
-                "@)", "@}", "@>"), needles_casefold=True, needle_lead=72,
+                "EMAIL", _EMAIL_SPELLED, PRIORITY["EMAIL"], ("[", "(", "{", "<"),
+                requires=("]", ")", "}", ">"),
             ),
         ],
         "PHONE": [
@@ -506,6 +512,7 @@ def builtin_detectors(entities: Iterable[str]) -> list[Detector]:
                 needle_lead=needle_lead,
                 digit_lead=digit_lead,
                 non_ascii=non_ascii,
+                needs_digit=regex in DIGIT_CHECKED,
             )
         )
     chosen = set(entities)

@@ -7,10 +7,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
+from .anchors import analyze, approximate
 from .config import BUILTIN_ENTITIES, RedactionConfig, RedactionMode
 from .detectors import Detector, Span, builtin_detectors, custom_detector, resolve_overlaps
+from .fastscan import Scanner, scanner_type
 from .walker import inspect_request, rewrite
 
 __all__ = [
@@ -124,6 +127,65 @@ FindingsMemo = dict[str, Findings]
 
 _NOTHING: Final = Findings([], frozenset())
 _ANY_DIGIT: Final = re.compile(r"[0-9]")
+# Characters that match an ASCII letter under re.IGNORECASE but lower-case to something
+# else ("İ".lower() is two characters): mapped first, so a needle is found wherever a
+# case-insensitive cue can match, at the same position as in the text.
+_FOLD: Final = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+
+Search = Callable[[str, int], "re.Match[str] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """A detector ready to scan with: its search and the prefilters that gate it."""
+
+    det: Detector
+    search: Search
+    # Texts without an ASCII digit skip it (declared, implied by a digit lead, or read
+    # from the pattern).
+    needs_digit: bool
+    # Its index among the native scanner's detectors.
+    slot: int
+
+
+def _prepare(det: Detector, slot: int) -> _Run:
+    facts = analyze(det.regex)
+    needs_digit = det.needs_digit or det.digit_lead is not None or facts.needs_digit
+    finder = facts.finder
+    if finder is None:
+        return _Run(det, det.regex.search, needs_digit, slot)
+    match = det.regex.match
+
+    def search(text: str, pos: int) -> re.Match[str] | None:
+        # The finder skips to where the pattern can start; the pattern, matched there, is
+        # what a plain search returns. A hit it does not confirm (finders with a back
+        # reference widened) moves the search one character on.
+        while True:
+            hit = finder.search(text, pos)
+            if hit is None:
+                return None
+            m = match(text, hit.start())
+            if m is not None:
+                return m
+            pos = hit.start() + 1
+
+    return _Run(det, search, needs_digit, slot)
+
+
+@lru_cache(maxsize=4)
+def _shared_scanner(unicode: tuple[str | None, ...], ascii: tuple[str | None, ...]) -> Scanner:
+    # Redactors with the same detectors (the built-in one, a policy's, its reloads) share
+    # one scanner: its compiled automata are the native path's memory.
+    make = scanner_type()
+    assert make is not None
+    return make(list(unicode), list(ascii))
+
+
+# How far into a pattern its approximation for the native scanner reaches (characters): a
+# longer one skips more detectors, a shorter one scans faster; 10 measured best.
+_APPROXIMATION_BUDGET: Final = 10
+
+
 # The only built-in pattern that can match across a line break (a PEM block); texts joined
 # by newlines hold the findings of their parts unless this opens one.
 _MULTILINE_NEEDLE: Final = "-----BEGIN"
@@ -132,7 +194,9 @@ _MULTILINE_NEEDLE: Final = "-----BEGIN"
 class Redactor:
     """Finds sensitive values and rewrites text and OpenAI requests per a RedactionConfig."""
 
-    def __init__(self, config: RedactionConfig) -> None:
+    def __init__(self, config: RedactionConfig, native: bool | None = None) -> None:
+        """`native`: use the native scanner (True: it must be installed), the pure-Python
+        path (False), or the scanner where it is installed (None)."""
         self._config = config
         active = config.active_entities()
         # Every built-in gets a detector, active or not: a routing rule may ask about an
@@ -141,11 +205,35 @@ class Redactor:
         detectors += [custom_detector(c.name, c.pattern) for c in config.custom]
         self._all_detectors = tuple(detectors)
         self._detectors = tuple(d for d in detectors if d.entity in active)
+        self._all_runs = tuple(_prepare(d, slot) for slot, d in enumerate(detectors))
+        self._runs = tuple(r for r in self._all_runs if r.det.entity in active)
         # Detectors of entities detection leaves out; routing rules may still ask about them.
-        self._inactive = tuple(d for d in detectors if d.entity not in active)
+        self._inactive = tuple(r for r in self._all_runs if r.det.entity not in active)
         self._has_custom = bool(config.custom)
+        self._scanner = self._native_scanner(detectors, native)
         self._modes = {name: config.mode_for(name) for name in active}
         self._order = BUILTIN_ENTITIES + tuple(c.name for c in config.custom)
+
+    @staticmethod
+    def _native_scanner(detectors: Sequence[Detector], native: bool | None) -> Scanner | None:
+        make = scanner_type()
+        if native is False or (make is None and native is None):
+            return None
+        if make is None:
+            raise RuntimeError("the native scanner is not installed (make venv builds it)")
+        budget = _APPROXIMATION_BUDGET
+        return _shared_scanner(
+            tuple(approximate(d.regex, budget) for d in detectors),
+            # Detectors of Chinese text never run on ASCII texts: nothing to look for.
+            tuple(
+                None if d.non_ascii else approximate(d.regex, budget, ascii=True) for d in detectors
+            ),
+        )
+
+    @property
+    def native(self) -> bool:
+        """True when this redactor's fast tier runs the native scanner."""
+        return self._scanner is not None
 
     @property
     def config(self) -> RedactionConfig:
@@ -171,20 +259,21 @@ class Redactor:
         if memo is not None:
             found = memo.get(text)
             if found is None:
-                found = memo[text] = self._inspect(text, self._detectors)
+                found = memo[text] = self._inspect(text, self._runs)
             return found
-        return self._inspect(text, self._detectors)
+        return self._inspect(text, self._runs)
 
-    def _inspect(self, text: str, detectors: Iterable[Detector]) -> Findings:
+    def _inspect(self, text: str, runs: Iterable[_Run]) -> Findings:
         if not text:
             return _NOTHING
         found: list[tuple[int, int, int, str]] = []
         present: set[str] = set()
-        for det, start in self._candidates(text, detectors):
-            m = det.regex.search(text, start)
+        for run, start in self._candidates(text, runs):
+            m = run.search(text, start)
             if m is None:  # the common case: no match at all
                 continue
-            for span in _findings(det, text, m):
+            det = run.det
+            for span in _findings(run, text, m):
                 found.append((span[0], span[1], det.priority, det.entity))
                 present.add(det.entity)
         if not found:
@@ -223,7 +312,7 @@ class Redactor:
             present |= found.present
         if wanted:
             chosen = set(wanted)
-            inactive = [d for d in self._inactive if d.entity in chosen]
+            inactive = [r for r in self._inactive if r.det.entity in chosen]
             if inactive:
                 for part in parts:
                     present |= self._present(part, inactive, present)
@@ -233,17 +322,18 @@ class Redactor:
         return counts
 
     def _present(
-        self, text: str, detectors: Iterable[Detector], known: AbstractSet[str] = frozenset()
+        self, text: str, runs: Iterable[_Run], known: AbstractSet[str] = frozenset()
     ) -> set[str]:
-        """Entities of `detectors` with a confirmed match in `text`, each stopping at its
+        """Entities of `runs` with a confirmed match in `text`, each stopping at its
         first; those in `known` are not looked for again."""
         present: set[str] = set()
-        for det, start in self._candidates(text, detectors):
-            if det.entity in present or det.entity in known:
+        for run, start in self._candidates(text, runs):
+            entity = run.det.entity
+            if entity in present or entity in known:
                 continue
-            m = det.regex.search(text, start)
-            if m is not None and next(_findings(det, text, m), None) is not None:
-                present.add(det.entity)
+            m = run.search(text, start)
+            if m is not None and next(_findings(run, text, m), None) is not None:
+                present.add(entity)
         return present
 
     def contains_pii(self, text: str, entities: Iterable[str] = ()) -> list[str]:
@@ -254,35 +344,81 @@ class Redactor:
         side of privacy for routing.
         """
         wanted = set(entities) or set(self._modes)
-        chosen = [d for d in self._all_detectors if d.entity in wanted]
+        chosen = [r for r in self._all_runs if r.det.entity in wanted]
         present = self._present(text, chosen)
         return [name for name in self._order if name in present]
 
-    @staticmethod
-    def _candidates(text: str, detectors: Iterable[Detector]) -> Iterator[tuple[Detector, int]]:
-        """Those of `detectors` whose prefilters pass on `text`, each with the position its
+    def _candidates(self, text: str, runs: Iterable[_Run]) -> Iterator[tuple[_Run, int]]:
+        """Those of `runs` whose prefilters pass on `text`, each with the position its
         search can start from.
 
         A detector runs only if one of its needles occurs, one of its required characters
         occurs and, for a pattern that needs one, a digit occurs: each is necessary for a
         match. No match can start earlier than the lead before the first needle or digit,
         so the search starts there; lookbehinds still see the text before that position.
+        With the native scanner, its approximations' first matches take the needles'
+        place (a text of ASCII without digits, prose, is cheaper without it).
         """
-        lowered: str | None = None
-        first_digit = -2  # not looked for yet; -1: none
-        ascii_only: bool | None = None
-        for det in detectors:
-            start = 0
+        scanner = self._scanner
+        if scanner is None:
+            return self._python_candidates(text, runs)
+        m = _ANY_DIGIT.search(text)
+        first_digit = m.start() if m is not None else -1
+        ascii_only = text.isascii()
+        if first_digit == -1 and ascii_only:
+            return self._python_candidates(text, runs, first_digit, ascii_only)
+        return self._native_candidates(scanner, text, runs, first_digit, ascii_only)
+
+    @staticmethod
+    def _native_candidates(
+        scanner: Scanner, text: str, runs: Iterable[_Run], first_digit: int, ascii_only: bool
+    ) -> Iterator[tuple[_Run, int]]:
+        starts = scanner.first_starts(text)
+        for run in runs:
+            start = starts[run.slot]
+            if start < 0:
+                continue
+            det = run.det
+            if (det.non_ascii and ascii_only) or (run.needs_digit and first_digit == -1):
+                continue
+            if det.requires:
+                for needle in det.requires:
+                    if needle in text:
+                        break
+                else:
+                    continue
+            if det.digit_lead is not None:
+                start = max(start, first_digit - det.digit_lead)
+            yield run, start
+
+    @staticmethod
+    def _python_candidates(
+        text: str, runs: Iterable[_Run], first_digit: int = -2, ascii_only: bool | None = None
+    ) -> Iterator[tuple[_Run, int]]:
+        # first_digit -2: not looked for yet (-1: none); ascii_only None: not known yet.
+        folded: str | None = None
+        for run in runs:
+            det = run.det
             if det.non_ascii:
                 if ascii_only is None:
                     ascii_only = text.isascii()
                 if ascii_only:
                     continue
+            if run.needs_digit:
+                if first_digit == -2:
+                    m = _ANY_DIGIT.search(text)
+                    first_digit = m.start() if m is not None else -1
+                if first_digit == -1:
+                    continue
+            start = 0
             if det.needles:
                 if det.needles_casefold:
-                    if lowered is None:
-                        lowered = text.lower()
-                    haystack = lowered
+                    if folded is None:
+                        if ascii_only is None:
+                            ascii_only = text.isascii()
+                        # Same length and positions as the text (see _FOLD).
+                        folded = text.lower() if ascii_only else text.translate(_FOLD).lower()
+                    haystack = folded
                 else:
                     haystack = text
                 first = -1
@@ -292,9 +428,7 @@ class Redactor:
                         first = i
                 if first == -1:
                     continue
-                # Lower-casing may change the length of non-ASCII text, and with it the
-                # positions: such text is searched from its start.
-                if det.needle_lead is not None and (haystack is text or text.isascii()):
+                if det.needle_lead is not None:
                     start = max(0, first - det.needle_lead)
             if det.requires:
                 for needle in det.requires:
@@ -303,13 +437,8 @@ class Redactor:
                 else:
                     continue
             if det.digit_lead is not None:
-                if first_digit == -2:
-                    m = _ANY_DIGIT.search(text)
-                    first_digit = m.start() if m is not None else -1
-                if first_digit == -1:
-                    continue
                 start = max(start, first_digit - det.digit_lead)
-            yield det, start
+            yield run, start
 
     def scan(self, text: str) -> dict[str, int]:
         """Counts per entity found in `text`, without rewriting it."""
@@ -386,7 +515,7 @@ class Redactor:
 
 
 def _findings(
-    det: Detector, text: str, first: re.Match[str] | None = None
+    run: _Run, text: str, first: re.Match[str] | None = None
 ) -> Iterator[tuple[int, int]]:
     """The confirmed (start, end) spans of one detector in `text`, lazily (`first`: the
     detector's first match in `text`, when the caller has it already).
@@ -395,12 +524,13 @@ def _findings(
     check that trims a match (a phone number running into the next one) or rejects it
     must not hide a value inside the rest of that match.
     """
-    check = det.check
+    check = run.det.check
+    search = run.search
     pos = 0
     m = first
     while pos <= len(text):
         if m is None:
-            m = det.regex.search(text, pos)
+            m = search(text, pos)
             if m is None:
                 return
         span = check(text, m) if check is not None else m.span()

@@ -2,13 +2,19 @@
 """Word lists behind the people detectors: names, street and place words, stop words.
 
 The census name lists are loaded from `data/` once per process, on first use (a Redactor
-is built once per policy, so no request waits for them). Everything else here is small
-and written out, so a reader can see exactly what a cue or a stop word is.
+is built once per policy, so no request waits for them), into `NameList`s: sorted arrays
+of the names' hashes, about 750 KB for the 94,000 names where Python sets of the strings
+took 10 MB in every client pod. Everything else here is small and written out, so a reader
+can see exactly what a cue or a stop word is.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
 from functools import cache
 from importlib import resources
 from typing import Final
@@ -21,6 +27,7 @@ __all__ = [
     "NAME_STOP_WORDS",
     "STREET_SUFFIXES",
     "US_STATES",
+    "NameList",
     "given_names",
     "is_given_name",
     "is_surname",
@@ -29,27 +36,56 @@ __all__ = [
 ]
 
 
-def _read_lines(name: str) -> list[str]:
+class NameList:
+    """A set of strings held as the sorted 64-bit hashes of its members.
+
+    Membership is a hash and a binary search. The hashes are the process's own `hash()`
+    of each string, computed when the list is built, so they agree with lookups in the same
+    process whatever the hash seed. Two strings with the same 64-bit hash would make a
+    non-member look like a member: about one chance in 10^14 per lookup for these lists.
+    """
+
+    __slots__ = ("_hashes",)
+
+    def __init__(self, members: Iterable[str]) -> None:
+        self._hashes = array("q", sorted({hash(m) for m in members}))
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        h = hash(key)
+        hashes = self._hashes
+        i = bisect_left(hashes, h)
+        return i < len(hashes) and hashes[i] == h
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def __repr__(self) -> str:
+        return f"NameList({len(self)} names)"
+
+
+def _read_lines(name: str) -> Iterator[str]:
+    # One line at a time: the list is kept as hashes, so its strings never all exist at once.
     data = resources.files(__package__).joinpath("data", name).read_bytes()
     if name.endswith(".gz"):
         data = gzip.decompress(data)
-    return [
-        line.strip()
-        for line in data.decode().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    for raw in io.BytesIO(data):
+        line = raw.decode().strip()
+        if line and not line.startswith("#"):
+            yield line
 
 
 @cache
-def given_names() -> frozenset[str]:
+def given_names() -> NameList:
     """Lower-case given names: the 1990 US Census lists plus names common elsewhere."""
-    return frozenset(_read_lines("given_names.txt.gz") + _read_lines("given_names_extra.txt"))
+    return NameList([*_read_lines("given_names.txt.gz"), *_read_lines("given_names_extra.txt")])
 
 
 @cache
-def surnames() -> frozenset[str]:
+def surnames() -> NameList:
     """Lower-case surnames: the 1990 US Census list (88,799 names)."""
-    return frozenset(_read_lines("surnames.txt.gz"))
+    return NameList(_read_lines("surnames.txt.gz"))
 
 
 def _key(token: str) -> str:

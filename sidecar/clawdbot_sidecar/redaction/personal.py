@@ -28,7 +28,7 @@ from typing import Final
 from . import gazetteer as gz
 from .validators import us_ssn_valid
 
-__all__ = ["line_prefix", "person_tokens", "valid_date"]
+__all__ = ["DIGIT_CHECKED", "line_prefix", "person_tokens", "valid_date"]
 
 Check = Callable[[str, "re.Match[str]"], tuple[int, int] | None]
 
@@ -224,6 +224,14 @@ _DL_EN, _DL_ZH = _cued(
     r"|(?-i:DLN?)",
     r"驾驶证号码|驾驶证号|驾驶证|驾照号码|驾照号|驾照|驾驶执照号",
     "dl",
+)
+
+# Patterns whose check wants digits in the value (`_id_check`): a text without an ASCII
+# digit holds none of their findings.
+DIGIT_CHECKED: Final[frozenset[re.Pattern[str]]] = frozenset(
+    p
+    for p in (_MRN_EN, _MRN_ZH, _HPID_EN, _HPID_ZH, _PASSPORT_EN, _PASSPORT_ZH, _DL_EN, _DL_ZH)
+    if p is not None
 )
 
 # Medicare Beneficiary Identifiers have a fixed shape that order numbers rarely share:
