@@ -86,9 +86,7 @@ class Restorer:
             if isinstance(message, dict):
                 message = choice["message"] = dict(message)
                 if isinstance(message.get("content"), str):
-                    message["content"] = self.restore(
-                        message["content"], in_json=self.json_content
-                    )
+                    message["content"] = self.restore(message["content"], in_json=self.json_content)
                 for function in _copy_tool_calls(message):
                     function["arguments"] = self.restore(function["arguments"], in_json=True)
                 legacy = _copy_function_call(message)
