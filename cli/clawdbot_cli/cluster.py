@@ -42,9 +42,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, TypeVar
 
-from kubernetes_asyncio import config as k8s_config
 from pydantic import BaseModel, ValidationError
 
 from clawdbot_api.v1alpha1 import (
@@ -55,8 +54,13 @@ from clawdbot_api.v1alpha1 import (
     ObjectMeta,
     RoutingPolicyStatus,
 )
-from clawdbot_operator.kube import Kube, KubeError, connect
-from clawdbot_sidecar.accounting import audit
+
+if TYPE_CHECKING:
+    from clawdbot_operator.kube import Kube
+
+# The operator's client (kubernetes_asyncio) and the sidecar's audit module are imported
+# where a subcommand uses them: the runtime image ships this CLI for `clawdbot compress`
+# alone, without the operator's or the sidecar's dependencies.
 
 Obj = dict[str, Any]
 
@@ -116,6 +120,8 @@ def kubeconfig_path(flag: str | None) -> str:
 
 def context_namespace(config_file: str, context: str | None) -> str:
     """The namespace of the kubeconfig's context (``context`` or the current one)."""
+    from kubernetes_asyncio import config as k8s_config  # noqa: PLC0415
+
     try:
         contexts, active = k8s_config.list_kube_config_contexts(config_file)
     except Exception:  # a missing or odd kubeconfig: the connection reports it better
@@ -127,6 +133,10 @@ def context_namespace(config_file: str, context: str | None) -> str:
 
 async def connect_kube(kubeconfig: str, context: str | None) -> Kube:
     """The operator's API client, logged in with the user's kubeconfig."""
+    from kubernetes_asyncio import config as k8s_config  # noqa: PLC0415
+
+    from clawdbot_operator.kube import Kube, connect  # noqa: PLC0415
+
     try:
         api = await connect(kubeconfig, context)
     except (OSError, k8s_config.ConfigException) as exc:
@@ -136,6 +146,8 @@ async def connect_kube(kubeconfig: str, context: str | None) -> Kube:
 
 async def _called(call: Awaitable[Any]) -> Any:
     """An API call's result; its failure as a ClusterError in the API server's words."""
+    from clawdbot_operator.kube import KubeError  # noqa: PLC0415
+
     try:
         return await call
     except KubeError as exc:
@@ -561,6 +573,8 @@ def verify_chain(found: AuditLines, hmac_key: bytes | None) -> tuple[bool, str]:
             f"audit chain: not verified: the log starts at record #{first} (its earlier "
             "lines are gone, e.g. rotated away by the kubelet)"
         )
+    from clawdbot_sidecar.accounting import audit  # noqa: PLC0415
+
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "audit.log"
         path.write_text("".join(line + "\n" for line in found.lines), encoding="utf-8")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from clawdbot_sidecar import main as sidecar_main
-
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("gateway", help="run the router on one box from a clawdbot-config.yaml")
@@ -38,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the runtime image ships the CLI without the sidecar's dependencies.
+    from clawdbot_sidecar import main as sidecar_main  # noqa: PLC0415
+
     argv = ["serve", "--seed", args.config, "--host", args.host, "--port", str(args.port),
             "--grpc-port", str(args.grpc_port)]  # fmt: skip
     for url in args.local_url or ["http://127.0.0.1:8000/v1"]:

@@ -13,7 +13,6 @@ from clawdbot_api import crdgen, docgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
 from clawdbot_cli import cluster, gateway
 from clawdbot_runtime import compress
-from clawdbot_sidecar.accounting import audit
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -105,6 +104,8 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from clawdbot_sidecar.accounting import audit  # noqa: PLC0415
+
     try:
         key = Path(args.hmac_key_file).read_bytes().strip() if args.hmac_key_file else None
         result = audit.verify(args.files, hmac_key=key, expected_last_hash=args.expect_last_hash)

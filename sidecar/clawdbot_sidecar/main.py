@@ -65,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         help="gRPC port (Open Inference Protocol v2 and Generate); 0 disables it",
     )
     serve.add_argument(
+        "--probe-port",
+        type=int,
+        default=int(os.environ.get("CLAWDBOT_SIDECAR_PROBE_PORT", "-1")),
+        help="also answer /healthz and /readyz alone on this port, on --probe-host, for the "
+        "kubelet's probes when --host is loopback (-1: off; 0: a free port)",
+    )
+    serve.add_argument(
+        "--probe-host",
+        default=os.environ.get("CLAWDBOT_SIDECAR_PROBE_HOST", "0.0.0.0"),
+        help="address of the probe port (default: every address of the pod)",
+    )
+    serve.add_argument(
         "--discovery",
         default=os.environ.get("CLAWDBOT_DISCOVERY_ADDRESS"),
         help="host:port of the operator's discovery stream (policy and endpoints from it)",
@@ -153,6 +165,12 @@ async def _watch(core: RoutingCore, path: Path) -> None:
             )
 
 
+async def _start_probes(front: RestFront, args: argparse.Namespace) -> None:
+    if args.probe_port >= 0:
+        port = await front.start_probes(args.probe_host, args.probe_port)
+        log.info("probes (/healthz, /readyz) on %s:%d", args.probe_host, port)
+
+
 async def serve(args: argparse.Namespace) -> int:
     config = _load(args)
     pod = PodIdentity(os.environ.get("POD_NAMESPACE", ""), os.environ.get("POD_NAME", ""))
@@ -196,6 +214,7 @@ async def serve(args: argparse.Namespace) -> int:
         len(config.endpoints),
         "configured" if config.policy.cloud else "off",
     )
+    await _start_probes(front, args)
     log.info("redaction fast tier: %s", fast_tier_path())
     grpc_front = GrpcFront(core, args.host, args.grpc_port) if args.grpc_port else None
     if grpc_front is not None:

@@ -58,6 +58,8 @@ class SidecarSettings:
     image_pull_policy: str = "IfNotPresent"
     http_port: int = 8088
     grpc_port: int = 8089
+    probe_port: int = 8087
+    """Where the sidecar answers the kubelet's probes (its API stays on the pod's loopback)."""
     discovery_address: str = "clawdbot-discovery.clawdbot-system.svc:9443"
     """host:port of the operator's discovery stream."""
     discovery_ca: str = ""
@@ -104,7 +106,7 @@ def _field_env(name: str, path: str) -> Manifest:
 
 
 def _ready() -> Manifest:
-    return {"path": "/readyz", "port": "http"}
+    return {"path": "/readyz", "port": "probe"}
 
 
 def sidecar_container(settings: SidecarSettings, policy: str | None) -> Manifest:
@@ -112,6 +114,8 @@ def sidecar_container(settings: SidecarSettings, policy: str | None) -> Manifest
     env = [
         _field_env("POD_NAME", "metadata.name"),
         _field_env("POD_NAMESPACE", "metadata.namespace"),
+        # The probe port listens on the pod's IP alone, where the kubelet's probes arrive.
+        _field_env("POD_IP", "status.podIP"),
         {"name": "CLAWDBOT_DISCOVERY_ADDRESS", "value": settings.discovery_address},
         {"name": "CLAWDBOT_DISCOVERY_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"},
     ]
@@ -129,18 +133,21 @@ def sidecar_container(settings: SidecarSettings, policy: str | None) -> Manifest
             "--host=127.0.0.1",
             f"--port={settings.http_port}",
             f"--grpc-port={settings.grpc_port}",
+            f"--probe-port={settings.probe_port}",
+            "--probe-host=$(POD_IP)",
             "--discovery=$(CLAWDBOT_DISCOVERY_ADDRESS)",
         ],
         "env": env,
         "ports": [
             {"name": "http", "containerPort": settings.http_port, "protocol": "TCP"},
             {"name": "grpc", "containerPort": settings.grpc_port, "protocol": "TCP"},
+            {"name": "probe", "containerPort": settings.probe_port, "protocol": "TCP"},
         ],
         # The app starts only after the sidecar is ready: its first request already routes.
         "startupProbe": {"httpGet": _ready(), "periodSeconds": 1, "failureThreshold": 60},
         "readinessProbe": {"httpGet": _ready(), "periodSeconds": 5},
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
+            "httpGet": {"path": "/healthz", "port": "probe"},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },

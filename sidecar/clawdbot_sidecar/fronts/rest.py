@@ -36,6 +36,8 @@ log = logging.getLogger("clawdbot.sidecar")
 TEXT = "text/plain; charset=utf-8"
 # Seconds an app should wait before retrying a 429 (overloaded) or 503 (no target now).
 RETRY_AFTER_S = "1"
+# Probes send no body: anything larger on the probe port is refused.
+PROBE_MAX_BODY_BYTES = 1024
 
 Route = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
@@ -92,6 +94,7 @@ class RestFront:
             ("GET", "/readyz"): self._readyz,
             ("GET", "/metrics"): self._metrics,
         }
+        self.probe_server: HttpServer | None = None
         self.server = HttpServer(
             self._dispatch,
             # Read per request: a reloaded policy's limit applies at once.
@@ -107,12 +110,42 @@ class RestFront:
         """Serve on ``host:port`` (0 picks a free port: see :attr:`port`)."""
         await self.server.start(host, port)
 
+    async def start_probes(self, host: str, port: int) -> int:
+        """Serve ``/healthz`` and ``/readyz`` alone on ``host:port``; returns the port.
+
+        In a pod the API listens on 127.0.0.1, which the kubelet's probes (sent to the pod's
+        IP) can't reach; this port answers them without exposing the API to the network.
+        """
+        routes: dict[str, Route] = {"/healthz": self._healthz, "/readyz": self._readyz}
+
+        async def dispatch(request: Request) -> Response | StreamingResponse:
+            route = routes.get(request.path) if request.method in ("GET", "HEAD") else None
+            if route is None:
+                return error_response(
+                    RequestError(404, "the probe port answers GET /healthz and /readyz only")
+                )
+            return await route(request)
+
+        self.probe_server = HttpServer(
+            dispatch,
+            max_body_bytes=lambda: PROBE_MAX_BODY_BYTES,
+            refusals=Refusals(
+                too_large=lambda _limit: error_response(RequestError(413, "no body expected")),
+                error=lambda status, message: error_response(RequestError(status, message)),
+                internal_error=self._internal_error,
+            ),
+        )
+        await self.probe_server.start(host, port)
+        return self.probe_server.port
+
     @property
     def port(self) -> int:
         return self.server.port
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop serving; answers in progress get ``grace_s`` to finish."""
+        if self.probe_server is not None:
+            await self.probe_server.close(grace_s)
         await self.server.close(grace_s)
 
     async def _dispatch(self, request: Request) -> Response | StreamingResponse:
