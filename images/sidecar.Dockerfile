@@ -1,25 +1,50 @@
 # syntax=docker/dockerfile:1
-# The routing sidecar: `clawdbot-sidecar serve` (OpenAI-compatible HTTP on 8088, gRPC on 8089).
-# Build from the repository root:  docker build -f images/sidecar.Dockerfile -t clawdbot/sidecar:0.1.0 .
+# The routing sidecar: `clawdbot-sidecar serve` (OpenAI-compatible HTTP on 8088, gRPC on 8089,
+# the kubelet's probes on 8087).
+# Build from the repository root:  images/build.sh sidecar   (or: make images)
+#   docker build -f images/sidecar.Dockerfile -t clawdbot/sidecar:0.1.0 .   works as well.
 
+# The final stage's base and the build stage's (which needs python3 -m venv and pip).
+# Defaults: the public Python image; images/build.sh passes the local Debian bases that
+# images/base.sh makes.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BUILD_IMAGE=python:3.11-slim-bookworm
 
-# --- build: one wheel of the repository's single `clawdbot` distribution, and a venv with it
-FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# --- build: a venv with the sidecar's dependencies (the `sidecar` extra), then the project's wheel
+FROM ${BUILD_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone: this layer is rebuilt only when
+# pyproject.toml changes, so a change to the source rebuilds in seconds.
+COPY pyproject.toml images/requirements.py ./
+RUN python3 requirements.py sidecar > /tmp/requirements.txt \
+ && python3 -m venv /opt/clawdbot \
+ && /opt/clawdbot/bin/pip install --requirement /tmp/requirements.txt \
+ && python3 -m venv /opt/wheel \
+ && /opt/wheel/bin/pip install "setuptools>=77" wheel
+COPY README.md ./
 COPY api/ api/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
 COPY runtime/ runtime/
 COPY cli/ cli/
-RUN pip wheel --no-deps --wheel-dir /dist . \
- && python -m venv /opt/clawdbot \
- && /opt/clawdbot/bin/pip install /dist/clawdbot-*.whl \
- && /opt/clawdbot/bin/pip uninstall --yes pip
+COPY testing/ testing/
+# The wheel holds every component; this image keeps clawdbot_api, clawdbot_sidecar and the
+# `clawdbot-sidecar` console script. Extension modules lose their debug symbols where binutils is
+# there (not those auditwheel relinked, which strip would break); the bytecode is compiled here, as the root filesystem is read-only at run time.
+RUN /opt/wheel/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
+ && /opt/clawdbot/bin/pip install --no-deps /dist/clawdbot-*.whl \
+ && /opt/clawdbot/bin/pip uninstall --yes pip setuptools \
+ && cd /opt/clawdbot/lib/python3.11/site-packages \
+ && rm -rf clawdbot_operator clawdbot_runtime clawdbot_cli clawdbot_testing \
+ && cd /opt/clawdbot/bin && rm -f clawdbot clawdbot-operator clawdbot-runtime clawdbot-cloud-standin activate* \
+ && if command -v strip >/dev/null; then find /opt/clawdbot -name '*.so' -type f -not -path '*.libs/*' \
+      -exec sh -c 'for f; do readelf -d "$f" | grep -q PATH || strip --strip-unneeded "$f"; done' sh {} +; fi \
+ && find /opt/clawdbot -name '__pycache__' -type d -prune -exec rm -rf {} + \
+ && /opt/clawdbot/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/clawdbot/lib \
+ && /opt/clawdbot/bin/python -c 'import clawdbot_sidecar.main, clawdbot_sidecar.fronts.grpc'
 
-# --- final: the slim base and the venv, nothing else
+# --- final: the base and the venv, nothing else
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/clawdbot/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -27,7 +52,7 @@ ENV PATH=/opt/clawdbot/bin:$PATH \
 COPY --from=build /opt/clawdbot /opt/clawdbot
 # The `restricted` Pod Security profile wants a numeric non-root user.
 USER 65532:65532
-# HTTP (OpenAI API, /healthz, /readyz, /metrics), gRPC.
-EXPOSE 8088 8089
+# HTTP (OpenAI API, /healthz, /readyz, /metrics), gRPC, the probe port.
+EXPOSE 8088 8089 8087
 ENTRYPOINT ["/opt/clawdbot/bin/clawdbot-sidecar"]
 CMD ["serve"]

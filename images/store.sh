@@ -24,3 +24,13 @@ have_image() {
 image_size() {
   buildah_cmd images --format '{{.Size}}' "$1" 2>/dev/null | head -n 1
 }
+
+# image_name DOCKERFILE_NAME -> the image's name, as the chart's values name it.
+image_name() {
+  case "$1" in
+    runtime-cpu) echo clawdbot/runtime-onnx ;;
+    runtime-cuda) echo clawdbot/runtime-onnx-cuda ;;
+    runtime-rocm) echo clawdbot/runtime-onnx-rocm ;;
+    *) echo "clawdbot/$1" ;;
+  esac
+}

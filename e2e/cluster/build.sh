@@ -60,7 +60,7 @@ quiet_tidy() {
   fi
 }
 
-TOTAL=7
+TOTAL=10
 step=0
 started_all=$SECONDS
 
@@ -93,8 +93,9 @@ EOF
   log "etcd done in $((SECONDS - t0))s"
 }
 
+# build_kubernetes NAME...: binaries of k8s.io/kubernetes/cmd/NAME (kubectl: k8s.io/kubectl).
 build_kubernetes() {
-  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local names=("$@")
   local missing=() name
   for name in "${names[@]}"; do
     cached "$name" "$K8S_VERSION" || missing+=("$name")
@@ -102,7 +103,7 @@ build_kubernetes() {
   local first=$((step + 1)) last=$((step + ${#names[@]}))
   step=$last
   if [[ ${#missing[@]} -eq 0 ]]; then log "kubernetes $K8S_VERSION binaries cached ($first-$last/$TOTAL)"; return; fi
-  log "building ${missing[*]} $K8S_VERSION ($first-$last/$TOTAL); the first cold build takes a few minutes (about 3-4 on 2 cores, plus module downloads)..."
+  log "building ${missing[*]} $K8S_VERSION ($first-$last/$TOTAL); a cold build takes a few minutes (about 3-4 on 2 cores, plus module downloads)..."
   local t0=$SECONDS mod="$WORK_DIR/kubernetes-$K8S_VERSION"
   rm -rf "$mod" && mkdir -p "$mod/out"
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
@@ -131,18 +132,17 @@ EOF
     for m in $staging; do echo "	$m => $m $staging_version"; done
     echo ")"
   } >>"$mod/go.mod"
-  cat >"$mod/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubectl/pkg/cmd"
-)
-EOF
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for name in "${missing[@]}"; do
+      if [[ "$name" == kubectl ]]; then
+        printf '\t_ "k8s.io/kubectl/pkg/cmd"\n'
+      else
+        printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$name"
+      fi
+    done
+    printf ')\n'
+  } >"$mod/tools.go"
   quiet_tidy "$mod"
 
   # Without these, /version says v0.0.0-master and kubectl warns about version skew.
@@ -175,6 +175,23 @@ go_install() {
   log "$name done in $((SECONDS - t0))s"
 }
 
+# The real node's sandbox ("pause") process, from e2e/cluster/pause (no registry to pull the
+# usual pause image from): a static binary that node.sh wraps into a local image.
+build_pause() {
+  step=$((step + 1))
+  local version
+  version="$(sha256sum "$REPO_ROOT/e2e/cluster/pause/main.go" | cut -c1-16)"
+  if cached pause "$version"; then log "pause $version cached ($step/$TOTAL)"; return; fi
+  log "building pause ($step/$TOTAL)..."
+  local out="$WORK_DIR/pause"
+  rm -rf "$out" && mkdir -p "$out"
+  cp "$REPO_ROOT/e2e/cluster/pause/main.go" "$out/"
+  printf 'module clawdbot.local/pause\n\ngo 1.25\n' >"$out/go.mod"
+  (cd "$out" && "$GO" build -trimpath -ldflags="-s -w" -o pause .)
+  install_built "$out" "$version" pause
+  rm -rf "$out"
+}
+
 if [[ "${1:-}" == "--list" ]]; then
   echo "$BIN_DIR"
   ls -la "$BIN_DIR" 2>/dev/null || echo "(empty: run make cluster-build)"
@@ -184,7 +201,11 @@ fi
 mkdir -p "$BIN_DIR" "$WORK_DIR"
 log "binaries go to $BIN_DIR (override with CLAWDBOT_BIN_DIR)"
 build_etcd
-build_kubernetes
+build_kubernetes kube-apiserver kube-controller-manager kube-scheduler kubectl
+# The real node's kubelet and kube-proxy (e2e/cluster/node.sh), built apart so that the
+# control plane's binaries stay cached when these are added or rebuilt.
+build_kubernetes kubelet kube-proxy
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$K8S_VERSION"
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_pause
 log "all binaries ready in $BIN_DIR ($((SECONDS - started_all))s)"

@@ -35,41 +35,61 @@ cluster-status: ## Show the local control plane's processes and nodes.
 clean-cache: ## Delete the cached binaries (the next cluster-build rebuilds them).
 	rm -rf .cache/bin .cache/build
 
-##@ Images (need Docker; not built in this project's CI)
+##@ Images
 
 IMAGE_TAG ?= dev
-# images/<name>.Dockerfile -> clawdbot/<name>:$(IMAGE_TAG); the GPU variants are large.
+export IMAGE_TAG
+# images/<name>.Dockerfile -> clawdbot/<name>:$(IMAGE_TAG) (runtime-cpu: clawdbot/runtime-onnx);
+# the GPU variants are large.
 IMAGES ?= operator sidecar runtime-cpu
+# The real-node e2e suite's test image (the openai client, the cloud stand-in).
+E2E_IMAGES ?= e2e/images/testkit.Dockerfile
+# Where the images are written as OCI archives for the real node's containerd.
+IMAGE_EXPORT_DIR ?= $(CURDIR)/.cache/containers/export
+export CLAWDBOT_IMAGE_EXPORT_DIR := $(IMAGE_EXPORT_DIR)
 # vllm-cpu builds vLLM from source (see images/README.md): where its git sources and
 # PyTorch's CPU wheel index are, e.g. your mirrors of them.
 VLLM_REPOSITORY ?=
 TORCH_INDEX_URL ?=
+# The real node (containerd, kubelet, kube-proxy) in `make e2e`; .ci/run sets it.
+CLAWDBOT_REAL_NODE ?= 0
+export CLAWDBOT_REAL_NODE
 
 .PHONY: images
-images: ## Build the container images with Docker (IMAGES="operator sidecar runtime-cpu runtime-cuda runtime-rocm vllm-cpu").
-	@command -v docker >/dev/null || { echo "make images needs Docker"; exit 1; }
-	for image in $(IMAGES); do \
-		args=""; \
-		if [ "$$image" = vllm-cpu ]; then \
-			args="--build-arg VLLM_REPOSITORY=$(VLLM_REPOSITORY) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)"; \
-		fi; \
-		docker build $$args -f images/$$image.Dockerfile -t clawdbot/$$image:$(IMAGE_TAG) . || exit 1; \
-	done
+images: ## Build the images with buildah, no Docker daemon (IMAGES="operator sidecar runtime-cpu"); local Debian base.
+	@if [ "$(IMAGES)" = vllm-cpu ]; then \
+		images/build.sh --build-arg VLLM_REPOSITORY=$(VLLM_REPOSITORY) --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) vllm-cpu; \
+	else images/build.sh $(IMAGES); fi
+	@images/build.sh --sizes
+
+.PHONY: images-e2e
+images-e2e: ## Build the images and the e2e test image, and export them for the real node.
+	images/build.sh --export $(IMAGE_EXPORT_DIR) $(IMAGES) $(E2E_IMAGES)
+	@images/build.sh --sizes
+
+.PHONY: clean-images
+clean-images: ## Delete the image store (.cache/containers: base images, layers, build cache).
+	-buildah --root $(CURDIR)/.cache/containers/storage --runroot $(CURDIR)/.cache/containers/run \
+		--storage-driver overlay rm --all >/dev/null 2>&1
+	rm -rf .cache/containers
 
 ##@ End-to-end tests
 
 .PHONY: e2e
-e2e: venv cluster-build ## E2E suite on its own local control plane (starts and stops it).
+e2e: venv cluster-build ## E2E suite on its own local control plane (starts and stops it); CLAWDBOT_REAL_NODE=1 adds the real node.
 	@# Its own state (.run/e2e-cluster), apart from the plane `make demo` and `make
 	@# cluster-up` run: the suite starts from an empty etcd whatever a demo left running.
+	@# With the real node, the images are built first (cached layers: seconds when unchanged).
+	@if [ "$(CLAWDBOT_REAL_NODE)" = 1 ]; then $(MAKE) --no-print-directory images-e2e; fi
 	CLAWDBOT_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster $(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
 
 .PHONY: e2e-kind
-e2e-kind: venv ## E2E suite on a kind cluster (needs Docker and kind).
-	@command -v docker >/dev/null || { echo "make e2e-kind needs Docker; use 'make e2e'"; exit 1; }
-	@command -v kind >/dev/null || { echo "make e2e-kind needs kind (https://kind.sigs.k8s.io)"; exit 1; }
+e2e-kind: venv ## E2E suite on a kind cluster with the images built here (needs kind and Docker or podman).
+	@command -v kind >/dev/null || { echo "make e2e-kind needs kind (https://kind.sigs.k8s.io); 'make e2e' runs the same suite here"; exit 1; }
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || command -v podman >/dev/null || \
+		{ echo "make e2e-kind needs a Docker daemon or podman (KIND_EXPERIMENTAL_PROVIDER=podman)"; exit 1; }
 	kind get clusters | grep -qx '$(KIND_CLUSTER)' || \
 		kind create cluster --name $(KIND_CLUSTER) --config e2e/cluster/kind-config.yaml --wait 180s
-	$(MAKE) images
-	for image in $(IMAGES); do kind load docker-image --name $(KIND_CLUSTER) clawdbot/$$image:$(IMAGE_TAG); done
+	$(MAKE) images-e2e
+	for archive in $(IMAGE_EXPORT_DIR)/*.tar; do kind load image-archive --name $(KIND_CLUSTER) $$archive; done
 	$(BIN)/pytest e2e -m e2e -q --cluster=kind $(E2E_ARGS)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A local Kubernetes control plane made of real processes, for the e2e suite:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and kwok acting as the
-# kubelet of a few fake GPU/CPU nodes. Everything listens on 127.0.0.1 only.
+# kubelet of a few fake GPU/CPU nodes. Everything listens on 127.0.0.1 only. With
+# CLAWDBOT_REAL_NODE=1 a real node joins them (e2e/cluster/node.sh: containerd, runc, a
+# kubelet, kube-proxy, a CNI bridge), whose pods are containers of the project's images.
 #
 #   e2e/cluster/cluster.sh up       start it (no-op when already running)
 #   e2e/cluster/cluster.sh down     stop every process it started and check none is left
@@ -382,6 +384,10 @@ EOF
     ((SECONDS < deadline)) || die "no default ServiceAccount after ${READY_TIMEOUT}s; see $LOGS/kube-controller-manager.log"
     sleep 0.3
   done
+  # The real node (containerd, kubelet, kube-proxy: e2e/cluster/node.sh) beside kwok's.
+  if [[ "${CLAWDBOT_REAL_NODE:-0}" == 1 ]]; then
+    "$HERE/node.sh" up
+  fi
   "${kubectl[@]}" get nodes -L clawdbot.io/accelerator >&2
   log "cluster up in $((SECONDS - t0))s; use it with: export KUBECONFIG=${KUBECONFIG_FILE#"$REPO_ROOT"/}"
 }
@@ -389,6 +395,10 @@ EOF
 cmd_down() {
   local quiet="${1:-}"
   local c i left=() pid
+  # The real node first, while the API server still answers its kubelet's last calls.
+  if [[ -d "$STATE_DIR/node" ]]; then
+    "$HERE/node.sh" down
+  fi
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop "${COMPONENTS[$i]}"; done
   # Verify: no process of any recorded group, and nothing from BIN_DIR that we recorded.
   for c in "${COMPONENTS[@]}"; do
