@@ -217,6 +217,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   enable_selinux = false
+  # The kubelet asks for negative OOM scores (sandboxes -998); without CAP_SYS_RESOURCE in
+  # its namespace (sandboxed machines, CI) runc can't set them: keep them at containerd's.
+  restrict_oom_score_adj = true
   # The images are local (imported with ctr); nothing is pulled.
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -292,6 +295,7 @@ failSwapOn: false
 resolvConf: $NODE_DIR/resolv.conf
 clusterDomain: cluster.local
 serializeImagePulls: false
+podLogsDir: $NODE_DIR/pod-logs
 registerWithTaints:
 - {key: clawdbot.io/real-node, value: "true", effect: NoSchedule}
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
@@ -334,7 +338,7 @@ metadata:
   namespace: default
   labels:
     kubernetes.io/service-name: kubernetes
-    endpointslice.kubernetes.io/managed-by: clawdbot.io/real-node
+    endpointslice.kubernetes.io/managed-by: clawdbot-real-node
 addressType: IPv4
 endpoints:
 - addresses: ["$NODE_IP"]
@@ -434,10 +438,11 @@ cmd_down() {
     [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null || true
   done
   # Network namespaces of pods that were not torn down through CNI.
-  if [[ -d "$RUN_DIR" ]]; then
-    grep -s " $RUN_DIR" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  fi
-  grep -s "$NODE_DIR/kubelet" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  local m
+  for m in $(awk -v run="$RUN_DIR" -v node="$NODE_DIR" \
+    'index($2, run) == 1 || index($2, node) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount -l "$m" 2>/dev/null || true
+  done
   teardown_network
   [[ -n "$quiet" ]] || log "stopped (state kept in ${NODE_DIR#"$REPO_ROOT"/})"
 }
