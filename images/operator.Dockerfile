@@ -28,15 +28,19 @@ COPY sidecar/ sidecar/
 COPY runtime/ runtime/
 COPY cli/ cli/
 COPY testing/ testing/
-# The wheel holds every component; this image keeps clawdbot_api, clawdbot_operator and the
-# `clawdbot-operator` console script. Extension modules lose their debug symbols where binutils is
-# there (not those auditwheel relinked, which strip would break); the bytecode is compiled here, as the root filesystem is read-only at run time.
+# The wheel holds every component; this image keeps clawdbot_api and clawdbot_operator and
+# the `clawdbot-operator` console script.
+# Extension modules lose their debug symbols where binutils is there (not those auditwheel
+# relinked: strip would break them); the bytecode is compiled here, as the root filesystem is
+# read-only at run time.
 RUN /opt/wheel/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
  && /opt/clawdbot/bin/pip install --no-deps /dist/clawdbot-*.whl \
  && /opt/clawdbot/bin/pip uninstall --yes pip setuptools \
- && cd /opt/clawdbot/lib/python3.11/site-packages \
- && rm -rf clawdbot_sidecar clawdbot_runtime clawdbot_cli clawdbot_testing \
- && cd /opt/clawdbot/bin && rm -f clawdbot clawdbot-sidecar clawdbot-runtime clawdbot-cloud-standin activate* \
+ && for p in clawdbot_sidecar clawdbot_runtime clawdbot_cli clawdbot_testing; do \
+      rm -rf /opt/clawdbot/lib/python3.11/site-packages/$p; done \
+ && for s in clawdbot clawdbot-sidecar clawdbot-runtime clawdbot-cloud-standin clawdbot-demo-model; do \
+      rm -f /opt/clawdbot/bin/$s; done \
+ && rm -f /opt/clawdbot/bin/activate* \
  && if command -v strip >/dev/null; then find /opt/clawdbot -name '*.so' -type f -not -path '*.libs/*' \
       -exec sh -c 'for f; do readelf -d "$f" | grep -q PATH || strip --strip-unneeded "$f"; done' sh {} +; fi \
  && find /opt/clawdbot -name '__pycache__' -type d -prune -exec rm -rf {} + \

@@ -25,8 +25,8 @@ COPY testing/ testing/
 RUN /opt/wheel/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
  && /opt/testkit/bin/pip install --no-deps /dist/clawdbot-*.whl \
  && /opt/testkit/bin/pip uninstall --yes pip setuptools \
- && cd /opt/testkit/lib/python3.11/site-packages \
- && rm -rf clawdbot_operator clawdbot_sidecar clawdbot_runtime clawdbot_cli \
+ && for p in clawdbot_operator clawdbot_sidecar clawdbot_runtime clawdbot_cli; do \
+      rm -rf /opt/testkit/lib/python3.11/site-packages/$p; done \
  && /opt/testkit/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/testkit/lib \
  && /opt/testkit/bin/python -c 'import openai, clawdbot_testing.cloud'
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clawdbot_runtime.tinylm import build_tiny_lm
+from clawdbot_testing.models.tinylm import build_tiny_lm
 from e2e.conftest import REPO_ROOT, E2ECluster, state_dir
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.routing import API_KEY, EMAIL, LONG
