@@ -116,7 +116,7 @@ demo-down: ## Remove what the demo installed (the cluster keeps running; see clu
 	-$(CLUSTER_BIN_DIR)/helm --kubeconfig=.run/cluster/kubeconfig uninstall clawdbot -n clawdbot-system
 
 .PHONY: demo-kind
-demo-kind: ## The demo on a kind cluster with the project's images (needs Docker and kind; not run in CI).
+demo-kind: ## The demo on a kind cluster with the images built here (needs kind, Docker or podman, buildah; not run in CI).
 	@demo/kind.sh check
 	@$(MAKE) --no-print-directory venv
 	demo/kind.sh

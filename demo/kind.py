@@ -28,6 +28,8 @@ from e2e.harness.waits import wait_http_ok
 DEMO_NS = "demo"
 TAG = os.environ.get("CLAWDBOT_DEMO_IMAGE_TAG", "dev")
 SIDECAR_IMAGE = f"clawdbot/sidecar:{TAG}"
+# The test image (e2e/images/testkit.Dockerfile): the cloud stand-in and a Python to run.
+TESTKIT_IMAGE = f"clawdbot-e2e/testkit:{TAG}"
 STUB_PORT = 9099
 # Pulling nothing (the images are loaded into kind), a pod is Ready within a minute or two.
 WAIT_S = 300.0
@@ -53,15 +55,15 @@ def port_forward(kube: Kubectl, target: str, remote: int) -> Iterator[str]:
 
 
 def cloud_stub() -> list[dict[str, Any]]:
-    """The cloud stand-in, from the sidecar image: a Deployment and its Service."""
+    """The cloud stand-in, from the test image: a Deployment and its Service."""
     labels = {"app": "cloud-stub"}
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "cloud-stub"},
          "spec": {"replicas": 1, "selector": {"matchLabels": labels},
                   "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
-                      "name": "stub", "image": SIDECAR_IMAGE,
-                      "args": ["cloud-stub", "--host", "0.0.0.0", "--port", str(STUB_PORT),
-                               "--api-key", STUB_KEY],
+                      "name": "stub", "image": TESTKIT_IMAGE,
+                      "args": ["-m", "clawdbot_testing.cloud", "--host", "0.0.0.0",
+                               "--port", str(STUB_PORT), "--api-key", STUB_KEY],
                       "ports": [{"containerPort": STUB_PORT}],
                       "securityContext": {"allowPrivilegeEscalation": False,
                                           "capabilities": {"drop": ["ALL"]}},
@@ -89,7 +91,7 @@ def main() -> int:
     docs = manifests(*cloud)
     # The app: any image that runs; it only needs to exist for the sidecar to be injected.
     app = docs[3]
-    app["spec"]["containers"][0].update(image=SIDECAR_IMAGE, command=["sleep", "infinity"])
+    app["spec"]["containers"][0].update(image=TESTKIT_IMAGE, command=["sleep", "infinity"])
     demo.apply(docs[:3])
     md = demo.wait_for("md", "tiny-chat", lambda m: is_true(m, "Ready"), timeout=WAIT_S)
     info(f"ModelDeployment tiny-chat Ready: {md['status'].get('readyReplicas')} replica(s)")

@@ -13,7 +13,8 @@
 #    RoutingPolicy and a labelled app pod, then sends the same requests as `make demo`
 #    through the injected sidecar (over `kubectl port-forward`).
 #
-# Needs Docker (a running daemon) and kind. Not run in this project's CI, which has no Docker;
+# Needs kind with Docker (a running daemon) or podman for its nodes, and buildah for the
+# images. Not run in this project's CI, which has no Docker and no kind;
 # `make demo` is the demo that runs everywhere.
 #
 # Usage: demo/kind.sh [check|down]   (check: only the prerequisites; down: delete the cluster)
@@ -47,10 +48,12 @@ pick() { # pick NAME OVERRIDE: the override, the cached build (make cluster-buil
 }
 
 # --- what it needs, checked before anything is created -------------------------------------
-command -v docker >/dev/null ||
-  die "needs Docker (https://docs.docker.com/engine/install/). Without Docker, 'make demo' runs the same demo on a local control plane."
-docker info >/dev/null 2>&1 ||
-  die "the Docker daemon does not answer ('docker info' fails): start it (or check DOCKER_HOST and your permissions), then retry. Without Docker, use 'make demo'."
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then :
+elif command -v podman >/dev/null; then export KIND_EXPERIMENTAL_PROVIDER="${KIND_EXPERIMENTAL_PROVIDER:-podman}"
+else
+  die "needs a Docker daemon or podman for kind's nodes. Without them, 'make demo' runs the same demo on a local control plane."
+fi
+command -v buildah >/dev/null || die "needs buildah to build the images (apt-get install buildah)"
 kind="${KIND:-kind}"
 command -v "$kind" >/dev/null ||
   die "needs kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation). Without it, use 'make demo'."
@@ -82,19 +85,25 @@ fi
 
 # --- the images ----------------------------------------------------------------------------
 step "Building the images (tag $tag)"
-make --no-print-directory images IMAGES="operator sidecar runtime-cpu" IMAGE_TAG="$tag"
-# The tiny model in the runtime image at /models, as `make demo` mounts it there.
+make --no-print-directory images-e2e IMAGE_TAG="$tag" IMAGE_EXPORT_DIR="$state/images"
+# A demo-only image: the runtime image plus the tiny model at /models, as `make demo` mounts it
+# there (the product image holds no model).
 rm -rf "$state/model-image"
 PYTHONPATH="$root" "$python" -c \
   'import sys; from pathlib import Path; from clawdbot_testing.models.tinylm import build_tiny_lm; build_tiny_lm(Path(sys.argv[1]))' \
   "$state/model-image/models"
+# shellcheck source=images/store.sh
+source "$root/images/store.sh"
 cat >"$state/model-image/Dockerfile" <<EOF
-FROM clawdbot/runtime-cpu:$tag
+FROM clawdbot/runtime-onnx:$tag
 COPY models/ /models/
 EOF
-docker build --quiet -t "clawdbot/runtime-cpu-demo:$tag" "$state/model-image" >/dev/null
-for image in operator sidecar runtime-cpu-demo; do
-  "$kind" load docker-image --name "$cluster" "clawdbot/$image:$tag"
+buildah_cmd build --quiet --layers -t "clawdbot/runtime-onnx-demo:$tag" "$state/model-image" >/dev/null
+rm -f "$state/images/runtime-onnx-demo.tar"
+buildah_cmd push --quiet "clawdbot/runtime-onnx-demo:$tag" \
+  "oci-archive:$state/images/runtime-onnx-demo.tar:docker.io/clawdbot/runtime-onnx-demo:$tag" >/dev/null
+for archive in "$state"/images/*.tar; do
+  "$kind" load image-archive --name "$cluster" "$archive"
 done
 
 # --- the chart -----------------------------------------------------------------------------
@@ -102,7 +111,7 @@ step "Installing the Helm chart into $system_ns"
 "$helm" upgrade --install "$release" helm/clawdbot --namespace "$system_ns" --create-namespace \
   --set "images.operator.tag=$tag" \
   --set "images.sidecar.tag=$tag" \
-  --set "images.runtimes.onnx.cpu.repository=clawdbot/runtime-cpu-demo" \
+  --set "images.runtimes.onnx.cpu.repository=clawdbot/runtime-onnx-demo" \
   --set "images.runtimes.onnx.cpu.tag=$tag" \
   --wait --timeout 5m
 "$kubectl" -n "$system_ns" rollout status "deployment/$release" --timeout=120s

@@ -146,3 +146,24 @@ async def test_an_app_leaving_mid_stream_is_accounted_and_frees_the_upstream(
         assert rest.core.in_flight == 0
         metrics: Any = rest.core.metrics.requests
         assert metrics.labels("chat/completions", "cloud", "499")._value.get() == 1.0
+
+
+async def test_probe_port_answers_health_and_readiness_only(slow: tuple[SlowStream, str]) -> None:
+    """The kubelet's probes reach the pod's IP, the API stays on loopback: the probe port
+    answers /healthz and /readyz (readiness as on the API port) and nothing of the API."""
+    async with front(slow[1]) as (rest, url), aiohttp.ClientSession() as s:
+        port = await rest.start_probes("127.0.0.1", 0)
+        probe = f"http://127.0.0.1:{port}"
+        assert port != rest.port
+        for path in ("/healthz", "/readyz"):
+            async with s.get(f"{probe}{path}") as r:
+                assert r.status == 200 and await r.text() == "ok"
+        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                             ("GET", "/metrics")):  # fmt: skip
+            async with s.request(method, f"{probe}{path}", json={}) as r:
+                assert r.status == 404, path
+        rest.draining = True
+        async with s.get(f"{probe}/readyz") as r:
+            assert r.status == 503
+        async with s.get(f"{url}/v1/models") as r:
+            assert r.status == 200
