@@ -81,8 +81,15 @@ for path in sys.argv[1:]:
     stages = [(n, rest) for n, k, rest in instructions if k == "FROM"]
     if len(stages) < 2:
         fail(path, 1, "not multi-stage: build in one stage, copy the result into a slim one")
+    named: set[str] = set()  # earlier stages (FROM ... AS NAME): a FROM NAME builds on one
     for number, rest in stages:
-        image = rest.split()[0]
+        words = rest.split()
+        image = words[0]
+        on_a_stage = image.lower() in named
+        if len(words) >= 3 and words[1].upper() == "AS":
+            named.add(words[2].lower())
+        if on_a_stage:
+            continue
         image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), image)
         if image.startswith("$"):
             fail(path, number, f"base image {image} has no default")

@@ -11,18 +11,31 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG BUILD_IMAGE=python:3.11-slim-bookworm
 
-# --- build: a venv with the runtime's dependencies (the `runtime` extra), then the project's wheel
-FROM ${BUILD_IMAGE} AS build
+# --- deps: a venv with the runtime's dependencies (the `runtime` extra), from pyproject.toml alone:
+# rebuilt only when pyproject.toml changes.
+FROM ${BUILD_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# The dependencies first, from pyproject.toml alone: this layer is rebuilt only when
-# pyproject.toml changes, so a change to the source rebuilds in seconds.
 COPY pyproject.toml images/requirements.py ./
 RUN python3 requirements.py runtime > /tmp/requirements.txt \
  && python3 -m venv /opt/clawdbot \
- && /opt/clawdbot/bin/pip install --requirement /tmp/requirements.txt \
- && python3 -m venv /opt/wheel \
- && /opt/wheel/bin/pip install "setuptools>=77" wheel
+ && /opt/clawdbot/bin/pip install --requirement /tmp/requirements.txt "setuptools>=77" wheel
+
+# --- deps-slim: the venv as the image ships it: no pip or setuptools, extension modules
+# without debug symbols where binutils is there (not those auditwheel relinked: strip would
+# break them), bytecode compiled (the root filesystem is read-only at run time).
+FROM deps AS deps-slim
+RUN /opt/clawdbot/bin/pip uninstall --yes pip setuptools wheel \
+ && rm -f /opt/clawdbot/bin/activate* \
+ && if command -v strip >/dev/null; then \
+      find /opt/clawdbot -name '*.so' -type f -not -path '*.libs/*' -exec sh -c \
+        'for f; do readelf -d "$f" | grep -q PATH || strip --strip-unneeded "$f"; done' sh {} +; \
+    fi \
+ && find /opt/clawdbot -name '__pycache__' -type d -prune -exec rm -rf {} + \
+ && /opt/clawdbot/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/clawdbot/lib
+
+# --- app: the project's wheel, installed under /out; a change to the source rebuilds from here.
+FROM deps AS app
 COPY README.md ./
 COPY api/ api/
 COPY operator/ operator/
@@ -32,29 +45,23 @@ COPY cli/ cli/
 COPY testing/ testing/
 # The wheel holds every component; this image keeps clawdbot_api, clawdbot_runtime and
 # clawdbot_cli (for `clawdbot compress`), and the `clawdbot-runtime` and `clawdbot` scripts.
-# Extension modules lose their debug symbols where binutils is there (not those auditwheel
-# relinked: strip would break them); the bytecode is compiled here, as the root filesystem is
-# read-only at run time.
-RUN /opt/wheel/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
- && /opt/clawdbot/bin/pip install --no-deps /dist/clawdbot-*.whl \
- && /opt/clawdbot/bin/pip uninstall --yes pip setuptools \
+RUN /opt/clawdbot/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
+ && /opt/clawdbot/bin/pip install --no-deps --no-compile --prefix /out/opt/clawdbot /dist/clawdbot-*.whl \
  && for p in clawdbot_operator clawdbot_sidecar clawdbot_testing; do \
-      rm -rf /opt/clawdbot/lib/python3.11/site-packages/$p; done \
+      rm -rf /out/opt/clawdbot/lib/python3.11/site-packages/$p; done \
  && for s in clawdbot-operator clawdbot-sidecar clawdbot-cloud-standin clawdbot-demo-model; do \
-      rm -f /opt/clawdbot/bin/$s; done \
- && rm -f /opt/clawdbot/bin/activate* \
- && if command -v strip >/dev/null; then find /opt/clawdbot -name '*.so' -type f -not -path '*.libs/*' \
-      -exec sh -c 'for f; do readelf -d "$f" | grep -q PATH || strip --strip-unneeded "$f"; done' sh {} +; fi \
- && find /opt/clawdbot -name '__pycache__' -type d -prune -exec rm -rf {} + \
- && /opt/clawdbot/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/clawdbot/lib \
- && /opt/clawdbot/bin/python -c 'import clawdbot_runtime.main, clawdbot_cli.main, onnxruntime'
+      rm -f /out/opt/clawdbot/bin/$s; done \
+ && /opt/clawdbot/bin/python -m compileall -q --invalidation-mode unchecked-hash -s /out -p / /out \
+ && PYTHONPATH=/out/opt/clawdbot/lib/python3.11/site-packages /opt/clawdbot/bin/python -c \
+      'import clawdbot_runtime.main, clawdbot_cli.main, onnxruntime'
 
-# --- final: the base and the venv, nothing else
+# --- final: the base, the venv, the project's files
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/clawdbot/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-COPY --from=build /opt/clawdbot /opt/clawdbot
+COPY --from=deps-slim /opt/clawdbot /opt/clawdbot
+COPY --from=app /out/ /
 # The `restricted` Pod Security profile wants a numeric non-root user.
 USER 65532:65532
 # HTTP (inference, health, metrics), gRPC.
