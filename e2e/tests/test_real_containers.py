@@ -133,6 +133,54 @@ def real_node(cluster: E2ECluster) -> E2ECluster:
     return cluster
 
 
+def crashed(pod: dict[str, Any]) -> str | None:
+    """The name of a container of ``pod`` that keeps failing (restarted twice, or backing
+    off), else None."""
+    status = pod.get("status") or {}
+    for cs in [*(status.get("initContainerStatuses") or []),
+               *(status.get("containerStatuses") or [])]:  # fmt: skip
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if cs.get("restartCount", 0) >= 2 or waiting.get("reason") == "CrashLoopBackOff":
+            return str(cs["name"])
+    return None
+
+
+def wait_ready(kube: Kubectl, name: str, timeout: float = 180) -> dict[str, Any]:
+    """The pod once Ready; fails at once, with the container's last log, when one of its
+    containers crash-loops (a broken image fails in seconds, not at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = kube.get_or_none("pod", name)
+        if pod is not None and is_true(pod, "Ready"):
+            return pod
+        bad = crashed(pod) if pod is not None else None
+        if bad is not None:
+            log = kube.run("logs", name, "-c", bad, "--previous", "--tail=30", check=False)
+            pytest.fail(f"pod {name}: container {bad} keeps failing; its last log:\n{log.stdout}")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    status = json.dumps((pod or {}).get("status"), indent=1)[:3000]
+    pytest.fail(f"pod {name} not Ready after {timeout:.0f}s; status: {status}")
+
+
+def wait_model_ready(kube: Kubectl, name: str, timeout: float = 240) -> list[dict[str, Any]]:
+    """The ModelDeployment's pods once it is Ready; fails at once when a model pod's
+    container crash-loops."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = kube.get("pods", None, "-l", f"clawdbot.io/model-deployment={name}")["items"]
+        for pod in pods:
+            if crashed(pod) is not None:
+                wait_ready(kube, pod["metadata"]["name"], timeout=0)
+        md = kube.get_or_none("modeldeployment", name)
+        if md is not None and is_true(md, "Ready"):
+            return pods  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    md_status = json.dumps((kube.get_or_none("modeldeployment", name) or {}).get("status"))
+    pytest.fail(f"ModelDeployment {name} not Ready after {timeout:.0f}s: {md_status[:3000]}")
+
+
 def exec_python(kube: Kubectl, pod: str, container: str, python: str, code: str) -> Any:
     """Run ``python -c CODE`` in a running container (kubectl exec through the kubelet)."""
     done = kube.run("exec", pod, "-c", container, "--", python, "-c", code, timeout=60)
@@ -259,7 +307,7 @@ def cloud_standin(kube: Kubectl) -> str:
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "cloud"},
          "spec": {"selector": {"app": "cloud"}, "ports": [{"port": 80, "targetPort": "http"}]}},
     ])  # fmt: skip
-    kube.wait_for("pod", "cloud", lambda p: is_true(p, "Ready"), timeout=120, what="Ready")
+    wait_ready(kube, "cloud")
     ip = kube.get("service", "cloud")["spec"]["clusterIP"]
     return f"http://{ip}"
 
@@ -303,10 +351,7 @@ def test_chart_images_on_a_real_node_serve_and_route(
              "audit": {"enabled": False},
          }},
     ])  # fmt: skip
-    kube.wait_for(
-        "modeldeployment", "tiny-chat", lambda md: is_true(md, "Ready"), timeout=240, what="Ready"
-    )
-    model_pods = kube.get("pods", None, "-l", "clawdbot.io/model-deployment=tiny-chat")["items"]
+    model_pods = wait_model_ready(kube, "tiny-chat")
     assert model_pods, "no model pod"
     model_pod = model_pods[0]
     assert model_pod["spec"]["nodeName"] == NODE
@@ -332,7 +377,7 @@ def test_chart_images_on_a_real_node_serve_and_route(
                       "securityContext": RESTRICTED,
                       "resources": {"limits": {"memory": "256Mi"}}}]}}
     )  # fmt: skip
-    pod = kube.wait_for("pod", "chat", lambda p: is_true(p, "Ready"), timeout=120, what="Ready")
+    pod = wait_ready(kube, "chat")
     names = [c["name"] for c in pod["spec"].get("initContainers", [])]
     assert "clawdbot-sidecar" in names, f"not injected: {names}"
     client_timing = pod_timing(pod)
