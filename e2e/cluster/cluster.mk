@@ -51,8 +51,11 @@ export CLAWDBOT_IMAGE_EXPORT_DIR := $(IMAGE_EXPORT_DIR)
 # PyTorch's CPU wheel index are, e.g. your mirrors of them.
 VLLM_REPOSITORY ?=
 TORCH_INDEX_URL ?=
-# The real node (containerd, kubelet, kube-proxy) in `make e2e`; .ci/run sets it.
-CLAWDBOT_REAL_NODE ?= 0
+# The real node (containerd, kubelet, kube-proxy) in `make e2e`, and so the images built
+# first: on by default as root where buildah, mmdebstrap and containerd are installed (.ci/run
+# installs them); CLAWDBOT_REAL_NODE=0 turns it off, =1 insists (a missing node fails).
+CLAWDBOT_REAL_NODE ?= $(shell [ "$$(id -u)" = 0 ] && command -v buildah >/dev/null && \
+	command -v mmdebstrap >/dev/null && command -v containerd >/dev/null && echo 1 || echo 0)
 export CLAWDBOT_REAL_NODE
 
 .PHONY: images
