@@ -56,7 +56,6 @@ TORCH_INDEX_URL ?=
 # installs them); CLAWDBOT_REAL_NODE=0 turns it off, =1 insists (a missing node fails).
 CLAWDBOT_REAL_NODE ?= $(shell [ "$$(id -u)" = 0 ] && command -v buildah >/dev/null && \
 	command -v mmdebstrap >/dev/null && command -v containerd >/dev/null && echo 1 || echo 0)
-export CLAWDBOT_REAL_NODE
 
 .PHONY: images
 images: ## Build the images with buildah, no Docker daemon (IMAGES="operator sidecar runtime-cpu"); local Debian base.
@@ -79,12 +78,13 @@ clean-images: ## Delete the image store (.cache/containers: base images, layers,
 ##@ End-to-end tests
 
 .PHONY: e2e
-e2e: venv cluster-build ## E2E suite on its own local control plane (starts and stops it); CLAWDBOT_REAL_NODE=1 adds the real node.
+e2e: venv cluster-build ## E2E suite on its own local control plane (starts and stops it), with the real node as root (CLAWDBOT_REAL_NODE).
 	@# Its own state (.run/e2e-cluster), apart from the plane `make demo` and `make
 	@# cluster-up` run: the suite starts from an empty etcd whatever a demo left running.
 	@# With the real node, the images are built first (cached layers: seconds when unchanged).
 	@if [ "$(CLAWDBOT_REAL_NODE)" = 1 ]; then $(MAKE) --no-print-directory images-e2e; fi
-	CLAWDBOT_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster $(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
+	CLAWDBOT_REAL_NODE=$(CLAWDBOT_REAL_NODE) CLAWDBOT_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster \
+		$(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
 
 .PHONY: e2e-kind
 e2e-kind: venv ## E2E suite on a kind cluster with the images built here (needs kind and Docker or podman).
