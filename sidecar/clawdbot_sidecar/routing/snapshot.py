@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from clawdbot_api.v1alpha1.routingpolicy import Pricing
 from clawdbot_sidecar.accounting.audit import AuditLog
 from clawdbot_sidecar.accounting.budgets import BudgetTracker
+from clawdbot_sidecar.accounting.feedback import FeedbackBook
 from clawdbot_sidecar.accounting.ledger import Books
 from clawdbot_sidecar.cache import ResponseCache, build_cache
 from clawdbot_sidecar.config import SidecarConfig
@@ -54,11 +55,15 @@ class Snapshot:
     """The model tier, when the policy enables it and it loaded."""
     model_tier_error: str | None = None
     """Why the enabled model tier can't run: then nothing is sent to the cloud."""
+    feedback: FeedbackBook | None = None
+    """Answers awaiting feedback, and recent conversations (re-asks)."""
 
     @property
     def books(self) -> Books:
         """The accounting state of this snapshot."""
-        return Books(self.budgets, self.bandit, self.config.policy.adaptive, self.audit)
+        return Books(
+            self.budgets, self.bandit, self.config.policy.adaptive, self.audit, self.feedback
+        )
 
 
 def cache_prefix(scope: str, policy_name: str) -> str:
@@ -118,6 +123,14 @@ def build(
             if audit is not None and new_audit:
                 audit.close()  # this snapshot never comes into force
             raise
+    if (
+        previous is not None
+        and previous.feedback is not None
+        and same(lambda c: c.policy.quality.feedback)
+    ):
+        feedback = previous.feedback
+    else:
+        feedback = FeedbackBook(policy.quality.feedback)
     known = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
     redaction = redactor.config
     tier, tier_error = _model_tier(config, previous)
@@ -135,6 +148,7 @@ def build(
         redacted_entities=frozenset(redaction.active_entities() if redaction.enabled else ()),
         model_tier=tier,
         model_tier_error=tier_error,
+        feedback=feedback,
     )
 
 
