@@ -76,7 +76,6 @@ import heapq
 import json
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -295,39 +294,42 @@ class Sim:
             if kind == "arrive":
                 self.arrive(payload, now)
             elif kind == "local-done":
-                r, decision, fell_back = payload
-                self.busy -= 1
-                latency = now - r.arrival
-                a = EWMA_ALPHA
-                self.local_latency_ewma = (1 - a) * self.local_latency_ewma + a * latency
-                if self.waiting:
-                    self.start_local(*self.waiting.popleft(), now)
-                if self.escalate(r, decision, fell_back):
-                    self.escalated += 1
-                    self.call_cloud(r, decision, now, escalation=True)
-                else:
-                    self.finish(r, decision, now, ok=True, cloud=False, fell_back=fell_back)
+                self.local_done(*payload, now)
             elif kind == "cloud-done":
-                r, decision, ok, started, escalation = payload
-                self.breaker.record(ok, now)
-                a = EWMA_ALPHA
-                if ok:
-                    self.cloud_latency_ewma = (1 - a) * self.cloud_latency_ewma + a * (
-                        now - started
-                    )
-                self.cloud_error_ewma = (1 - a) * self.cloud_error_ewma + a * (0.0 if ok else 1.0)
-                if ok:
-                    self.finish(r, decision, now, ok=True, cloud=True, fell_back=False)
-                elif escalation:  # the cloud failed: the local answer stands
-                    self.finish(r, decision, now, ok=True, cloud=False, fell_back=False)
-                elif self.policy.fallback.cloud_to_local:
-                    self.enqueue_local(r, decision, now, fell_back=True)
-                else:
-                    self.finish(r, decision, now, ok=False, cloud=True, fell_back=False)
+                self.cloud_done(payload, now)
             elif kind == "feedback":
                 answer_id, score = payload
                 self.book.score(answer_id, score)
         return self.results
+
+    def local_done(self, r: Request, decision: Decision, fell_back: bool, now: float) -> None:
+        self.busy -= 1
+        latency = now - r.arrival
+        a = EWMA_ALPHA
+        self.local_latency_ewma = (1 - a) * self.local_latency_ewma + a * latency
+        if self.waiting:
+            self.start_local(*self.waiting.popleft(), now)
+        if self.escalate(r, decision, fell_back):
+            self.escalated += 1
+            self.call_cloud(r, decision, now, escalation=True)
+        else:
+            self.finish(r, decision, now, ok=True, cloud=False, fell_back=fell_back)
+
+    def cloud_done(self, payload: tuple[Request, Decision, bool, float, bool], now: float) -> None:
+        r, decision, ok, started, escalation = payload
+        self.breaker.record(ok, now)
+        a = EWMA_ALPHA
+        if ok:
+            self.cloud_latency_ewma = (1 - a) * self.cloud_latency_ewma + a * (now - started)
+        self.cloud_error_ewma = (1 - a) * self.cloud_error_ewma + a * (0.0 if ok else 1.0)
+        if ok:
+            self.finish(r, decision, now, ok=True, cloud=True, fell_back=False)
+        elif escalation:  # the cloud failed: the local answer stands
+            self.finish(r, decision, now, ok=True, cloud=False, fell_back=False)
+        elif self.policy.fallback.cloud_to_local:
+            self.enqueue_local(r, decision, now, fell_back=True)
+        else:
+            self.finish(r, decision, now, ok=False, cloud=True, fell_back=False)
 
     def escalate(self, r: Request, decision: Decision, fell_back: bool) -> bool:
         """The cascade's choice once the local answer is in (as RoutingCore._cascade)."""
