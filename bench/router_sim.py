@@ -116,7 +116,7 @@ class Request:
 
 def p_local(d: float) -> float:
     """Probability that the local model's answer to a prompt of difficulty d is good."""
-    return 0.97 - 0.75 * d**1.3
+    return 0.97 - 0.75 * math.pow(d, 1.3)
 
 
 def p_cloud(d: float) -> float:
@@ -294,7 +294,8 @@ class Sim:
             if kind == "arrive":
                 self.arrive(payload, now)
             elif kind == "local-done":
-                self.local_done(*payload, now)
+                r, decision, fell_back = payload
+                self.local_done(r, decision, fell_back, now)
             elif kind == "cloud-done":
                 self.cloud_done(payload, now)
             elif kind == "feedback":
