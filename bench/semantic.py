@@ -1,6 +1,6 @@
 """The semantic router with the real all-MiniLM-L6-v2 encoder: accuracy and latency.
 
-- **Accuracy**: the sidecar's :class:`~clawdbot_sidecar.routing.semantic.LocalEnough` is
+- **Accuracy**: the sidecar's :class:`~clawdbot_sidecar.routing.semantic_model.LocalEnough` is
   fitted on the ``train`` prompts of ``bench/data/semantic_prompts.jsonl`` (labelled
   ``local``: a small local model answers this kind of prompt well; ``cloud``: it needs the
   bigger model) and scored on the ``test`` prompts, kept apart: other fillers of the trained
@@ -32,7 +32,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer
 
 from clawdbot_sidecar.routing.features import complexity
-from clawdbot_sidecar.routing.semantic import LocalEnough
+from clawdbot_sidecar.routing.semantic_model import LocalEnough
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".cache" / "models" / "all-minilm-l6-v2" / "1"

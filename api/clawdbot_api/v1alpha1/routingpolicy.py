@@ -253,13 +253,40 @@ class Feedback(ApiModel):
     the earlier one. 0: re-asks are not counted."""
 
 
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the same namespace."""
+
+    name: Name
+    """Name of the ConfigMap."""
+    key: str = Field(default="examples.jsonl", min_length=1, max_length=253)
+    """Key inside the ConfigMap's data."""
+
+
+class Semantic(ApiModel):
+    """The semantic router: predicts from the prompt's embedding whether local will do."""
+
+    enabled: bool = False
+    """Embed each prompt the adaptive router decides on and use the prediction as its
+    context instead of the keyword complexity score (which stays the fallback while the
+    encoder can't answer)."""
+    embedding_model: str = Field(default="all-minilm-l6-v2", min_length=1, max_length=256)
+    """The served name of a local model (one of localModels) whose /v1/embeddings encodes
+    the prompts, e.g. all-MiniLM-L6-v2 built by `make encoder`."""
+    examples_config_map_ref: ConfigMapKeyRef | None = None
+    """A ConfigMap key holding labelled examples, one JSON object a line:
+    {"prompt": "...", "label": "local"} or "cloud" (the local model does, or doesn't, answer
+    such prompts well). The operator hands them to the sidecars with the policy."""
+
+
 class Quality(ApiModel):
-    """Answer quality: feedback, confidence and the cascade."""
+    """Answer quality: feedback, confidence, the cascade and the semantic router."""
 
     feedback: Feedback = Field(default_factory=Feedback)
     """Explicit and implicit feedback."""
     cascade: Cascade = Field(default_factory=Cascade)
     """Settings of target: cascade."""
+    semantic: Semantic = Field(default_factory=Semantic)
+    """The semantic router (the adaptive router's context from prompt embeddings)."""
 
 
 class Fallback(ApiModel):

@@ -97,6 +97,8 @@ class Remembered:
     applied: float = 0.0
     """The quality term already in the reward."""
     scored: bool = False
+    on_score: Callable[[float], None] | None = None
+    """Also told the score (the semantic router learns from scored local answers)."""
 
 
 class FeedbackBook:
@@ -155,6 +157,8 @@ class FeedbackBook:
         if entry.scored:
             return FeedbackResult.DUPLICATE, entry
         entry.scored = True
+        if entry.on_score is not None:
+            entry.on_score(score)
         if entry.learner is not None and entry.context is not None and entry.arm is not None:
             term = quality_term(score, entry.quality_weight)
             entry.learner.correct(entry.arm, entry.context, term - entry.applied)

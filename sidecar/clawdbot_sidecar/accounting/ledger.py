@@ -91,6 +91,8 @@ class Outcome:
     discarded: bool = False
     """The core closed the local stream itself (a cascade escalated): not a failure of the
     endpoint."""
+    on_local_score: Callable[[float], None] | None = None
+    """What learns from a score of this answer when local gave it (the semantic router)."""
 
     @property
     def full_reason(self) -> str:
@@ -206,6 +208,7 @@ class Ledger:
                     learner=books.learner if learned else None,
                     quality_weight=weight,
                     applied=quality_term(out.quality, weight),
+                    on_score=out.on_local_score if target == "local" else None,
                 ),
             )
         self._run_after(out, target, elapsed)

@@ -60,6 +60,7 @@ from clawdbot_sidecar.routing.request import (
     Request,
     validate,
 )
+from clawdbot_sidecar.routing.semantic import MAX_CHARS
 from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
 from clawdbot_sidecar.upstream.client import Upstream, UpstreamError
 from clawdbot_sidecar.upstream.cloud import CloudCall, CloudTarget, Wire
@@ -164,6 +165,8 @@ class RoutingCore:
                 asyncio.get_running_loop().create_task(old.cache.close())
         if old.model_tier is not None and old.model_tier is not new.model_tier:
             old.model_tier.close()
+        if old.semantic is not None and old.semantic is not new.semantic:
+            old.semantic.close()
 
     @property
     def config(self) -> SidecarConfig:
@@ -271,7 +274,8 @@ class RoutingCore:
         self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
     ) -> Answer:
         self._note_reask(snap, request, out)
-        decision = self._decide(snap, request, headers, out)
+        difficulty = await self._semantic_difficulty(snap, request, out)
+        decision = self._decide(snap, request, headers, out, difficulty)
         if decision.target == "reject" and decision.reason.startswith(_REFUSALS):
             self._reject(decision, out)  # the policy says no: not even a cached answer
 
@@ -380,6 +384,44 @@ class RoutingCore:
         previous = book.reasked(cache_key(request.body), out.answer_id)
         if previous is not None:
             self.ledger.feedback(previous, 0.0, "reask")
+
+    async def _embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Embeddings of ``texts`` from the local endpoint serving ``model``."""
+        probe = Outcome(
+            request_id="semantic", endpoint=ApiKind.EMBEDDINGS.value, started=0.0, model=model
+        )
+        body = {"model": model, "input": texts, "encoding_format": "float"}
+        reply = await self.local.call(body, self.config.limits, probe)
+        data = (reply.body or {}).get("data")
+        if not isinstance(data, list) or len(data) != len(texts):
+            raise UpstreamError("protocol", f"{model} answered no embeddings")
+        return [[float(x) for x in d["embedding"]] for d in data]
+
+    async def _semantic_difficulty(
+        self, snap: snapshots.Snapshot, request: Request, out: Outcome
+    ) -> float | None:
+        """The semantic router's view of the prompt (1 - P(local is good enough)), when it
+        is configured, ready and the request may reach the bandit; else None."""
+        semantic = snap.semantic
+        if (
+            semantic is None
+            or not snap.may_adapt
+            or request.kind not in (ApiKind.CHAT, ApiKind.COMPLETIONS)
+        ):
+            return None
+        router = semantic.router
+        if router is None:
+            semantic.start(self._embed)
+            return None
+        text = "\n".join(inspect_request(request.body).conversation)[-MAX_CHARS:]
+        if not text:
+            return None
+        try:
+            vector = (await self._embed(semantic.model, [text]))[0]
+        except (UpstreamError, NoEndpoint, RequestError, KeyError, TypeError, ValueError):
+            return None  # the keyword score decides this one
+        out.on_local_score = lambda score: router.learn(vector, score)
+        return 1.0 - router.predict(vector)
 
     def _escalation_blocker(self, snap: snapshots.Snapshot, decision: Decision) -> str | None:
         """Why an unsure local answer can't be taken to the cloud now, if it can't."""
@@ -513,8 +555,15 @@ class RoutingCore:
         return True
 
     def _decide(
-        self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
+        self,
+        snap: snapshots.Snapshot,
+        request: Request,
+        headers: dict[str, str],
+        out: Outcome,
+        difficulty: float | None = None,
     ) -> Decision:
+        """``difficulty``: the semantic router's 1 - P(local is good enough), which replaces
+        the keyword complexity score; None: the keyword score."""
         seen = self._inspect(snap, request)  # the walk redaction repeats on a cloud-bound copy
         texts = seen.texts
         # Redaction off or narrower than the rules: rules still see every entity. The
@@ -525,7 +574,9 @@ class RoutingCore:
         features = Features(
             model=out.model,
             tokens=estimate_tokens("\n".join(texts)),
-            complexity=complexity("\n".join(seen.conversation), seen.turns),
+            complexity=complexity("\n".join(seen.conversation), seen.turns)
+            if difficulty is None
+            else difficulty,
             pii=pii,
             headers=headers,
             stream=out.stream,

@@ -7,31 +7,32 @@ over the embedding fitted on labelled examples (prompts marked ``local`` or ``cl
 then moved by feedback: each scored answer whose prompt was embedded is one more example
 (an online gradient step, so memory stays the weights).
 
-The prediction replaces the keyword complexity score as the bandit's context value 2
-(``1 - P(local is good enough)``, so 0 still means easy); without an encoder, or until the
-examples are embedded, the keyword score stays.
+The classifier is in :mod:`clawdbot_sidecar.routing.semantic_model` (numpy, imported only
+by sidecars whose policy enables this). The prediction replaces the keyword complexity
+score as the bandit's context value 2 (``1 - P(local is good enough)``, so 0 still means
+easy); without an encoder, or until the examples are embedded, the keyword score stays.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import math
-from collections.abc import Iterable, Sequence
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:
+    from clawdbot_sidecar.routing.semantic_model import LocalEnough
 
-__all__ = ["Example", "LocalEnough", "parse_examples"]
+__all__ = ["Example", "SemanticState", "parse_examples"]
 
-Vector = npt.NDArray[np.float32]
+log = logging.getLogger("clawdbot.sidecar")
+
+Vector = Sequence[float]
 
 LABELS = {"local": 1.0, "cloud": 0.0}
-# Ridge strength and steps of the batch fit; the learning rate of feedback steps.
-L2 = 1e-3
-FIT_STEPS = 300
-FIT_RATE = 2.0
-FEEDBACK_RATE = 0.05
 # Prompt text embedded per request: the latest part (the question is at the end), short
 # enough for the encoder's 256 tokens.
 MAX_CHARS = 900
@@ -67,48 +68,63 @@ def parse_examples(text: str) -> list[Example]:
     return out
 
 
-def _sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-    return result
+# An example set that could not be embedded is tried again after this long.
+RETRY_S = 30.0
+EMBED_BATCH = 32
+
+Embed = Callable[[str, list[str]], Awaitable[list[list[float]]]]
 
 
-class LocalEnough:
-    """P(the local answer is good enough | prompt embedding): logistic regression."""
+class SemanticState:
+    """One policy's semantic router: its examples, embedded once in the background (the
+    encoder is a local endpoint that may not be up yet), and the classifier fitted on them."""
 
-    def __init__(self, dim: int) -> None:
-        self.weights = np.zeros(dim, dtype=np.float64)
-        self.bias = 0.0
-        self.examples = 0
-        self.feedback = 0
+    def __init__(self, model: str, examples: list[Example]) -> None:
+        self.model = model
+        self.examples = examples
+        self.router: LocalEnough | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failed_at: float | None = None
 
-    def fit(
-        self, vectors: Sequence[Vector] | npt.NDArray[np.float32], local: Sequence[bool]
-    ) -> None:
-        """Fit on labelled examples (full-batch gradient descent, ridge-regularised)."""
-        x = np.asarray(vectors, dtype=np.float64)
-        y = np.asarray(local, dtype=np.float64)
-        if len(x) == 0:
+    @property
+    def ready(self) -> bool:
+        return self.router is not None
+
+    def start(self, embed: Embed) -> None:
+        """Embed the examples and fit, in the background (once; again after a failure)."""
+        now = time.monotonic()
+        if self._task is not None and not self._task.done():
             return
-        # Balance the classes, so a skewed example set doesn't tilt every prediction.
-        pos = max(float(y.sum()), 1.0)
-        neg = max(float(len(y) - y.sum()), 1.0)
-        weight = np.where(y > 0, len(y) / (2 * pos), len(y) / (2 * neg))
-        w, b = np.zeros(x.shape[1]), 0.0
-        for _ in range(FIT_STEPS):
-            err = (_sigmoid(x @ w + b) - y) * weight
-            w -= FIT_RATE * (x.T @ err / len(y) + L2 * w)
-            b -= FIT_RATE * float(err.mean())
-        self.weights, self.bias, self.examples = w, b, len(y)
+        if self._failed_at is not None and now - self._failed_at < RETRY_S:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._prepare(embed))
 
-    def predict(self, vector: Vector) -> float:
-        """Probability that local is good enough, 0 to 1."""
-        z = float(np.dot(self.weights, vector.astype(np.float64))) + self.bias
-        return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
+    async def _prepare(self, embed: Embed) -> None:
+        # numpy only in sidecars whose policy turns the semantic router on.
+        from clawdbot_sidecar.routing.semantic_model import LocalEnough  # noqa: PLC0415
 
-    def learn(self, vector: Vector, score: float) -> None:
-        """One feedback: the local answer to this prompt scored ``score`` (0 to 1)."""
-        x = vector.astype(np.float64)
-        err = self.predict(vector) - score
-        self.weights -= FEEDBACK_RATE * (err * x + L2 * self.weights)
-        self.bias -= FEEDBACK_RATE * err
-        self.feedback += 1
+        try:
+            prompts = [e.prompt[-MAX_CHARS:] for e in self.examples]
+            vectors: list[list[float]] = []
+            for i in range(0, len(prompts), EMBED_BATCH):
+                vectors.extend(await embed(self.model, prompts[i : i + EMBED_BATCH]))
+            if not vectors:
+                raise ValueError("no examples")
+            router = LocalEnough(dim=len(vectors[0]))
+            router.fit(vectors, [e.local for e in self.examples])
+            self.router = router
+            log.info(
+                "semantic router ready: %d examples embedded with %s", len(prompts), self.model
+            )
+        except Exception as exc:  # the encoder not up yet, or not an encoder: keywords stay
+            self._failed_at = time.monotonic()
+            log.warning(
+                "semantic router: the examples could not be embedded with %s (%s); the "
+                "keyword complexity score is used meanwhile",
+                self.model,
+                exc,
+            )
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

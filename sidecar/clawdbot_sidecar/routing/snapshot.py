@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clawdbot_api.v1alpha1.routingpolicy import Pricing
+from clawdbot_api.v1alpha1.routingpolicy import Pricing, Target
 from clawdbot_sidecar.accounting.audit import AuditLog
 from clawdbot_sidecar.accounting.budgets import BudgetTracker
 from clawdbot_sidecar.accounting.feedback import FeedbackBook
@@ -25,6 +25,7 @@ from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor
 from clawdbot_sidecar.redaction.model_tier import ModelTier, ModelTierError, ModelTierRunner
 from clawdbot_sidecar.routing.decision import Bandit
+from clawdbot_sidecar.routing.semantic import SemanticState, parse_examples
 
 __all__ = ["Snapshot", "build"]
 
@@ -57,6 +58,10 @@ class Snapshot:
     """Why the enabled model tier can't run: then nothing is sent to the cloud."""
     feedback: FeedbackBook | None = None
     """Answers awaiting feedback, and recent conversations (re-asks)."""
+    semantic: SemanticState | None = None
+    """The semantic router, when the policy enables it and has examples."""
+    may_adapt: bool = False
+    """Some rule, or the default, is adaptive: the bandit's context may be needed."""
 
     @property
     def books(self) -> Books:
@@ -131,6 +136,7 @@ def build(
         feedback = previous.feedback
     else:
         feedback = FeedbackBook(policy.quality.feedback)
+    semantic = _semantic(config, previous)
     known = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
     redaction = redactor.config
     tier, tier_error = _model_tier(config, previous)
@@ -149,7 +155,37 @@ def build(
         model_tier=tier,
         model_tier_error=tier_error,
         feedback=feedback,
+        semantic=semantic,
+        may_adapt=policy.default_target == Target.ADAPTIVE
+        or any(r.target == Target.ADAPTIVE for r in policy.rules),
     )
+
+
+def _semantic(config: SidecarConfig, previous: Snapshot | None) -> SemanticState | None:
+    """The semantic router ``config`` asks for: the previous one (what it learned kept) when
+    its settings and examples are unchanged."""
+    settings = config.policy.quality.semantic
+    if not settings.enabled:
+        return None
+    if (
+        previous is not None
+        and previous.semantic is not None
+        and previous.config.policy.quality.semantic == settings
+        and previous.config.semantic_examples == config.semantic_examples
+    ):
+        return previous.semantic
+    if not config.semantic_examples:
+        log.warning(
+            "quality.semantic is enabled but no labelled examples arrived "
+            "(examplesConfigMapRef); the keyword complexity score is used"
+        )
+        return None
+    try:
+        examples = parse_examples(config.semantic_examples)
+    except ValueError as exc:
+        log.error("quality.semantic: the examples can't be read (%s); keywords are used", exc)
+        return None
+    return SemanticState(settings.embedding_model, examples)
 
 
 def _model_tier(
