@@ -6,6 +6,7 @@ model answers with real token log-probabilities) and the loopback cloud stand-in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -14,14 +15,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sidecar_support import EMAIL, StartSidecar, policy, received
+from sidecar_support import API_KEY, EMAIL, Sidecar, StartSidecar, policy, received
 
 from clawdbot_api.v1alpha1.routingpolicy import Adaptive, Feedback
+from clawdbot_runtime.bert_onnx import build_encoder
 from clawdbot_sidecar.accounting import audit
 from clawdbot_sidecar.accounting.feedback import FeedbackBook, FeedbackResult, Remembered
 from clawdbot_sidecar.accounting.ledger import reward
+from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.routing.confidence import StreamMeter, answer_confidence
+from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.routing.decision import Bandit
+from clawdbot_sidecar.upstream import Upstream
+from tests.support.bert import tiny_bert
+from tests.support.servers import runtime_server
 
 PROMPT = "hello there"
 
@@ -297,3 +304,84 @@ async def test_a_streamed_cascade_holds_tokens_then_streams_local_or_the_cloud(
     assert len(await received(cloud)) == 1
     # The local stream closed on purpose is not a failure of its endpoint.
     assert unsure.core.pool.states[0].consecutive_failures == 0
+
+
+# -- the semantic router ----------------------------------------------------------------------
+
+EXAMPLES = [
+    *({"prompt": p, "label": "local"} for p in ("the cat sat on a mat", "the sun is hot",
+                                                "a dog sat in the sun", "the mat is hot")),
+    *({"prompt": p, "label": "cloud"} for p in ("rain falls in the park", "the dog ran in rain",
+                                                "rain in the park falls", "a cat ran in rain")),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def encoder_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The project's runtime serving a small BERT encoder built by the ONNX builder."""
+    root = tmp_path_factory.mktemp("encoder")
+    tiny_bert(root / "hf")
+    build_encoder(root / "hf", root / "repo" / "tiny-bert" / "1")
+    with runtime_server(root / "repo") as url:
+        yield url
+
+
+async def test_the_semantic_router_gives_the_bandit_its_prediction_and_learns_from_feedback(
+    local_url: str, encoder_url: str, cloud: str, serve_front: Any
+) -> None:
+    spec = policy(
+        cloud,
+        localModels=[{"name": "tiny-chat"}, {"name": "tiny-bert"}],
+        rules=[{"name": "pinned", "match": {"headers": [{"name": "x-pin"}]}, "target": "local"}],
+        defaultTarget="adaptive",
+        quality={"semantic": {"enabled": True, "embeddingModel": "tiny-bert",
+                              "examplesConfigMapRef": {"name": "examples"}}},
+    )  # fmt: skip
+    config = SidecarConfig.model_validate(
+        {
+            "policy": spec,
+            "endpoints": [{"url": local_url, "model": "tiny-chat"},
+                          {"url": encoder_url, "model": "tiny-bert"}],
+            "semanticExamples": "\n".join(json.dumps(e) for e in EXAMPLES),
+        }
+    ).model_copy(update={"cloud_api_key": API_KEY})  # fmt: skip
+    upstream = Upstream.create(connect_timeout_s=5.0)
+    core = RoutingCore(config, upstream, seed=1)
+    try:
+        async with serve_front(core) as url:
+            sc = Sidecar(url, core)
+            semantic = core.snapshot.semantic
+            assert semantic is not None and not semantic.ready
+            await sc.chat("the cat sat in the sun")  # starts embedding the examples
+            for _ in range(100):  # bounded: the background fit takes a few runtime calls
+                if semantic.ready:
+                    break
+                await asyncio.sleep(0.05)
+            router = semantic.router
+            assert router is not None and router.examples == len(EXAMPLES)
+
+            prompt = "the cat sat on a mat"
+            vector = (await core._embed("tiny-bert", [prompt]))[0]
+            expected = 1.0 - router.predict(vector)
+            assert expected < 0.5  # like the local examples
+            seen: list[tuple[float, ...]] = []
+            real_choose = core.bandit.choose
+
+            def spy(x: tuple[float, ...]) -> Any:
+                seen.append(x)
+                return real_choose(x)
+
+            core.bandit.choose = spy  # type: ignore[method-assign]
+            await sc.chat(prompt)
+            assert seen and seen[-1][2] == pytest.approx(expected)  # not the keyword score
+
+            # A local answer to that prompt scored bad: local looks less good for it.
+            raw = await sc.chat(prompt, extra_headers={"x-pin": "1"})
+            assert raw.headers["x-clawdbot-target"] == "local"
+            before = router.predict(vector)
+            answer_id = raw.headers["x-clawdbot-request-id"]
+            assert (await post_feedback(url, {"request_id": answer_id, "score": 0}))[0] == 200
+            assert router.feedback == 1 and router.predict(vector) < before
+    finally:
+        await core.close()
+        await upstream.close()
