@@ -11,7 +11,7 @@ import pytest
 
 from clawdbot_runtime.generation import log_softmax, token_logprob
 from clawdbot_runtime.server import RuntimeServer
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME
 
 HELLO = [{"role": "user", "content": "hello"}]
 
