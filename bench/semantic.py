@@ -31,12 +31,15 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from tokenizers import Tokenizer
 
+from clawdbot_api.v1alpha1.routingpolicy import SemanticCache
 from clawdbot_sidecar.routing.features import complexity
-from clawdbot_sidecar.routing.semantic_model import LocalEnough
+from clawdbot_sidecar.routing.semantic import guard
+from clawdbot_sidecar.routing.semantic_model import LocalEnough, SimilarityStore
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / ".cache" / "models" / "all-minilm-l6-v2" / "1"
 DATA = Path(__file__).resolve().parent / "data" / "semantic_prompts.jsonl"
+PAIRS = Path(__file__).resolve().parent / "data" / "semantic_cache_pairs.jsonl"
 
 
 class Encoder:
@@ -103,6 +106,35 @@ def accuracy(encoder: Encoder, rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def cache_table(encoder: Encoder, pairs: list[dict[str, Any]], min_similarity: float) -> None:
+    """Each pair: the first question's answer stored, the second asked; through the
+    sidecar's SimilarityStore and guard, and by similarity alone for comparison."""
+    stored = encoder.embed([p["stored"] for p in pairs])
+    asked = encoder.embed([p["asked"] for p in pairs])
+    rows: dict[str, list[tuple[bool, bool]]] = {}
+    for pair, a, b in zip(pairs, stored, asked, strict=True):
+        store = SimilarityStore(len(a), 4, 300.0, min_similarity)
+        store.put(a, guard(pair["stored"]), "answer", 0.0)
+        hit = store.get(b, guard(pair["asked"]), 1.0) is not None
+        by_similarity = float(np.dot(a, b)) >= min_similarity
+        rows.setdefault(pair["kind"], []).append((hit, by_similarity))
+    print(f"\nSemantic cache, minSimilarity {min_similarity:g}: the first question of each pair "
+          "stored, the second asked:\n")  # fmt: skip
+    print(f"{'pair kind':34s} {'pairs':>6s} {'hits':>6s} {'similarity alone':>17s}")
+    print("-" * 66)
+    labels = {
+        "paraphrase": "paraphrase (a hit is right)",
+        "negation": "negation (a hit is a false hit)",
+        "number": "changed number (false hit)",
+        "different": "another question (false hit)",
+    }
+    for kind, label in labels.items():
+        got = rows.get(kind, [])
+        hits = sum(h for h, _ in got)
+        similar = sum(a for _, a in got)
+        print(f"{label:34s} {len(got):6d} {hits:6d} {similar:17d}")
+
+
 def latency(encoder: Encoder, feeds: dict[str, np.ndarray], runs: int) -> float:
     for _ in range(3):
         encoder.session.run(None, feeds)
@@ -161,6 +193,7 @@ def main() -> None:
     print("-" * 35)
     print(f"{'fp32':10s} {fp32:8.1f} {1.0:15.3f}")
     print(f"{'int8':10s} {int8_ms:8.1f} {cosine:15.3f}")
+    cache_table(encoder, load(PAIRS), SemanticCache().min_similarity)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,22 @@ class ConfigMapKeyRef(ApiModel):
     """Key inside the ConfigMap's data."""
 
 
+class SemanticCache(ApiModel):
+    """A cache of answers by meaning: a conversation close enough to a stored one gets its
+    answer, unless their negations or numbers differ."""
+
+    enabled: bool = False
+    """Look up non-streamed chat and completions by the embedding of the whole
+    conversation (after the exact cache, when that is on); store answers that may be
+    cached (never ones that may hold sensitive values)."""
+    min_similarity: float = Field(default=0.9, ge=0.5, le=1)
+    """Cosine similarity of the two conversations' embeddings needed for a hit."""
+    max_entries: int = Field(default=1000, ge=1, le=100000)
+    """Answers kept per pod; the oldest are replaced first."""
+    ttl_seconds: int = Field(default=300, ge=1, le=604800)
+    """How long an answer may be served."""
+
+
 class Semantic(ApiModel):
     """The semantic router: predicts from the prompt's embedding whether local will do."""
 
@@ -276,6 +292,8 @@ class Semantic(ApiModel):
     """A ConfigMap key holding labelled examples, one JSON object a line:
     {"prompt": "...", "label": "local"} or "cloud" (the local model does, or doesn't, answer
     such prompts well). The operator hands them to the sidecars with the policy."""
+    cache: SemanticCache = Field(default_factory=SemanticCache)
+    """The semantic cache, on the same embeddings (independent of enabled)."""
 
 
 class Quality(ApiModel):

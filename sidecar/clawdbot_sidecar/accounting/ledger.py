@@ -93,6 +93,10 @@ class Outcome:
     endpoint."""
     on_local_score: Callable[[float], None] | None = None
     """What learns from a score of this answer when local gave it (the semantic router)."""
+    reasked: bool = False
+    """The same conversation was asked shortly before (a re-ask)."""
+    similar_key: tuple[list[float], str] | None = None
+    """Where the semantic cache stores this answer (its embedding and guard), after a miss."""
 
     @property
     def full_reason(self) -> str:

@@ -23,7 +23,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
-from clawdbot_api.v1alpha1.routingpolicy import CloudApi, RedactionMode, UninspectableContent
+from clawdbot_api.v1alpha1.routingpolicy import (
+    Cache,
+    CloudApi,
+    RedactionMode,
+    UninspectableContent,
+)
 from clawdbot_sidecar.accounting.feedback import FeedbackResult
 from clawdbot_sidecar.accounting.ledger import Ledger, Outcome
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
@@ -60,7 +65,7 @@ from clawdbot_sidecar.routing.request import (
     Request,
     validate,
 )
-from clawdbot_sidecar.routing.semantic import MAX_CHARS
+from clawdbot_sidecar.routing.semantic import MAX_CHARS, guard
 from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
 from clawdbot_sidecar.upstream.client import Upstream, UpstreamError
 from clawdbot_sidecar.upstream.cloud import CloudCall, CloudTarget, Wire
@@ -86,6 +91,8 @@ _REFUSALS = (
 )
 
 Failure = UpstreamError | NoEndpoint | RequestError
+# What the semantic cache stores: complete answers, never ones that may hold PII.
+_SIMILAR_POLICY = Cache(enabled=True, cache_restored_pii=False)
 
 
 class RoutingCore:
@@ -299,6 +306,9 @@ class RoutingCore:
                     answer_id=out.answer_id,
                 )
             out.cache = "miss"
+        similar = await self._similar(snap, request, out)
+        if similar is not None:
+            return similar
         if decision.target == "reject":
             self._reject(decision, out)
         out.reason = decision.reason
@@ -311,6 +321,8 @@ class RoutingCore:
             reply = await self._answer(snap, request, decision, out)
         if key is not None and reply.body is not None and not reply.native:
             await self._cache_put(snap, key, reply.body, out)
+        if out.similar_key is not None and reply.body is not None and not reply.native:
+            self._similar_put(snap, reply.body, out)
         return Answer(
             out.request_id,
             out.target,
@@ -383,6 +395,7 @@ class RoutingCore:
             return
         previous = book.reasked(cache_key(request.body), out.answer_id)
         if previous is not None:
+            out.reasked = True
             self.ledger.feedback(previous, 0.0, "reask")
 
     async def _embed(self, model: str, texts: list[str]) -> list[list[float]]:
@@ -422,6 +435,59 @@ class RoutingCore:
             return None  # the keyword score decides this one
         out.on_local_score = lambda score: router.learn(vector, score)
         return 1.0 - router.predict(vector)
+
+    async def _similar(
+        self, snap: snapshots.Snapshot, request: Request, out: Outcome
+    ) -> Answer | None:
+        """A semantic-cache hit for this conversation, if the policy has the cache and one
+        is close enough with the same negations and numbers; else None (and what to store
+        the answer under is kept in ``out``)."""
+        cache = snap.semantic_cache
+        if (
+            cache is None
+            or out.stream
+            or request.kind not in (ApiKind.CHAT, ApiKind.COMPLETIONS)
+            or request.native is not None
+        ):
+            return None
+        if out.reasked:
+            # Asked again because the answer did not do: a new answer, not the same one.
+            return None
+        text = "\n".join(inspect_request(request.body).conversation)
+        if not text:
+            return None
+        try:
+            vector = (await self._embed(cache.model, [text[-MAX_CHARS:]]))[0]
+        except (UpstreamError, NoEndpoint, RequestError, KeyError, TypeError, ValueError):
+            return None  # the encoder can't answer: no semantic cache for this one
+        key = f"{request.kind.value}|{request.model}|{guard(text)}"
+        hit = cache.get(vector, key)
+        if hit is None:
+            out.similar_key = (vector, key)
+            self.metrics.cache.labels("semantic-miss").inc()
+            return None
+        value, similarity = hit
+        assert isinstance(value, CachedResponse)
+        self.metrics.cache.labels("semantic-hit").inc()
+        out.cache, out.target, out.reason = "hit", "cache", f"semantic-cache-hit:{value.source}"
+        self.metrics.decisions.labels("cache", "semantic-cache-hit").inc()
+        return Answer(
+            out.request_id,
+            out.target,
+            out.full_reason,
+            body=value.body,
+            answer_id=out.answer_id,
+            similarity=similarity,
+        )
+
+    def _similar_put(self, snap: snapshots.Snapshot, body: dict[str, Any], out: Outcome) -> None:
+        cache, entry = snap.semantic_cache, out.similar_key
+        if cache is None or entry is None:
+            return
+        # Never an answer that may carry the request's sensitive values.
+        may_hold_pii = out.restored_pii or any(out.pii.values())
+        if cacheable(_SIMILAR_POLICY, body, may_hold_pii=may_hold_pii):
+            cache.put(entry[0], entry[1], CachedResponse(body, out.target, time.time()))
 
     def _escalation_blocker(self, snap: snapshots.Snapshot, decision: Decision) -> str | None:
         """Why an unsure local answer can't be taken to the cloud now, if it can't."""

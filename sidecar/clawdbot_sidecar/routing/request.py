@@ -22,6 +22,7 @@ __all__ = [
     "CONFIDENCE_HEADER",
     "REASON_HEADER",
     "REQUEST_ID_HEADER",
+    "SIMILARITY_HEADER",
     "TARGET_HEADER",
     "Answer",
     "ApiKind",
@@ -39,6 +40,8 @@ REQUEST_ID_HEADER = "x-request-id"
 ANSWER_ID_HEADER = "x-clawdbot-request-id"
 # The local answer's confidence (0 to 1, from its token log-probabilities), when measured.
 CONFIDENCE_HEADER = "x-clawdbot-confidence"
+# A semantic-cache hit's similarity to the conversation whose answer it is.
+SIMILARITY_HEADER = "x-clawdbot-semantic-similarity"
 
 
 class ApiKind(StrEnum):
@@ -157,6 +160,8 @@ class Answer:
     """The sidecar's id of this answer (``x-clawdbot-request-id``), for feedback."""
     confidence: float | None = None
     """The local answer's confidence, when it was measured (a cascade's first answer)."""
+    similarity: float | None = None
+    """A semantic-cache hit's similarity."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -168,4 +173,6 @@ class Answer:
             out[ANSWER_ID_HEADER] = self.answer_id
         if self.confidence is not None:
             out[CONFIDENCE_HEADER] = f"{self.confidence:.4f}"
+        if self.similarity is not None:
+            out[SIMILARITY_HEADER] = f"{self.similarity:.4f}"
         return out

@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from clawdbot_sidecar.routing.semantic_model import LocalEnough
+from clawdbot_api.v1alpha1.routingpolicy import SemanticCache
 
-__all__ = ["Example", "SemanticState", "parse_examples"]
+if TYPE_CHECKING:
+    from clawdbot_sidecar.routing.semantic_model import LocalEnough, SimilarityStore
+
+__all__ = ["Example", "SemanticCacheState", "SemanticState", "guard", "parse_examples"]
 
 log = logging.getLogger("clawdbot.sidecar")
 
@@ -128,3 +131,43 @@ class SemanticState:
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+# Words that turn a question around; a hit needs the same set of them on both sides.
+_NEGATIONS = re.compile(
+    r"\b(not|no|never|none|nothing|neither|nor|without|cannot|except|"
+    r"\w+n't|isnt|dont|doesnt|cant|wont)\b",
+    re.IGNORECASE,
+)
+_NUMBERS = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def guard(text: str) -> str:
+    """What two conversations must share for a semantic-cache hit besides similarity: the
+    same negation words (as a set) and the same numbers (in order)."""
+    negations = sorted({m.lower().replace("'", "") for m in _NEGATIONS.findall(text)})
+    return f"{','.join(negations)}|{','.join(_NUMBERS.findall(text))}"
+
+
+class SemanticCacheState:
+    """The semantic cache of one policy in this pod (so partitioned by policy and
+    namespace); its store is made on the first embedding, which gives the dimension."""
+
+    def __init__(self, model: str, settings: SemanticCache) -> None:
+        self.model = model
+        self.settings = settings
+        self._store: SimilarityStore | None = None
+
+    def _ready(self, dim: int) -> SimilarityStore:
+        if self._store is None:
+            from clawdbot_sidecar.routing.semantic_model import SimilarityStore  # noqa: PLC0415
+
+            s = self.settings
+            self._store = SimilarityStore(dim, s.max_entries, s.ttl_seconds, s.min_similarity)
+        return self._store
+
+    def get(self, vector: Vector, key: str) -> tuple[object, float] | None:
+        return self._ready(len(vector)).get(vector, key, time.monotonic())
+
+    def put(self, vector: Vector, key: str, value: object) -> None:
+        self._ready(len(vector)).put(vector, key, value, time.monotonic())

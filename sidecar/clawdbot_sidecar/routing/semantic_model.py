@@ -66,3 +66,42 @@ class LocalEnough:
         self.weights -= FEEDBACK_RATE * (err * x + L2 * self.weights)
         self.bias -= FEEDBACK_RATE * err
         self.feedback += 1
+
+
+class SimilarityStore:
+    """The semantic cache's entries: unit vectors of whole conversations, their guards and
+    answers, at most ``max_entries`` (the oldest replaced first), each for ``ttl_s``.
+
+    A hit needs a cosine similarity of at least ``min_similarity`` *and* the same guard:
+    the negations and the numbers of the conversation (:func:`guard`), so "is X safe" never
+    answers "is X not safe", nor "2 tablets" "20 tablets", however close the vectors.
+    """
+
+    def __init__(self, dim: int, max_entries: int, ttl_s: float, min_similarity: float) -> None:
+        self.vectors = np.zeros((max_entries, dim), dtype=np.float32)
+        self.meta: list[tuple[float, str, object] | None] = [None] * max_entries
+        self.next = 0
+        self.ttl_s = ttl_s
+        self.min_similarity = min_similarity
+
+    def get(
+        self, vector: Sequence[float], guard_key: str, now: float
+    ) -> tuple[object, float] | None:
+        """The stored value and its similarity, for the closest live entry with the same
+        guard at or over the threshold; None otherwise."""
+        sims = self.vectors @ np.asarray(vector, dtype=np.float32)
+        for i in np.argsort(-sims)[:8]:
+            entry = self.meta[int(i)]
+            similarity = float(sims[int(i)])
+            if similarity < self.min_similarity:
+                break
+            if entry is None or now - entry[0] > self.ttl_s or entry[1] != guard_key:
+                continue
+            return entry[2], similarity
+        return None
+
+    def put(self, vector: Sequence[float], guard_key: str, value: object, now: float) -> None:
+        slot = self.next
+        self.vectors[slot] = np.asarray(vector, dtype=np.float32)
+        self.meta[slot] = (now, guard_key, value)
+        self.next = (slot + 1) % len(self.meta)

@@ -25,7 +25,7 @@ from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor
 from clawdbot_sidecar.redaction.model_tier import ModelTier, ModelTierError, ModelTierRunner
 from clawdbot_sidecar.routing.decision import Bandit
-from clawdbot_sidecar.routing.semantic import SemanticState, parse_examples
+from clawdbot_sidecar.routing.semantic import SemanticCacheState, SemanticState, parse_examples
 
 __all__ = ["Snapshot", "build"]
 
@@ -62,6 +62,8 @@ class Snapshot:
     """The semantic router, when the policy enables it and has examples."""
     may_adapt: bool = False
     """Some rule, or the default, is adaptive: the bandit's context may be needed."""
+    semantic_cache: SemanticCacheState | None = None
+    """The semantic cache, when the policy enables it."""
 
     @property
     def books(self) -> Books:
@@ -137,6 +139,7 @@ def build(
     else:
         feedback = FeedbackBook(policy.quality.feedback)
     semantic = _semantic(config, previous)
+    semantic_cache = _semantic_cache(config, previous)
     known = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
     redaction = redactor.config
     tier, tier_error = _model_tier(config, previous)
@@ -156,9 +159,23 @@ def build(
         model_tier_error=tier_error,
         feedback=feedback,
         semantic=semantic,
+        semantic_cache=semantic_cache,
         may_adapt=policy.default_target == Target.ADAPTIVE
         or any(r.target == Target.ADAPTIVE for r in policy.rules),
     )
+
+
+def _semantic_cache(config: SidecarConfig, previous: Snapshot | None) -> SemanticCacheState | None:
+    """The semantic cache ``config`` asks for: the previous one (its entries kept) when its
+    settings and encoder are unchanged."""
+    settings = config.policy.quality.semantic
+    if not settings.cache.enabled:
+        return None
+    if previous is not None and previous.semantic_cache is not None:
+        before = previous.config.policy.quality.semantic
+        if (before.cache, before.embedding_model) == (settings.cache, settings.embedding_model):
+            return previous.semantic_cache
+    return SemanticCacheState(settings.embedding_model, settings.cache)
 
 
 def _semantic(config: SidecarConfig, previous: Snapshot | None) -> SemanticState | None:

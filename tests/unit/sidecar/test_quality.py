@@ -385,3 +385,54 @@ async def test_the_semantic_router_gives_the_bandit_its_prediction_and_learns_fr
     finally:
         await core.close()
         await upstream.close()
+
+
+async def test_the_semantic_cache_answers_the_same_question_but_not_its_negation(
+    local_url: str, encoder_url: str, cloud: str, serve_front: Any
+) -> None:
+    spec = policy(
+        cloud,
+        localModels=[{"name": "tiny-chat"}, {"name": "tiny-bert"}],
+        quality={"semantic": {"embeddingModel": "tiny-bert", "cache": {"enabled": True}}},
+    )
+    config = SidecarConfig.model_validate(
+        {
+            "policy": spec,
+            "endpoints": [{"url": local_url, "model": "tiny-chat"},
+                          {"url": encoder_url, "model": "tiny-bert"}],
+        }
+    ).model_copy(update={"cloud_api_key": API_KEY})  # fmt: skip
+    upstream = Upstream.create(connect_timeout_s=5.0)
+    core = RoutingCore(config, upstream, seed=1)
+    try:
+        async with serve_front(core) as url:
+            sc = Sidecar(url, core)
+            first = await sc.chat("is the cat on the mat", temperature=0)
+            assert first.headers["x-clawdbot-target"] == "local"
+            # The same conversation (the seed differs, so it is no re-ask): a hit.
+            again = await sc.chat("is the cat on the mat", temperature=0, seed=9)
+            assert again.headers["x-clawdbot-target"] == "cache"
+            assert again.headers["x-clawdbot-reason"] == "semantic-cache-hit:local"
+            assert float(again.headers["x-clawdbot-semantic-similarity"]) > 0.999
+            assert again.parse().choices[0].message.content == (
+                first.parse().choices[0].message.content
+            )
+            # Its negation, and another number, are never answered from it.
+            negated = await sc.chat("is the cat not on the mat", temperature=0, seed=9)
+            assert negated.headers["x-clawdbot-target"] == "local"
+            assert "x-clawdbot-semantic-similarity" not in negated.headers
+            await sc.chat("the cat sat 2 times", temperature=0)
+            other = await sc.chat("the cat sat 3 times", temperature=0)
+            assert other.headers["x-clawdbot-target"] == "local"
+            # An answer to a prompt holding PII is not stored.
+            await sc.chat(f"the cat wrote to {EMAIL}", temperature=0)
+            pii = await sc.chat(f"the cat wrote to {EMAIL}", temperature=0, seed=9)
+            assert pii.headers["x-clawdbot-target"] == "local"
+            # A re-ask (the very same request) wants a new answer, not the stored one.
+            reasked = await sc.chat("is the cat on the mat", temperature=0, seed=9)
+            assert reasked.headers["x-clawdbot-target"] == "local"
+            text = await sc.metrics()
+            assert metric(text, 'clawdbot_sidecar_cache_requests_total{result="semantic-hit"}') == 1
+    finally:
+        await core.close()
+        await upstream.close()
