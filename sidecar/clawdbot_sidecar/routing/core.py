@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import random
 import time
+from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -433,8 +434,10 @@ class RoutingCore:
             vector = (await self._embed(semantic.model, [text]))[0]
         except (UpstreamError, NoEndpoint, RequestError, KeyError, TypeError, ValueError):
             return None  # the keyword score decides this one
-        out.on_local_score = lambda score: router.learn(vector, score)
-        return 1.0 - router.predict(vector)
+        # Kept for feedback as float32 (1.5 KB for MiniLM), not a list of Python floats.
+        compact = array("f", vector)
+        out.on_local_score = lambda score: router.learn(compact, score)
+        return 1.0 - router.predict(compact)
 
     async def _similar(
         self, snap: snapshots.Snapshot, request: Request, out: Outcome
@@ -547,6 +550,7 @@ class RoutingCore:
         chunks = reply.chunks
         hold = snap.config.policy.quality.cascade.hold_tokens
         meter, held = StreamMeter(), []
+        broken: StreamBroken | None = None
         try:
             while meter.seen < hold:
                 chunk = await anext(chunks)
@@ -554,19 +558,26 @@ class RoutingCore:
                 held.append(chunk)
         except StopAsyncIteration:
             pass
-        except StreamBroken:
+        except StreamBroken as exc:
             if self._escalation_blocker(snap, decision) is not None:
                 raise
-            out.status, out.error = 200, None  # the cloud answers instead, if it can
+            broken = exc  # nothing was sent yet: the cloud answers instead, if it can
+            out.status, out.error = 200, None
         confidence = meter.confidence
         self._measured(out, confidence)
-        if self._unsure(snap, decision, out, confidence):
+        if broken is not None:
+            out.cascade = "escalated"
+            self.metrics.cascade.labels("escalated").inc()
+        if broken is not None or self._unsure(snap, decision, out, confidence):
             local_tokens = out.prompt_tokens, out.completion_tokens
             try:
                 # Opened before the local stream is closed: a cloud that fails leaves the
                 # local answer to go on.
                 cloud = await self._call(snap, "cloud", request, out)
             except (UpstreamError, NoEndpoint, RequestError):
+                if broken is not None:
+                    out.status, out.error = 502, "stream-broken"
+                    raise broken from None
                 out.target, out.cascade = "local", "escalation-failed"
                 out.prompt_tokens, out.completion_tokens = local_tokens
                 self.metrics.cascade.labels("escalation-failed").inc()
