@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PY_PACKAGES := api/clawdbot_api operator/clawdbot_operator sidecar/clawdbot_sidecar \
 	runtime/clawdbot_runtime cli/clawdbot_cli testing/clawdbot_testing
-PY_SOURCES := api operator sidecar runtime cli testing tests e2e bench demo
+PY_SOURCES := api operator sidecar runtime cli testing tests e2e bench demo charts-tests
 PYTEST_ARGS ?=
 # make fuzz: seconds of coverage-guided fuzzing per target (make test runs 3 each).
 FUZZ_SECONDS ?= 60
