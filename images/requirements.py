@@ -1,6 +1,6 @@
 """Print the third-party requirements of the ``clawdbot`` distribution for some extras.
 
-    python3 requirements.py [PYPROJECT] EXTRA...
+    python3 requirements.py [PYPROJECT] EXTRA[,EXTRA...]...
 
 The image builds install these first, from pyproject.toml alone, in a layer of their own: a
 change to the source then rebuilds only the small layer that installs the project's wheel.
@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     path = Path("pyproject.toml")
     if argv and argv[0].endswith(".toml"):
         path, argv = Path(argv[0]), argv[1:]
-    print("\n".join(requirements(path, argv)))
+    extras = [e for arg in argv for e in arg.split(",") if e]
+    print("\n".join(requirements(path, extras)))
     return 0
 
 

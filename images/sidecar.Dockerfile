@@ -13,10 +13,13 @@ ARG BUILD_IMAGE=python:3.11-slim-bookworm
 # --- deps: a venv with the sidecar's dependencies (the `sidecar` extra), from pyproject.toml alone:
 # rebuilt only when pyproject.toml changes.
 FROM ${BUILD_IMAGE} AS deps
+# `--build-arg SIDECAR_EXTRAS=sidecar,semantic` adds numpy for the semantic router
+# (a policy's quality.semantic); without it such a policy routes on the keyword score.
+ARG SIDECAR_EXTRAS=sidecar
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml images/requirements.py ./
-RUN python3 requirements.py sidecar > /tmp/requirements.txt \
+RUN python3 requirements.py "$SIDECAR_EXTRAS" > /tmp/requirements.txt \
  && python3 -m venv /opt/clawdbot \
  && /opt/clawdbot/bin/pip install --requirement /tmp/requirements.txt "setuptools>=77" wheel
 

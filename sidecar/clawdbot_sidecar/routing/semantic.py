@@ -103,9 +103,18 @@ class SemanticState:
         self._task = asyncio.get_running_loop().create_task(self._prepare(embed))
 
     async def _prepare(self, embed: Embed) -> None:
-        # numpy only in sidecars whose policy turns the semantic router on.
-        from clawdbot_sidecar.routing.semantic_model import LocalEnough  # noqa: PLC0415
-
+        # numpy only in sidecars whose policy turns the semantic router on; the sidecar image
+        # installs it only with the `semantic` extra.
+        try:
+            from clawdbot_sidecar.routing.semantic_model import LocalEnough  # noqa: PLC0415
+        except ImportError as exc:
+            self._failed_at = time.monotonic()
+            log.warning(
+                "semantic router: %s (install clawdbot[semantic]); the keyword complexity "
+                "score is used instead",
+                exc,
+            )
+            return
         try:
             prompts = [e.prompt[-MAX_CHARS:] for e in self.examples]
             vectors: list[list[float]] = []

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.routing.confidence import StreamMeter, answer_confidence
 from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.routing.decision import Bandit
+from clawdbot_sidecar.routing.semantic import Example, SemanticState
 from clawdbot_sidecar.upstream import Upstream
 from tests.support.bert import tiny_bert
 from tests.support.servers import runtime_server
@@ -436,3 +438,24 @@ async def test_the_semantic_cache_answers_the_same_question_but_not_its_negation
     finally:
         await core.close()
         await upstream.close()
+
+
+async def test_semantic_router_without_numpy_keeps_the_keyword_score(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sidecar image installs numpy only with the `semantic` extra: without it the router
+    stays off (not ready, tried again later) and the embedder is never called."""
+    monkeypatch.setitem(sys.modules, "clawdbot_sidecar.routing.semantic_model", None)
+    calls: list[list[str]] = []
+
+    async def embed(model: str, prompts: list[str]) -> list[list[float]]:
+        calls.append(prompts)
+        return [[1.0, 0.0] for _ in prompts]
+
+    state = SemanticState("enc", [Example("hi", True), Example("long essay", False)])
+    state.start(embed)
+    assert state._task is not None
+    await state._task
+    assert not state.ready and calls == []
+    state.start(embed)  # within the retry delay: not tried again at once
+    assert state._task.done()
