@@ -44,6 +44,9 @@ PAUSE_IMAGE=localhost/clawdbot/pause:1
 READY_TIMEOUT="${CLAWDBOT_CLUSTER_READY_TIMEOUT:-90}"
 CNI_BIN_DIR="${CLAWDBOT_CNI_BIN_DIR:-/usr/lib/cni}"
 NODE_COMPONENTS=(containerd apiserver-forward kubelet kube-proxy)
+# The bridge, the pod range and the forwarder's port are fixed: one real node per machine.
+# This file names the state directory of the node that holds them.
+OWNER_FILE=/run/clawdbot-node.owner
 
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { printf '[node] error: %s\n' "$*" >&2; exit 1; }
@@ -151,6 +154,19 @@ current-context: clawdbot-e2e
 EOF
 }
 
+# claim_network: refuse when another state's node (its containerd alive) holds the network.
+claim_network() {
+  local other pidfile
+  if [[ -f "$OWNER_FILE" ]]; then
+    other="$(cat "$OWNER_FILE")"
+    pidfile="$other/pids/node-containerd.pid"
+    if [[ "$other" != "$STATE_DIR" && -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      die "another real node runs on this machine (state $other); stop it first: CLAWDBOT_CLUSTER_DIR=$other e2e/cluster/cluster.sh down"
+    fi
+  fi
+  printf '%s\n' "$STATE_DIR" >"$OWNER_FILE"
+}
+
 setup_network() {
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
@@ -189,13 +205,28 @@ EOF
 }
 
 teardown_network() {
+  # Another state's node holds the network (claim_network): leave it alone.
+  if [[ -f "$OWNER_FILE" && "$(cat "$OWNER_FILE")" != "$STATE_DIR" ]]; then return 0; fi
   iptables -D FORWARD -s "$POD_CIDR" ! -d "$POD_CIDR" -j DROP 2>/dev/null || true
   # kube-proxy's own chains: flushed by its cleanup mode.
   if [[ -x "$BIN_DIR/kube-proxy" ]]; then
     "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
+  # The kubelet's: KUBE-FIREWALL (jumped to from INPUT and OUTPUT) and its canaries.
+  local ipt table chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    while "$ipt" -D INPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    while "$ipt" -D OUTPUT -j KUBE-FIREWALL 2>/dev/null; do :; done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$table" -F "$chain" 2>/dev/null && "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$NODE_DIR/cni/ipam"
+  rm -f "$OWNER_FILE"
 }
 
 start_containerd() {
@@ -356,6 +387,7 @@ cmd_up() {
   [[ -f "$STATE_DIR/ports.env" ]] || die "the control plane is not up (no $STATE_DIR/ports.env)"
   # shellcheck source=/dev/null
   source "$STATE_DIR/ports.env"
+  claim_network
   cmd_down quiet
   mkdir -p "$NODE_DIR" "$LOGS" "$PIDS"
   read -r KUBELET_PORT KUBELET_HEALTHZ_PORT PROXY_HEALTHZ_PORT PROXY_METRICS_PORT <<<"$(
@@ -444,6 +476,10 @@ cmd_down() {
     umount -l "$m" 2>/dev/null || true
   done
   teardown_network
+  # containerd's run directory, once nothing is mounted below it any more.
+  if [[ -d "$RUN_DIR" ]] && ! awk -v run="$RUN_DIR" 'index($2, run) == 1 {found = 1} END {exit !found}' /proc/mounts; then
+    rm -rf "$RUN_DIR"
+  fi
   [[ -n "$quiet" ]] || log "stopped (state kept in ${NODE_DIR#"$REPO_ROOT"/})"
 }
 
