@@ -141,3 +141,32 @@ async def test_a_cloud_that_never_accepts_fails_at_its_connect_timeout(
     assert time.monotonic() - started < 6
     assert raw.headers["x-clawdbot-target"] == "local"
     assert raw.headers["x-clawdbot-reason"] == "fallback:cloud-failed (rule:medium)"
+
+
+async def test_a_local_endpoint_that_accepts_but_never_answers_is_left_for_another(
+    local_url: str, cloud: str, silent_endpoint: str, make_sidecar: StartSidecar
+) -> None:
+    """A replica that takes the connection and then says nothing (a wedged process) does not
+    hold requests for the whole local timeout: once it fails its liveness probe, requests
+    waiting on it go to a replica that answers, and it is ejected."""
+    sc = await make_sidecar(
+        policy(cloud),
+        [silent_endpoint, local_url],
+        local_timeout_s=LOCAL_TIMEOUT_S,
+        local_connect_timeout_s=CONNECT_TIMEOUT_S,
+    )
+    started = time.monotonic()
+    async with asyncio.timeout(20):  # far below the 60 s local timeout
+        answers = await asyncio.gather(*(sc.chat(f"hi {i}") for i in range(6)))
+    assert all(a.headers["x-clawdbot-target"] == "local" for a in answers)
+    assert time.monotonic() - started < 15
+    silent = next(s for s in sc.core.pool.states if s.endpoint.url == silent_endpoint)
+    assert silent.errors >= 1 and not silent.healthy(time.monotonic())
+    assert silent.in_flight == 0  # the requests it held were let go, not left counting
+    assert await received(cloud) == []  # a ready replica answered: nothing left the pod
+    # A streamed request does not wait on it either (it is ejected now).
+    async with asyncio.timeout(20):
+        stream = await sc.client.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert [c async for c in stream]
