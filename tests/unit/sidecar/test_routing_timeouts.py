@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import openai
 import pytest
-from sidecar_support import LONG_FILLER, StartSidecar, inject, policy, received
+from sidecar_support import API_KEY, LONG_FILLER, StartSidecar, inject, policy, received
 
 # The whole-request limit of local calls in these tests: far above every bound asserted, so
 # only the connect timeout can explain a quick answer.
@@ -170,3 +171,44 @@ async def test_a_local_endpoint_that_accepts_but_never_answers_is_left_for_anoth
             model="tiny-chat", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         assert [c async for c in stream]
+
+
+async def test_the_stand_in_resets_connections_when_told(cloud: str) -> None:
+    await inject(cloud, reset=True, count=1)
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await s.post(
+                f"{cloud}/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+        async with s.get(f"{cloud}/_stub/healthz") as r:  # the next one is served
+            assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "attempts"),
+    [
+        ({"reset": True}, 2),  # retried: a reset before the answer
+        ({"status": 503}, 2),
+        ({"status": 500}, 1),  # not retried: the provider may have done the work
+        ({"delayS": 3.0}, 1),  # the 1 s timeout is the deadline: no time for a retry
+    ],
+)
+async def test_a_cloud_that_resets_fails_or_stalls_is_answered_locally(
+    local_url: str,
+    cloud: str,
+    make_sidecar: StartSidecar,
+    fault: dict[str, object],
+    attempts: int,
+) -> None:
+    """Each cloud fault ends in the local fallback's answer, within the cloud's timeout."""
+    spec = policy(cloud)
+    spec["cloud"].update(maxRetries=1, timeoutSeconds=1)
+    sc = await make_sidecar(spec, [local_url])
+    await inject(cloud, count=10, **fault)
+    async with asyncio.timeout(10):
+        raw = await sc.chat(LONG_FILLER)
+    assert raw.headers["x-clawdbot-target"] == "local"
+    assert raw.headers["x-clawdbot-reason"] == "fallback:cloud-failed (rule:medium)"
+    assert len(await received(cloud)) == attempts
