@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import resource
+import secrets
 import socket
 import subprocess
 import threading
@@ -37,8 +38,9 @@ from e2e.harness.routing import LONG, ready_model_pods
 CLIENT_TIMEOUT_S = 30.0
 # Every load loop stops by then, whatever happens.
 LOAD_DEADLINE_S = 90.0
-# Distinct prompts cycle through this many repeats, so the cache has something to answer.
-REPEATED_PROMPTS = 4
+# One prompt in this many repeats the load's first, so the cache has something to answer;
+# the others are distinct (and distinct from other loads'), so a target must answer them.
+REPEAT_EVERY = 10
 
 TABLE_ENV = "CLAWDBOT_FAULTS_TABLE"
 DEFAULT_TABLE = REPO_ROOT / ".run" / "faults.md"
@@ -123,7 +125,7 @@ class Load:
     chat completions until stopped, ``max_requests`` sent in all, or LOAD_DEADLINE_S.
 
     Prompts are short (the policy's local rule) unless ``long_every`` makes every n-th one
-    long (its cloud rule); one in REPEATED_PROMPTS repeats an earlier prompt (the cache's).
+    long (its cloud rule); one in REPEAT_EVERY repeats the first one (the cache's).
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class Load:
         self._issued = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._id = secrets.token_hex(4)
 
     def __enter__(self) -> Load:
         for k in range(self._clients):
@@ -174,8 +177,8 @@ class Load:
             return self._issued
 
     def _prompt(self, n: int) -> str:
-        seq = n if n % REPEATED_PROMPTS else REPEATED_PROMPTS  # every 4th: the same one
-        text = f"Tell me about item {seq}."
+        seq = n if n % REPEAT_EVERY else 1
+        text = f"Tell me about item {seq} of {self._id}."
         if self.only_long or (self.long_every and n % self.long_every == 0):
             return f"{LONG} {text}"
         return text

@@ -112,7 +112,7 @@ def wait_for_rule(base: str, rule: str, timeout: float = WAIT_S) -> float:
             n += 1
             raw = client.chat.completions.with_raw_response.create(
                 model="tiny-chat", max_tokens=2,
-                messages=[{"role": "user", "content": f"which rule? {n}"}],
+                messages=[{"role": "user", "content": f"which rule? {n} {time.time_ns()}"}],
             )  # fmt: skip
             if raw.headers.get("x-clawdbot-reason") == f"rule:{rule}":
                 return time.monotonic() - started
