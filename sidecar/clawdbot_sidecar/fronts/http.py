@@ -694,19 +694,13 @@ class HttpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def admit(self, conn: _Connection) -> bool:
-        """Whether a new connection may stay: at the limit, the longest-idle connection
-        makes room for it, else the one whose head has been arriving the longest, if for
-        over SLOW_HEAD_S (a slow-loris client); when every connection is busy, it is
-        refused."""
+        """Whether a new connection may stay: at the limit, the one whose head has been
+        arriving the longest, if for over SLOW_HEAD_S (a slow-loris client), makes room for
+        it, else the longest-idle one; when every connection is busy, it is refused."""
         if len(self.connections) < self.max_connections:
             return True
-        while self.idle_connections:
-            oldest, _ = self.idle_connections.popitem(last=False)
-            if not oldest.closed:
-                self._evict(oldest)
-                return True
         now = self.loop.time()
-        while self.heads:
+        while self.heads:  # first: a slow-loris client's, not an app's kept-alive one
             slowest, since = next(iter(self.heads.items()))
             if now - since < SLOW_HEAD_S:
                 break
@@ -714,6 +708,11 @@ class HttpServer:
             if not slowest.closed and slowest.idle:  # only reading a head, answering none
                 self.slow_heads_closed += 1
                 self._evict(slowest)
+                return True
+        while self.idle_connections:
+            oldest, _ = self.idle_connections.popitem(last=False)
+            if not oldest.closed:
+                self._evict(oldest)
                 return True
         self.refused_connections += 1
         return False
