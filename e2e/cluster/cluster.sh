@@ -44,7 +44,9 @@ pid_of() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-  [[ "$exe" == "$BIN_DIR/$1" || "$exe" == "$BIN_DIR/$1 (deleted)" ]] || return 1
+  # The kernel reports the resolved path: BIN_DIR may lie behind a symbolic link.
+  local real; real="$(cd "$BIN_DIR" 2>/dev/null && pwd -P || printf '%s' "$BIN_DIR")"
+  [[ "$exe" == "$real/$1" || "$exe" == "$real/$1 (deleted)" ]] || return 1
   printf '%s\n' "$pid"
 }
 
