@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -251,40 +250,7 @@ def fd_budget(wanted: int, reserve: int = 512) -> int:
     return max(0, min(wanted, soft - reserve))
 
 
-# --- servers that misbehave at a pod's address ---------------------------------------------
-
-
-class SilentServer:
-    """Listens at ``host:port``, accepts every connection, reads nothing and never answers
-    (a wedged model server: its socket still accepts, its process says nothing)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.listener = socket.create_server((host, port), backlog=128)
-        self.listener.settimeout(0.1)
-        self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="silent", daemon=True)
-
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for conn in self.accepted:
-            conn.close()
-        self.listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(conn)
+# --- a server that misbehaves at a pod's address ---------------------------------------------
 
 
 class _ErrorHandler(http.server.BaseHTTPRequestHandler):
