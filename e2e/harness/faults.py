@@ -194,7 +194,9 @@ class Load:
                     self._stop.wait(self.pause_s)
 
     def wait_sent(self, n: int, timeout: float = 60) -> None:
-        """Until ``n`` requests are settled (answered, failed or lost)."""
+        """Until ``n`` requests (at most the load's bound) are settled (answered, failed or
+        lost)."""
+        n = min(n, self.max_requests)
         deadline = time.monotonic() + timeout
         while self.tally.settled < n:
             if time.monotonic() > deadline:
