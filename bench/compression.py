@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from clawdbot_runtime.compress import PRECISIONS, compress, held_out_inputs
 from clawdbot_runtime.lm_spec import LanguageModelSpec
 from clawdbot_runtime.model import MODEL_FILE
-from clawdbot_runtime.tinylm import build_tiny_lm
+from clawdbot_testing.models.tinylm import build_tiny_lm
 
 TIMED_RUNS = 200
 

@@ -1,6 +1,6 @@
 """Generation benchmark: tokens/s of a decoder with its KV cache vs recomputing every step.
 
-The model is the project's tiny GPT-style decoder (``clawdbot-runtime build-demo-model
+The model is the project's tiny GPT-style decoder (``clawdbot-demo-model
 --kind gpt``: 2 layers, 64 wide, Optimum's text-generation-with-past contract). For each
 completion length, the same greedy generation from the same prompt runs two ways in one
 onnxruntime session (one intra-op thread):
@@ -39,7 +39,7 @@ from batching import Server
 from clawdbot_runtime.decoder_spec import LOGITS, DecoderSpec
 from clawdbot_runtime.model import MODEL_FILE, OnnxModel, SessionSettings
 from clawdbot_runtime.providers import select_providers
-from clawdbot_runtime.tinygpt import build_tiny_gpt
+from clawdbot_testing.models.tinygpt import build_tiny_gpt
 
 PROMPT = "the kettle is"
 # Prompts of different lengths, so concurrent generations sit at different cache lengths.

@@ -86,7 +86,7 @@ make --no-print-directory images IMAGES="operator sidecar runtime-cpu" IMAGE_TAG
 # The tiny model in the runtime image at /models, as `make demo` mounts it there.
 rm -rf "$state/model-image"
 PYTHONPATH="$root" "$python" -c \
-  'import sys; from pathlib import Path; from clawdbot_runtime.tinylm import build_tiny_lm; build_tiny_lm(Path(sys.argv[1]))' \
+  'import sys; from pathlib import Path; from clawdbot_testing.models.tinylm import build_tiny_lm; build_tiny_lm(Path(sys.argv[1]))' \
   "$state/model-image/models"
 cat >"$state/model-image/Dockerfile" <<EOF
 FROM clawdbot/runtime-cpu:$tag

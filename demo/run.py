@@ -33,7 +33,7 @@ import openai
 import yaml
 from cryptography import x509
 
-from clawdbot_runtime.tinylm import build_tiny_lm
+from clawdbot_testing.models.tinylm import build_tiny_lm
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.operator import free_port, run_operator
 from e2e.harness.podrunner import kubectl_getter, kubectl_token_requester, run_pod

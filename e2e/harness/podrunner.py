@@ -360,69 +360,9 @@ def _materialize_volume(vol: dict[str, Any], refs: _Refs, target: Path) -> None:
     )
 
 
-# Run as `python -I MOUNTNS_SCRIPT '{"/abs/mount": "/local/dir"}' STASH_DIR ARGV...`: enters a
-# private mount namespace, binds each local dir at its mountPath, then execs ARGV (same pid, so
-# stopping the process group works as without it). mount(2) is called directly: the mount
-# command would also write its own bookkeeping under /run on the host.
-MOUNTNS_SCRIPT = r"""
-import ctypes, json, os, sys
-
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
-MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
-
-
-def fail(what):
-    err = ctypes.get_errno()
-    sys.exit(f"podrunner: {what}: {os.strerror(err)} (the pod's files at their absolute paths "
-             "need root or unprivileged user namespaces)")
-
-
-def enc(value):
-    return value.encode() if value is not None else None
-
-
-def mount(source, target, fstype, flags, data=None):
-    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
-        fail(f"mount {target}")
-
-
-uid, gid = os.geteuid(), os.getegid()
-if libc.unshare(CLONE_NEWNS | (CLONE_NEWUSER if uid else 0)) != 0:
-    fail("unshare")
-if uid:
-    for path, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
-                       ("gid_map", f"0 {gid} 1")):
-        with open(f"/proc/self/{path}", "w") as f:
-            f.write(text)
-mount(None, "/", None, MS_REC | MS_PRIVATE)
-binds, stash_root = json.loads(sys.argv[1]), sys.argv[2]
-for target, source in binds.items():
-    real = os.path.realpath(target)
-    ancestor = real
-    while not os.path.isdir(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if ancestor != real:
-        if ancestor == "/":
-            sys.exit(f"podrunner: won't lay a tmpfs over / to make {real}")
-        stash = os.path.join(stash_root, str(len(os.listdir(stash_root))))
-        os.mkdir(stash)
-        mount(ancestor, stash, None, MS_BIND | MS_REC)
-        mount("tmpfs", ancestor, "tmpfs", 0, "mode=755")
-        for entry in os.listdir(stash):
-            old, new = os.path.join(stash, entry), os.path.join(ancestor, entry)
-            if os.path.islink(old):
-                os.symlink(os.readlink(old), new)
-                continue
-            if os.path.isdir(old):
-                os.mkdir(new)
-            else:
-                open(new, "w").close()
-            mount(old, new, None, MS_BIND | MS_REC)
-        os.makedirs(real)
-    mount(source, real, None, MS_BIND | MS_REC)
-os.execvp(sys.argv[3], sys.argv[3:])
-"""
+# The wrapper that binds a pod's volumes at their absolute paths (see its docstring); run
+# with `python -I`, it imports nothing of the project.
+MOUNTNS_SCRIPT = Path(__file__).with_name("mountns.py")
 
 
 @functools.cache
@@ -435,10 +375,9 @@ def absolute_mounts_unsupported() -> str | None:
         (root / "source" / "probe").write_text("ok")
         (root / "stash").mkdir()
         (root / "parent").mkdir()
-        (root / "script.py").write_text(MOUNTNS_SCRIPT)
         target = root / "parent" / "made" / "here"
         binds = json.dumps({str(target): str(root / "source")})
-        probe = [sys.executable, "-I", str(root / "script.py"), binds, str(root / "stash"),
+        probe = [sys.executable, "-I", str(MOUNTNS_SCRIPT), binds, str(root / "stash"),
                  "cat", str(target / "probe")]  # fmt: skip
         try:
             done = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
@@ -611,11 +550,10 @@ def start_pod_process(plan: PodProcessPlan, workdir: Path) -> RunningPod:
     log_path = workdir / "output.log"
     argv = plan.argv
     if plan.absolute_mounts:
-        script, stash = workdir / "mountns.py", workdir / "mountns-stash"
-        script.write_text(MOUNTNS_SCRIPT)
+        stash = workdir / "mountns-stash"
         stash.mkdir(exist_ok=True)
         binds = json.dumps({k: str(v) for k, v in plan.absolute_mounts.items()})
-        argv = [sys.executable, "-I", str(script), binds, str(stash), *plan.argv]
+        argv = [sys.executable, "-I", str(MOUNTNS_SCRIPT), binds, str(stash), *plan.argv]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             argv,

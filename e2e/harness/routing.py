@@ -18,8 +18,8 @@ from typing import Any
 
 import openai
 
-from clawdbot_runtime.tinyembed import build_tiny_embed
-from clawdbot_runtime.tinylm import build_tiny_lm
+from clawdbot_testing.models.tinyembed import build_tiny_embed
+from clawdbot_testing.models.tinylm import build_tiny_lm
 from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.operator import Operator, free_port, run_operator

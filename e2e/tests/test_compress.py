@@ -19,7 +19,7 @@ import onnx
 import openai
 import pytest
 
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 from e2e.conftest import E2ECluster
 from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator

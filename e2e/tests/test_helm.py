@@ -44,7 +44,7 @@ import openai
 import pytest
 import yaml
 
-from clawdbot_runtime.tinylm import build_tiny_lm
+from clawdbot_testing.models.tinylm import build_tiny_lm
 from e2e.conftest import CRDS, REPO_ROOT, E2ECluster
 from e2e.harness import frontproxy
 from e2e.harness.kube import Kubectl, KubectlError, is_true

@@ -1,4 +1,4 @@
-"""The ``clawdbot-runtime`` command: ``serve`` a model repository, ``build-demo-model``.
+"""The ``clawdbot-runtime`` command: ``serve`` a model repository.
 
 The operator writes the ``serve`` command line into model pods, so its flags are a
 contract; every flag can also come from a ``CLAWDBOT_RUNTIME_<FIELD>`` environment
@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -22,9 +21,6 @@ from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.errors import ProviderUnavailable
 from clawdbot_runtime.logs import configure_logging
 from clawdbot_runtime.server import RuntimeServer
-from clawdbot_runtime.tinyembed import DEMO_EMBED_NAME, build_tiny_embed
-from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
 log = logging.getLogger("clawdbot_runtime")
 
@@ -68,33 +64,10 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of both subcommands."""
+    """The parser of the command line (one subcommand, ``serve``)."""
     parser = argparse.ArgumentParser(prog="clawdbot-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
-    p = sub.add_parser(
-        "build-demo-model",
-        help="write one of the project's tiny text models into a model repository",
-    )
-    p.add_argument("repository", help="model repository folder (created if missing)")
-    p.add_argument(
-        "--kind",
-        choices=["char", "gpt", "embed"],
-        default="char",
-        help=(
-            "char: the character-level chat model (generation.json); gpt: a GPT-style "
-            "decoder with a KV cache laid out like an Optimum export; embed: a BERT-style "
-            "text encoder laid out like a sentence-transformers export (default char)"
-        ),
-    )
-    p.add_argument(
-        "--name",
-        help=(
-            f"model name (default {DEMO_MODEL_NAME} for char, {DEMO_GPT_NAME} for gpt, "
-            f"{DEMO_EMBED_NAME} for embed)"
-        ),
-    )
-    p.add_argument("--version", type=int, default=1, help="version folder (default 1)")
     return parser
 
 
@@ -132,26 +105,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_demo_model(args: argparse.Namespace) -> int:
-    repository = Path(args.repository)
-    if args.kind == "gpt":
-        folder = build_tiny_gpt(repository, name=args.name or DEMO_GPT_NAME, version=args.version)
-    elif args.kind == "embed":
-        folder = build_tiny_embed(
-            repository, name=args.name or DEMO_EMBED_NAME, version=args.version
-        )
-    else:
-        folder = build_tiny_lm(repository, name=args.name or DEMO_MODEL_NAME, version=args.version)
-    print(f"wrote {folder}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clawdbot-runtime`` console script."""
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return _build_demo_model(args)
+    return _serve(args)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from runtime_support import StartServer, write_linear
 
 from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.server import RuntimeServer
-from clawdbot_runtime.tinyembed import DEMO_EMBED_NAME, build_tiny_embed
-from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
+from clawdbot_testing.models.tinyembed import DEMO_EMBED_NAME, build_tiny_embed
+from clawdbot_testing.models.tinygpt import DEMO_GPT_NAME, build_tiny_gpt
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
 
 @pytest.fixture(scope="session")

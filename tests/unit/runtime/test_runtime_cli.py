@@ -1,4 +1,4 @@
-"""The ``clawdbot-runtime`` command line: start-up refusals and ``build-demo-model``."""
+"""The ``clawdbot-runtime`` command line: start-up refusals and flags; the demo models' command."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from clawdbot_runtime.config import RuntimeConfig
 from clawdbot_runtime.main import EXIT_CONFIG, main
 from clawdbot_runtime.model import MODEL_FILE
+from clawdbot_testing.models.cli import main as demo_model
 
 
 def test_serve_refuses_a_missing_gpu_provider(
@@ -46,7 +47,7 @@ def test_serve_reports_a_taken_port(repo: Path, capsys: pytest.CaptureFixture[st
 
 def test_build_demo_model_is_deterministic(tmp_path: Path) -> None:
     for name in ("a", "b"):
-        assert main(["build-demo-model", str(tmp_path / name)]) == 0
+        assert demo_model([str(tmp_path / name)]) == 0
     first, second = tmp_path / "a/tiny-chat/1", tmp_path / "b/tiny-chat/1"
     assert (first / MODEL_FILE).read_bytes() == (second / MODEL_FILE).read_bytes()
     assert (first / "generation.json").read_text() == (second / "generation.json").read_text()

@@ -14,7 +14,7 @@ from clawdbot_cli.main import main as clawdbot
 from clawdbot_runtime.compress import CompressionError, compress_repository, stored_precision
 from clawdbot_runtime.lm_spec import GENERATION_FILE
 from clawdbot_runtime.model import MODEL_FILE
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME, build_tiny_lm
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME, build_tiny_lm
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from runtime_support import (
 from clawdbot_runtime.decoder_spec import DecoderSpec
 from clawdbot_runtime.errors import ModelLoadError
 from clawdbot_runtime.hf_text import ChatTemplateError, HfTokenizer
-from clawdbot_runtime.main import main
 from clawdbot_runtime.model import MODEL_FILE, OnnxModel, SessionSettings
 from clawdbot_runtime.providers import select_providers
 from clawdbot_runtime.tensors import Array, TensorSpec
-from clawdbot_runtime.tinygpt import EOS_TOKEN, build_tiny_gpt
+from clawdbot_testing.models.cli import main as demo_model
+from clawdbot_testing.models.tinygpt import EOS_TOKEN, build_tiny_gpt
 
 SETTINGS = SessionSettings(
     providers=select_providers("cpu", ["CPUExecutionProvider"], allow_cpu_fallback=False),
@@ -294,7 +294,7 @@ def test_contract_reads_hugging_face_config_spellings() -> None:
 
 def test_build_demo_model_gpt_is_deterministic(tmp_path: Path) -> None:
     for name in ("a", "b"):
-        assert main(["build-demo-model", "--kind", "gpt", str(tmp_path / name)]) == 0
+        assert demo_model(["--kind", "gpt", str(tmp_path / name)]) == 0
     first, second = tmp_path / "a/tiny-gpt/1", tmp_path / "b/tiny-gpt/1"
     for file in (MODEL_FILE, "tokenizer.json", "config.json", "tokenizer_config.json"):
         assert (first / file).read_bytes() == (second / file).read_bytes()

@@ -14,11 +14,11 @@ from onnx import TensorProto, helper
 
 from clawdbot_runtime.embedding_spec import EmbeddingSpec, pool
 from clawdbot_runtime.errors import ModelLoadError
-from clawdbot_runtime.main import main
 from clawdbot_runtime.model import MODEL_FILE, OnnxModel, SessionSettings
 from clawdbot_runtime.providers import select_providers
 from clawdbot_runtime.tensors import TensorSpec
-from clawdbot_runtime.tinyembed import CONTEXT, HIDDEN
+from clawdbot_testing.models.cli import main as demo_model
+from clawdbot_testing.models.tinyembed import CONTEXT, HIDDEN
 
 SETTINGS = SessionSettings(
     providers=select_providers("cpu", ["CPUExecutionProvider"], allow_cpu_fallback=False),
@@ -227,7 +227,7 @@ def test_pooling_modes_match_sentence_transformers() -> None:
 
 def test_build_demo_model_embed_is_deterministic(tmp_path: Path) -> None:
     for name in ("a", "b"):
-        assert main(["build-demo-model", "--kind", "embed", str(tmp_path / name)]) == 0
+        assert demo_model(["--kind", "embed", str(tmp_path / name)]) == 0
     first, second = tmp_path / "a/tiny-embed/1", tmp_path / "b/tiny-embed/1"
     for file in (MODEL_FILE, "tokenizer.json", "config.json", "1_Pooling/config.json"):
         assert (first / file).read_bytes() == (second / file).read_bytes()

@@ -26,8 +26,8 @@ from tokenizers import Tokenizer
 
 from clawdbot_runtime.server import RuntimeServer
 from clawdbot_runtime.tensors import Array
-from clawdbot_runtime.tinyembed import CONTEXT, DEMO_EMBED_NAME, HIDDEN
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME
+from clawdbot_testing.models.tinyembed import CONTEXT, DEMO_EMBED_NAME, HIDDEN
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME
 
 EMBED = DEMO_EMBED_NAME
 TEXTS = [

@@ -17,7 +17,7 @@ import pytest
 from runtime_support import StartServer, gate_model, linear_weights, wait_for, write_linear
 
 from clawdbot_runtime.model import MODEL_FILE
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME
 
 X = [[1.0, 2.0, 3.0, 4.0]]
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from clawdbot_runtime.server import RuntimeServer
-from clawdbot_runtime.tinylm import DEMO_MODEL_NAME
+from clawdbot_testing.models.tinylm import DEMO_MODEL_NAME
 
 HELLO = [{"role": "user", "content": "hello"}]
 

@@ -24,7 +24,7 @@ from runtime_support import (
 from clawdbot_runtime.hf_text import HfTokenizer
 from clawdbot_runtime.server import RuntimeServer
 from clawdbot_runtime.tensors import Array
-from clawdbot_runtime.tinygpt import DEMO_GPT_NAME, EOS_TOKEN, build_tiny_gpt
+from clawdbot_testing.models.tinygpt import DEMO_GPT_NAME, EOS_TOKEN, build_tiny_gpt
 
 GPT = DEMO_GPT_NAME
 PLAIN = "tiny-gpt-plain"  # no chat template: the ChatML fallback

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from sidecar_support import API_KEY, Sidecar, StartSidecar
 
-from clawdbot_runtime.tinylm import build_tiny_lm
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.fronts.rest import RestFront
 from clawdbot_sidecar.routing.core import RoutingCore
 from clawdbot_sidecar.upstream import Upstream
 from clawdbot_testing import cloud as cloud_standin
+from clawdbot_testing.models.tinylm import build_tiny_lm
 from tests.support.servers import STUB_API_KEY, runtime_server, serve_app
 
 # Connections a filled backlog is probed with before giving up (the kernel keeps 1 for

@@ -45,7 +45,7 @@ from clawdbot_runtime.decoder_spec import (
     present_name,
 )
 from clawdbot_runtime.model import MODEL_FILE
-from clawdbot_runtime.tinylm import CORPUS, corpus_documents
+from clawdbot_testing.models.tinylm import CORPUS, corpus_documents
 
 DEMO_GPT_NAME = "tiny-gpt"
 LAYERS = 2

@@ -56,8 +56,8 @@ from clawdbot_runtime.embedding_spec import (
     TOKEN_TYPE_IDS,
 )
 from clawdbot_runtime.model import MODEL_FILE
-from clawdbot_runtime.tinygpt import GraphBuilder, write_json
-from clawdbot_runtime.tinylm import corpus_documents
+from clawdbot_testing.models.tinygpt import GraphBuilder, write_json
+from clawdbot_testing.models.tinylm import corpus_documents
 
 DEMO_EMBED_NAME = "tiny-embed"
 LAYERS = 2
