@@ -178,9 +178,12 @@ class Operator:
         self.relay = relay
         self.secrets = secrets  # (secret, key) -> value; None: keys are not sent down
         self.reviewer: Reviewer = Reviewer()
+        self.api_down = False  # get_pod fails as with the API server unreachable
 
     async def start(self) -> None:
         async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
+            if self.api_down:
+                raise ConnectionRefusedError(111, "Connect call failed")
             return CHAT_POD if (ns, name) == (NS, "chat-1") else None
 
         self.server = grpc.aio.server()
@@ -556,6 +559,43 @@ async def test_a_report_dated_in_the_future_is_stamped_when_received(operator: O
     assert before <= value.timestamp <= datetime.now(UTC)
     later = datetime.now(UTC) + operator.store.gauge_ttl + timedelta(seconds=1)
     assert operator.store.metric_values(NS, "clawdbot_inflight_requests", later) == []
+
+
+async def test_a_report_stream_outlives_an_api_server_outage(operator: Operator) -> None:
+    """While the pod can't be read (the API server restarting), reports on the same stream
+    count against the endpoints last resolved for it, and the stream goes on: ended, the
+    sidecar's reports would stop until its subscription reconnects."""
+
+    async def reports() -> AsyncIterator[pb.LoadReport]:
+        for requests, down in ((10, False), (25, True), (40, True), (50, False)):
+            operator.api_down = down
+            yield _load(requests=requests)
+            await asyncio.sleep(0.2)  # read by the server before the API changes again
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        ack = await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            reports(), metadata=(("authorization", "Bearer good"),)
+        )
+    assert ack.interval_seconds > 0
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None and health.requests == 50  # every report counted
+
+
+async def test_a_first_report_during_an_outage_waits_for_the_next(operator: Operator) -> None:
+    operator.api_down = True
+
+    async def reports() -> AsyncIterator[pb.LoadReport]:
+        yield _load(requests=10)  # its endpoints unknown: not counted, not fatal
+        await asyncio.sleep(0.2)  # read by the server before the API comes back
+        operator.api_down = False
+        yield _load(requests=30)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            reports(), metadata=(("authorization", "Bearer good"),)
+        )
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None and health.requests == 30
 
 
 async def test_a_pod_reports_only_on_its_own_endpoints_under_their_real_names(
