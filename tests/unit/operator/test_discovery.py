@@ -169,7 +169,10 @@ class Reviewer:
 
 class Operator:
     def __init__(
-        self, relay: PeerRelay | None = None, secrets: dict[tuple[str, str], str] | None = None
+        self,
+        relay: PeerRelay | None = None,
+        secrets: dict[tuple[str, str], str] | None = None,
+        servicer: type[DiscoveryServicer] = DiscoveryServicer,
     ) -> None:
         self.state = DiscoveryState()
         self.store = LoadReportStore(window=timedelta(hours=1))
@@ -179,6 +182,7 @@ class Operator:
         self.secrets = secrets  # (secret, key) -> value; None: keys are not sent down
         self.reviewer: Reviewer = Reviewer()
         self.api_down = False  # get_pod fails as with the API server unreachable
+        self.servicer_class = servicer
 
     async def start(self) -> None:
         async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
@@ -191,7 +195,7 @@ class Operator:
         async def get_secret(ns: str, name: str, key: str) -> str | None:
             return (self.secrets or {}).get((name, key)) if ns == NS else None
 
-        servicer = DiscoveryServicer(self.state, self.reviewer, get_pod, self.store,
+        servicer = self.servicer_class(self.state, self.reviewer, get_pod, self.store,
                                      get_secret=get_secret if self.secrets is not None else None,
                                      relay=self.relay, peer_account=PEER_ACCOUNT)  # fmt: skip
         add_to_server(self.server, servicer)
@@ -343,6 +347,56 @@ async def test_sidecar_client_applies_keeps_last_good_and_reconnects(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class FirstReportStreamFails(DiscoveryServicer):
+    """Ends the first load-report stream it is given, as an operator that could not take a
+    report did (the subscription is untouched)."""
+
+    report_streams = 0
+
+    async def ReportLoad(
+        self,
+        request_iterator: AsyncIterator[pb.LoadReport],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.ReportAck:
+        type(self).report_streams += 1
+        if type(self).report_streams == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        return await super().ReportLoad(request_iterator, context)
+
+
+async def test_sidecar_reports_resume_when_the_report_stream_ends(tmp_path: Path) -> None:
+    """A report stream that fails while the subscription holds is opened again: the pod's
+    load keeps reaching the autoscaler and the rollback check."""
+    FirstReportStreamFails.report_streams = 0
+    op = Operator(servicer=FirstReportStreamFails)
+    seed(op.state)
+    await op.start()
+    token = tmp_path / "token"
+    token.write_text("good\n")
+    pool = LocalPool(SidecarConfig.model_validate({"endpoints": [
+        {"url": "http://127.1.0.5:8000/v1", "model": "llama-3-8b", "revision": "2",
+         "deployment": "llama"}]}).endpoints)  # fmt: skip
+    pool.states[0].requests = 7
+    client = DiscoveryClient(f"127.0.0.1:{op.port}", PodIdentity(NS, "chat-1"), token,
+                             base=SidecarConfig(), apply=lambda _: None, pool=pool)  # fmt: skip
+    client.report_interval_s = 0.1
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(client.synced.wait(), 5)
+        for _ in range(100):  # bounded: the backoff (0.5 s at first), then a report
+            if op.store.revision_health(NS, "llama", 2, datetime.now(UTC)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        health = op.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+        assert health is not None and health.requests == 7
+        assert FirstReportStreamFails.report_streams == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await op.stop()
 
 
 async def test_load_reports_become_rates_over_the_time_between_reports(
