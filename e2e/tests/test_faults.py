@@ -438,7 +438,8 @@ def test_control_plane_faults(
 
         with watched_rss(pgid) as rss, Load(base, clients=2, max_requests=1500,
                                             long_every=8) as load:  # fmt: skip
-            load.wait_sent(20)
+            load.wait_sent(load.tally.settled + 20)
+            reports_stopped = _count(sidecar.log_path, "load reports stopped")
             before = load.tally.settled
             down_s = restart_apiserver(local_cluster)
             during = load.tally.settled - before
@@ -455,6 +456,11 @@ def test_control_plane_faults(
         check_invariant(load.tally)
         check_rss(rss)
         assert restarted.proc.poll() is None, restarted.tail()
+        # The sidecar's load reports went on through it (the autoscaler and the rollback
+        # check need them): no report stream failed in the operator for want of the API.
+        assert "in ReportLoad" not in restarted.log.read_text(errors="replace"), restarted.tail()
+        stopped = _count(sidecar.log_path, "load reports stopped") - reports_stopped
+        assert stopped == 0, sidecar.log_tail()
 
 
 # --- rollouts: a revision that never gets ready, one that answers 500s -----------------------
