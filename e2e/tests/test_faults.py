@@ -220,7 +220,7 @@ def _silent_endpoint(base: str, pgid: int, victim: Any, sidecar_log: Path) -> No
     TABLE.add(
         "local endpoint accepts and never answers (runtime frozen, SIGSTOP)", tally,
         rss_text(rss),
-        f"{moved} requests waiting on it moved to the live replica after a failed liveness "
+        f"request(s) waiting on it: {moved}, moved to the live replica after a failed liveness "
         "check (their wait: max latency); it is ejected, then probed back once resumed",
     )  # fmt: skip
     assert moved >= 1, "no request waited on the frozen replica: the scenario tested nothing"
