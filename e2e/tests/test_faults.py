@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from clawdbot_sidecar.fronts.http import HEADER_TIMEOUT_S, MAX_CONNECTIONS
 from e2e.conftest import REPO_ROOT, E2ECluster
 from e2e.harness import routing
 from e2e.harness.faults import (
@@ -55,9 +56,6 @@ MODEL_PORT = 8000  # the runtime's port in a model pod
 SIDECAR_PORT = 8088
 HEALTHY = 'clawdbot_sidecar_local_endpoints{state="healthy"}'
 IDLE_CONNECTIONS = 10_000
-# The sidecar's connection cap and header timeout (clawdbot_sidecar.fronts.http).
-SIDECAR_MAX_CONNECTIONS = 4096
-HEADER_TIMEOUT_S = 10.0
 # The sidecar's memory may grow this much over a scenario (buffers, connection state).
 RSS_GROWTH_LIMIT_KIB = 64 * 1024
 WAIT_S = 60.0
@@ -131,7 +129,7 @@ def wait_for_rule(
             time.sleep(0.3)
 
 
-def wait_healthy(base: str, n: int, log_tail: Any, timeout: float = WAIT_S) -> None:
+def wait_healthy(base: str, n: int, log_tail: Callable[[], str], timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     while metric(base, HEALTHY) < n:
         assert time.monotonic() < deadline, log_tail()
@@ -364,15 +362,15 @@ def _hostile_clients(base: str, pgid: int, host: str, pid: int) -> None:
     TABLE.add(
         f"{count:,} idle connections, then a slow-loris client", tally, rss_text(rss),
         f"the sidecar kept {len(held) - closed:,} of them ({sidecar_fds:,} fds, cap "
-        f"{SIDECAR_MAX_CONNECTIONS:,} connections, RSS {mib(rss_held)} MiB), closing the "
+        f"{MAX_CONNECTIONS:,} connections, RSS {mib(rss_held)} MiB), closing the "
         f"longest-idle for each newcomer ({closed:,} closed, {refused} connects failed); "
         f"the slow-loris head was cut after {loris.cut_after_s:.0f} s ({verdict}); a new app "
         f"connection at the cap: {fresh.answered}/{fresh.sent} answered",
     )  # fmt: skip
     check_invariant(tally)
     assert fresh.answered == fresh.sent, fresh.summary()
-    assert len(held) - closed <= SIDECAR_MAX_CONNECTIONS, (len(held), closed)
-    assert sidecar_fds < SIDECAR_MAX_CONNECTIONS + 256, sidecar_fds
+    assert len(held) - closed <= MAX_CONNECTIONS, (len(held), closed)
+    assert sidecar_fds < MAX_CONNECTIONS + 256, sidecar_fds
     assert loris.answer.startswith(b"HTTP/1.1 408"), loris.answer[:200]
     assert loris.cut_after_s < HEADER_TIMEOUT_S * 2, loris.cut_after_s
     check_rss(rss, limit_kib=128 * 1024)
