@@ -4,7 +4,6 @@ when the replica stops answering (a liveness probe while a request waits on it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -47,6 +46,16 @@ LIVENESS_TIMEOUT_S = 2.0
 
 class Stalled(Exception):
     """The replica a request waits on failed its liveness check (see STALL_CHECK_S)."""
+
+
+@dataclass(slots=True)
+class _Watch:
+    """One request's watch on its replica (see LocalTarget._watched)."""
+
+    scope: asyncio.Timeout | None = None
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False
+    stalled: bool = False
 
 
 @dataclass(slots=True)
@@ -111,19 +120,19 @@ class LocalTarget:
         for task in [*self._probes.values(), *self._checks.values()]:
             task.cancel()
 
-    async def _alive(self, state: EndpointState) -> bool:
-        """Whether the replica answers a request for its model list within
-        LIVENESS_TIMEOUT_S (any HTTP answer counts: it is not wedged). One check at a time
-        per replica, shared by the requests waiting on it."""
-        url = state.endpoint.url
+    def _check_of(self, url: str) -> asyncio.Task[bool]:
+        """The liveness check of the replica at ``url`` under way, or a new one: one at a
+        time per replica, shared by the requests waiting on it."""
         check = self._checks.get(url)
         if check is None:
             check = asyncio.get_running_loop().create_task(self._check(url))
             self._checks[url] = check
             check.add_done_callback(lambda _: self._checks.pop(url, None))
-        return await asyncio.shield(check)
+        return check
 
     async def _check(self, url: str) -> bool:
+        """Whether the replica answers a request for its model list within
+        LIVENESS_TIMEOUT_S (any HTTP answer counts: it is not wedged)."""
         try:
             await self.client.get_json(
                 f"{url.rstrip('/')}/models", LIVENESS_TIMEOUT_S, LIVENESS_TIMEOUT_S
@@ -134,21 +143,42 @@ class LocalTarget:
 
     async def _watched(self, state: EndpointState, call: Awaitable[T]) -> T:
         """``call``'s result; raises Stalled once the replica fails a liveness check while
-        the call still waits for its answer (the call is then cancelled)."""
-        task = asyncio.ensure_future(call)
+        the call still waits for its answer (the call is then cancelled).
+
+        No task per request (this is every local request's path): a timer checks on the
+        replica after STALL_CHECK_S, and a failed check expires the call's timeout scope
+        now, which cancels the call the way asyncio.timeout does (so an app going away
+        meanwhile is still a plain cancellation)."""
+        loop = asyncio.get_running_loop()
+        watch = _Watch()
+
+        def checked(check: asyncio.Task[bool]) -> None:
+            if watch.done or check.cancelled():
+                return
+            if check.result():  # alive: look again later
+                watch.timer = loop.call_later(STALL_CHECK_S, due)
+            else:
+                watch.stalled = True
+                assert watch.scope is not None
+                watch.scope.reschedule(loop.time())
+
+        def due() -> None:
+            if not watch.done:
+                self._check_of(state.endpoint.url).add_done_callback(checked)
+
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=STALL_CHECK_S)
-                if done:
-                    return task.result()
-                if not await self._alive(state) and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-                        await task
-                    raise Stalled(state.endpoint.url)
-        finally:
-            if not task.done():  # this call was cancelled (the app went away)
-                task.cancel()
+            async with asyncio.timeout(None) as scope:
+                watch.scope = scope
+                watch.timer = loop.call_later(STALL_CHECK_S, due)
+                try:
+                    return await call
+                finally:
+                    watch.done = True
+                    watch.timer.cancel()
+        except TimeoutError:
+            if watch.stalled:
+                raise Stalled(state.endpoint.url) from None
+            raise
 
     async def call(self, body: Mapping[str, Any], limits: Limits, out: Outcome) -> Reply:
         """Answer from a local endpoint; raises NoEndpoint or UpstreamError.
