@@ -371,16 +371,33 @@ class PodProcesses:
 # --- the control plane ---------------------------------------------------------------------
 
 
-def restart_apiserver(cluster: E2ECluster) -> float:
+# After an API server restart, the controllers' watches that failed meanwhile (some get
+# "forbidden" while its RBAC caches fill) come back with a backoff of up to ~30 s.
+CONTROLLERS_BACK_S = 120.0
+
+
+def restart_apiserver(cluster: E2ECluster) -> tuple[float, float]:
     """Stop the local plane's kube-apiserver (SIGTERM) and start it again on the same port
-    and etcd; the seconds it took until it was ready again."""
+    and etcd; the seconds until it was ready again, and until the controller-manager acted
+    again (a new namespace got its default ServiceAccount), so later tests find a working
+    plane."""
     assert cluster.is_local, "only the local control plane's API server can be restarted"
     started = time.monotonic()
     subprocess.run(
         [str(CLUSTER_DIR / "cluster.sh"), "restart-apiserver"],
         check=True, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    return time.monotonic() - started
+    ready = time.monotonic() - started
+    probe = f"faults-probe-{secrets.token_hex(3)}"
+    cluster.kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": probe}})
+    try:
+        cluster.kubectl.in_namespace(probe).wait_for(
+            "serviceaccount", "default", lambda _: True, timeout=CONTROLLERS_BACK_S,
+            what="the controller-manager creates ServiceAccounts again",
+        )  # fmt: skip
+    finally:
+        cluster.kubectl.run("delete", "namespace", probe, "--wait=false", check=False)
+    return ready, time.monotonic() - started
 
 
 def cloud_faults(cloud_url: str, **faults: Any) -> None:

@@ -439,7 +439,7 @@ def test_control_plane_faults(
             load.wait_sent(load.tally.settled + 20)
             reports_stopped = _count(sidecar.log_path, "load reports stopped")
             before = load.tally.settled
-            down_s = restart_apiserver(local_cluster)
+            down_s, controllers_s = restart_apiserver(local_cluster)
             during = load.tally.settled - before
             tune_policy(kube, rule="short-3")
             took = wait_for_rule(base, "short-3", sidecar.log_tail)
@@ -447,9 +447,10 @@ def test_control_plane_faults(
             load.stop()
         TABLE.add(
             "API server restarted (SIGTERM, same port and etcd)", load.tally, rss_text(rss),
-            f"{during} requests answered while it restarted ({down_s:.1f} s until ready); a "
-            f"policy change after it reached the sidecar in {took:.1f} s (the operator's "
-            "watches resumed)",
+            f"{during} requests answered meanwhile ({down_s:.1f} s until it was ready, "
+            f"{controllers_s:.0f} s until the controller-manager acted again); a policy "
+            f"change after it reached the sidecar in {took:.1f} s (the operator's watches "
+            "resumed)",
         )  # fmt: skip
         check_invariant(load.tally)
         check_rss(rss)
