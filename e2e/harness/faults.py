@@ -92,8 +92,11 @@ class Tally:
         )
 
 
-def send(client: openai.OpenAI, tally: Tally, content: str, max_tokens: int = 4) -> None:
-    """One chat completion through the sidecar, its fate counted in ``tally``."""
+def send(
+    client: openai.OpenAI, tally: Tally, content: str, max_tokens: int = 4
+) -> dict[str, str] | None:
+    """One chat completion through the sidecar, its fate counted in ``tally``; the answer's
+    headers, None when it failed or was lost."""
     tally.count_sent()
     started = time.monotonic()
     try:
@@ -110,6 +113,8 @@ def send(client: openai.OpenAI, tally: Tally, content: str, max_tokens: int = 4)
         tally.lose(f"connection: {type(exc.__cause__).__name__}")
     else:
         tally.answer(raw.headers.get("x-clawdbot-target", "?"), time.monotonic() - started)
+        return dict(raw.headers)
+    return None
 
 
 def client_for(base_url: str) -> openai.OpenAI:
