@@ -69,6 +69,14 @@ class Outcome:
     error: str | None = None
     # Detection results per prompt text: the routing scan fills it, redaction reuses it.
     findings: FindingsMemo = field(default_factory=dict)
+    cloud_body: dict[str, Any] | None = None
+    """The cloud-bound request when its DICOM parts were converted (PNG and summary)."""
+    inspected_body: dict[str, Any] | None = None
+    """That copy without the PNGs: what routing and redaction walk."""
+    dicom: dict[str, Any] | None = None
+    """What DICOM de-identification did (profile, options, counts, hashes): the audit's."""
+    dicom_refused: str | None = None
+    """Why a DICOM part could not be de-identified (the request then stays local)."""
 
     @property
     def full_reason(self) -> str:
@@ -160,6 +168,7 @@ class Ledger:
                     status=out.status,
                     fallback=out.fallback_from is not None,
                     endpoint=out.front or out.endpoint,
+                    dicom=out.dicom,
                 )
             )
 

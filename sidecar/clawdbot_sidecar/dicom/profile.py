@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -301,9 +301,9 @@ class _Deidentifier:
     def _clean_text(self, value: Any) -> Any:
         if self.cleaner is None:
             return value
-        if isinstance(value, str | bytes):
-            return self.cleaner.sub("*", str(value))
-        return [self.cleaner.sub("*", str(v)) for v in value]  # multi-valued
+        if isinstance(value, MutableSequence | tuple):
+            return [self.cleaner.sub("*", str(v)) for v in value]  # multi-valued
+        return self.cleaner.sub("*", str(value))
 
     def _shift(self, elem: Any) -> Any:
         values = list(elem.value) if elem.VM > 1 else [elem.value]
@@ -366,8 +366,7 @@ def identifying_values(ds: Any, options: frozenset[str]) -> list[str]:
 
 
 def _parts(value: Any) -> Iterable[str]:
-    multi = not isinstance(value, str | bytes) and hasattr(value, "__iter__")
-    for v in value if multi else [value]:
+    for v in value if isinstance(value, MutableSequence | tuple) else [value]:
         text = str(v).strip()
         yield text
         yield from (p.strip() for p in re.split(r"[\^=\s,]+", text) if p.strip())
