@@ -78,14 +78,17 @@ def settings_for(spec: Dicom, uid_key: bytes) -> Settings:
 
 
 def read(data: bytes) -> Any:
-    """The file parsed by pydicom (raises DicomRefused when it isn't DICOM)."""
+    """The file parsed by pydicom (raises DicomRefused when it isn't a DICOM Part 10 file,
+    with its preamble and DICM magic: a bare dataset is refused rather than guessed at)."""
     if not available():
         raise DicomRefused("dicom-unavailable")
+    if not is_dicom(data):
+        raise DicomRefused("dicom-unreadable")
     from pydicom import dcmread  # noqa: PLC0415 - the dicom extra
     from pydicom.errors import InvalidDicomError  # noqa: PLC0415
 
     try:
-        return dcmread(io.BytesIO(data), force=not is_dicom(data))
+        return dcmread(io.BytesIO(data))
     except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OSError) as exc:
         raise DicomRefused("dicom-unreadable") from exc
 
