@@ -403,9 +403,13 @@ class DicomRegion(ApiModel):
     """A rectangle of pixels blanked before an image leaves (burned-in text)."""
 
     x: int = Field(ge=0, le=65535)
+    """Left column of the rectangle (0 is the image's first column)."""
     y: int = Field(ge=0, le=65535)
+    """Top row of the rectangle (0 is the image's first row)."""
     width: int = Field(ge=1, le=65535)
+    """Columns blanked."""
     height: int = Field(ge=1, le=65535)
+    """Rows blanked."""
 
 
 class DicomWindow(ApiModel):
