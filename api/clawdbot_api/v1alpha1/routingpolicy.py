@@ -402,9 +402,10 @@ class DicomPrivateTag(ApiModel):
 class DicomRegion(ApiModel):
     """A rectangle of pixels blanked before an image leaves (burned-in text)."""
 
-    x: int = Field(ge=0, le=65535)
+    # Not x and y: YAML 1.1 (what the API server reads manifests with) takes "y" for true.
+    left: int = Field(ge=0, le=65535)
     """Left column of the rectangle (0 is the image's first column)."""
-    y: int = Field(ge=0, le=65535)
+    top: int = Field(ge=0, le=65535)
     """Top row of the rectangle (0 is the image's first row)."""
     width: int = Field(ge=1, le=65535)
     """Columns blanked."""
@@ -485,8 +486,8 @@ class Dicom(CelValidated):
     is refused, as redaction.uninspectable says)."""
     frame: int = Field(default=0, ge=0, le=65535)
     """The frame of a multi-frame image converted (0: the first)."""
-    ct_window: DicomWindow = Field(default_factory=lambda: DicomWindow(center=40, width=400))
-    """Window for CT images without one (default: soft tissue, 40/400 HU)."""
+    ct_window: DicomWindow | None = None
+    """Window for CT images without one; unset: soft tissue, center 40 HU, width 400."""
     mr_window: DicomWindow | None = None
     """Window for MR images without one; unset: the image's own range."""
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 DICM_OFFSET: Final = 128
+# The CT window when neither the image nor the policy gives one (Hounsfield units).
+SOFT_TISSUE: Final = Window(40, 400)
 
 
 class DicomRefused(Exception):
@@ -107,8 +109,9 @@ def convert(data: bytes, spec: Dicom, uid_key: bytes) -> Converted:
         raise DicomRefused("dicom-too-large")
     ds = read(data)
     _check_pixels(ds, bool(spec.blank_regions))
-    regions = [Region(r.x, r.y, r.width, r.height) for r in spec.blank_regions]
-    windows = {"CT": Window(spec.ct_window.center, spec.ct_window.width)}
+    regions = [Region(r.left, r.top, r.width, r.height) for r in spec.blank_regions]
+    ct = spec.ct_window
+    windows = {"CT": Window(ct.center, ct.width) if ct is not None else SOFT_TISSUE}
     if spec.mr_window is not None:
         windows["MR"] = Window(spec.mr_window.center, spec.mr_window.width)
     try:

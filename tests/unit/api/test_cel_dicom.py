@@ -50,7 +50,7 @@ def test_private_tags_and_regions_are_checked() -> None:
             {"keepPrivateTags": [{"group": "0010", "creator": "X", "element": "08"}]}
         )
     with pytest.raises(ValidationError):
-        Dicom.model_validate({"blankRegions": [{"x": 0, "y": 0, "width": 0, "height": 4}]})
+        Dicom.model_validate({"blankRegions": [{"left": 0, "top": 0, "width": 0, "height": 4}]})
     ok = Dicom.model_validate(
         {"keepPrivateTags": [{"group": "0019", "creator": "X", "element": "0a"}]}
     )

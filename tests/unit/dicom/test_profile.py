@@ -149,7 +149,7 @@ def test_conversion_refuses_burned_in_text_unless_regions_are_blanked() -> None:
     with pytest.raises(DicomRefused, match="burned-in"):
         convert(buf.getvalue(), Dicom(), KEY)
     blanked = convert(
-        buf.getvalue(), Dicom(blankRegions=[{"x": 0, "y": 0, "width": 8, "height": 2}]), KEY
+        buf.getvalue(), Dicom(blankRegions=[{"left": 0, "top": 0, "width": 8, "height": 2}]), KEY
     )
     assert blanked.png.startswith(b"\x89PNG")
     assert "cleanPixelData" not in blanked.summary  # names only in the code sequence
