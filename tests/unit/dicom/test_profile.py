@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -155,3 +156,19 @@ def test_conversion_refuses_burned_in_text_unless_regions_are_blanked() -> None:
     assert "cleanPixelData" not in blanked.summary  # names only in the code sequence
     with pytest.raises(DicomRefused, match=r"unreadable|no-image"):
         convert(b"not dicom at all" * 20, Dicom(), KEY)
+
+
+def test_the_docs_list_the_table_as_the_module_has_it() -> None:
+    from clawdbot_sidecar.dicom.table import OPTION_ACTIONS  # noqa: PLC0415
+
+    names = {k: v[0] for k, v in OPTION_ACTIONS.items()}
+    expected = []
+    for tag, keyword, basic, opts in TABLE:
+        code = resolve(basic, "", frozenset())[0]
+        changes = ", ".join(f"{names[o]} ({OPTION_ACTIONS[o][1]})" for o in opts)
+        expected.append(
+            f"| ({tag >> 16:04X},{tag & 0xFFFF:04X}) | {keyword} | {basic} | {code} | {changes} |"
+        )
+    docs = Path(__file__).resolve().parents[3] / "docs" / "dicom.md"
+    rows = [line for line in docs.read_text().splitlines() if line.startswith("| (")]
+    assert rows == expected
