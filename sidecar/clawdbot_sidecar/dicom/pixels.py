@@ -3,9 +3,11 @@
 :func:`to_png` takes one frame (the first, or a chosen one of a multi-frame image),
 applies the modality LUT (Rescale Slope and Intercept), windows CT and MR by the file's
 Window Center and Width (or the caller's defaults), scales anything else over its range,
-inverts MONOCHROME1, converts colour to RGB, blanks the regions given, and writes an 8-bit
-PNG with zlib (no imaging library). :func:`burned_in_risk` says why an image may carry
-burned-in text. :func:`summary` is the de-identified header as text lines.
+inverts MONOCHROME1, renders colour (RGB, YBR, palette) as RGB, blanks the regions
+given, and writes an 8-bit PNG with zlib (no imaging library). :func:`burned_in_risk`
+says why an image may carry burned-in text. :func:`summary` is the de-identified header
+as text lines. numpy, like pydicom, comes with the ``dicom`` extra and is imported only
+when an image is rendered.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-
-import numpy as np
 
 __all__ = ["BURNED_IN_MODALITIES", "Region", "Window", "burned_in_risk", "summary", "to_png"]
 
@@ -84,10 +84,8 @@ def to_png(
     regions: Sequence[Region] = (),
 ) -> bytes:
     """The frame as an 8-bit PNG (grayscale, or RGB for colour images)."""
-    from pydicom.pixels.processing import (  # noqa: PLC0415 - the dicom extra
-        apply_modality_lut,
-        convert_color_space,
-    )
+    import numpy as np  # noqa: PLC0415 - the dicom extra
+    from pydicom.pixels.processing import apply_modality_lut  # noqa: PLC0415
 
     arr = np.asarray(frame_array(ds, frame))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -97,11 +95,7 @@ def to_png(
 
         arr = np.asarray(apply_color_lut(arr, ds))
         samples = 3
-    if samples == 3:
-        if photometric.startswith("YBR") and photometric != "YBR_FULL_422":
-            arr = np.asarray(convert_color_space(arr, photometric, "RGB"))
-        elif photometric == "YBR_FULL_422":
-            arr = np.asarray(convert_color_space(arr, "YBR_FULL", "RGB"))
+    if samples == 3:  # pydicom decodes YBR as RGB already
         image = _to_uint8_color(arr)
     else:
         values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
@@ -135,6 +129,8 @@ def _multi(value: Any) -> bool:
 
 
 def _to_uint8(values: Any, window: Window | None) -> Any:
+    import numpy as np  # noqa: PLC0415 - the dicom extra
+
     if window is not None:  # PS3.3 C.11.2.1.2, linear
         low = window.center - 0.5 - (window.width - 1) / 2
         high = window.center - 0.5 + (window.width - 1) / 2
@@ -147,6 +143,8 @@ def _to_uint8(values: Any, window: Window | None) -> Any:
 
 
 def _to_uint8_color(arr: Any) -> Any:
+    import numpy as np  # noqa: PLC0415 - the dicom extra
+
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     top = float(np.max(arr)) or 1.0
@@ -155,6 +153,8 @@ def _to_uint8_color(arr: Any) -> Any:
 
 def encode_png(image: Any) -> bytes:
     """An 8-bit grayscale (H, W) or RGB (H, W, 3) array as PNG bytes."""
+    import numpy as np  # noqa: PLC0415 - the dicom extra
+
     image = np.ascontiguousarray(image, dtype=np.uint8)
     if image.ndim == 2:
         height, width = image.shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -172,3 +173,45 @@ def test_the_docs_list_the_table_as_the_module_has_it() -> None:
     docs = Path(__file__).resolve().parents[3] / "docs" / "dicom.md"
     rows = [line for line in docs.read_text().splitlines() if line.startswith("| (")]
     assert rows == expected
+
+
+def _png_pixels(png: bytes) -> tuple[int, int, int, bytes]:
+    """(width, height, colour type, raw rows) of a PNG this project wrote."""
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    idat = png[png.index(b"IDAT") + 4 : png.index(b"IEND") - 8]
+    return width, height, png[25], zlib.decompress(idat)
+
+
+@pytest.mark.parametrize(
+    ("name", "color_type", "first_pixel"),
+    [
+        ("CT_small.dcm", 0, None),
+        ("MR_small.dcm", 0, None),
+        ("SC_rgb_rle_2frame.dcm", 2, None),
+        ("SC_ybr_full_422_uncompressed.dcm", 2, b"\xfe\x00\x00"),  # red, not converted twice
+        ("examples_palette.dcm", 2, None),
+    ],
+)
+def test_frames_become_pngs(name: str, color_type: int, first_pixel: bytes | None) -> None:
+    from clawdbot_sidecar.dicom.pixels import to_png  # noqa: PLC0415
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    png = to_png(ds, frame=frames - 1)
+    width, height, kind, raw = _png_pixels(png)
+    assert (width, height, kind) == (ds.Columns, ds.Rows, color_type)
+    assert len(raw) == height * (1 + width * (3 if kind == 2 else 1))
+    if first_pixel is not None:
+        assert raw[1:4] == first_pixel
+    if name == "CT_small.dcm":
+        assert len(set(raw[1 : width + 1])) > 1  # windowed, not one flat grey
+
+
+def test_monochrome1_is_inverted() -> None:
+    from clawdbot_sidecar.dicom.pixels import to_png  # noqa: PLC0415
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    plain = _png_pixels(to_png(ds))[3]
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    inverted = _png_pixels(to_png(ds))[3]
+    assert inverted[1] == 255 - plain[1] and inverted[0] == plain[0] == 0

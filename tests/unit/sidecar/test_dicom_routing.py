@@ -137,3 +137,17 @@ async def _ask(sc: Any, content: list[dict[str, Any]]) -> None:
         )
     except openai.BadRequestError as exc:
         assert "text content" in str(exc)
+
+
+async def test_without_pydicom_a_dicom_part_never_leaves(
+    make_sidecar: StartSidecar, cloud: str, local_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clawdbot_sidecar.dicom import convert  # noqa: PLC0415
+
+    monkeypatch.setattr(convert, "available", lambda: False)  # the extra not installed
+    spec = _spec(cloud)
+    spec["redaction"] = {"uninspectable": "allow"}  # even then: not de-identified, not sent
+    sc = await make_sidecar(spec, [local_url])
+    await _ask(sc, [_file_part(planted_file(study_uid=STUDY).data)])
+    assert 'reason="dicom:dicom-unavailable",target="local"' in await sc.metrics()
+    assert await received(cloud) == []
