@@ -151,3 +151,23 @@ async def test_without_pydicom_a_dicom_part_never_leaves(
     await _ask(sc, [_file_part(planted_file(study_uid=STUDY).data)])
     assert 'reason="dicom:dicom-unavailable",target="local"' in await sc.metrics()
     assert await received(cloud) == []
+
+
+async def test_the_summary_goes_through_text_redaction(
+    make_sidecar: StartSidecar, cloud: str, local_url: str
+) -> None:
+    ds = pydicom.dcmread(io.BytesIO(planted_file(study_uid=STUDY).data))
+    ds.StudyDescription = "Follow-up chest CT, results to jane.roe@example.com"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    # cleanDescriptors keeps the description (the header names no such address): the
+    # policy's redaction still finds the e-mail address in the summary.
+    sc = await make_sidecar(_spec(cloud, options=["cleanDescriptors"]), [local_url])
+    content = [{"type": "text", "text": "Findings?"}, _file_part(buf.getvalue())]
+    reply = await sc.client.chat.completions.with_raw_response.create(
+        model="tiny-chat", messages=[{"role": "user", "content": content}], max_tokens=8
+    )
+    assert reply.headers["x-clawdbot-target"] == "cloud"
+    raw = json.dumps(await received(cloud))
+    assert "Follow-up chest CT" in raw
+    assert "jane.roe@example.com" not in raw and "<EMAIL_1>" in raw
