@@ -1,4 +1,5 @@
-"""DICOM files that plant a distinct value in every attribute of PS3.15 Annex E's table.
+"""DICOM files that plant a distinct value in every attribute of PS3.15 Annex E's table
+(and of the attributes the de-identifier removes beyond it).
 
 :func:`planted_file` writes a small CT image whose every table attribute, repeating-group
 attribute (overlay, curve) and two private blocks hold a value found nowhere else; a
@@ -21,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from clawdbot_sidecar.dicom.table import TABLE
+from clawdbot_sidecar.dicom.table import EXTRA, TABLE
 
 __all__ = ["Planted", "planted_file", "search_encodings"]
 
@@ -88,6 +89,12 @@ def _value(vr: str, n: int, planted: Planted, keyword: str) -> Any:
     if vr == "DS":
         planted.values[keyword] = f"{n}.{n}37"
         return f"{n}.{n}37"
+    if vr == "UR":
+        planted.values[keyword] = token
+        return f"https://pacs.example.org/{token}"
+    if vr == "IS":
+        planted.values[keyword] = f"9{n:04d}7"
+        return f"9{n:04d}7"
     if vr in ("OB", "OW", "UN"):
         planted.values[keyword] = token
         return token.encode()
@@ -110,7 +117,8 @@ def planted_file(*, study_uid: str | None = None, instance: int = 1) -> Planted:
     """A CT slice (8x8, 16-bit) with a value planted in every attribute of the table."""
     planted = Planted(data=b"")
     ds = Dataset()
-    for n, (tag, keyword, _, _) in enumerate(TABLE):
+    rows = [(tag, keyword) for tag, keyword, _, _ in TABLE] + list(EXTRA)
+    for n, (tag, keyword) in enumerate(rows):
         if tag >> 16 in (0x0000, 0x0002):
             continue  # the command set is never in a file; the file meta is written below
         vr = dictionary_VR(tag).split(" or ")[0]

@@ -37,7 +37,7 @@ from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from clawdbot_sidecar.dicom.table import OPTION_ACTIONS, TABLE
+from clawdbot_sidecar.dicom.table import EXTRA, OPTIONS, TABLE
 
 __all__ = [
     "ALL_OPTIONS",
@@ -49,8 +49,10 @@ __all__ = [
     "resolve",
 ]
 
-ALL_OPTIONS: Final = tuple(name for name, _ in OPTION_ACTIONS.values())
-_ROWS: Final = {tag: (keyword, basic, opts) for tag, keyword, basic, opts in TABLE}
+ALL_OPTIONS: Final = tuple(OPTIONS.values())
+_ROWS: Final = {tag: (keyword, basic, opts) for tag, keyword, basic, opts in TABLE} | {
+    tag: (keyword, "X", "") for tag, keyword in EXTRA
+}
 _TEXT_VRS: Final = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH",
                               "ST", "TM", "UC", "UR", "UT"})  # fmt: skip
 _FREE_TEXT_VRS: Final = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
@@ -141,10 +143,13 @@ class Report:
 
 
 def resolve(basic: str, opts: str, options: frozenset[str]) -> tuple[str, str]:
-    """The action for a table row under the options on, and the rule that chose it."""
+    """The action for a table row under the options on, and the rule that chose it: an
+    option's action replaces the basic one, and a retaining option (K) wins over a
+    cleaning one (C) when both are on."""
     chosen: tuple[str, str] | None = None
-    for letter in opts:
-        name, code = OPTION_ACTIONS[letter]
+    for pair in opts.split():
+        letter, code = pair.split(":")
+        name = OPTIONS[letter]
         if name in options and (chosen is None or code == "K"):
             chosen = (code, f"{basic}+{name}")
     if chosen is not None:

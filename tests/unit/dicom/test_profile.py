@@ -107,7 +107,7 @@ def test_combined_codes_resolve_to_a_valid_choice(basic: str, expected: str) -> 
 
 
 def test_the_table_names_each_attribute_once() -> None:
-    assert len({t for t, *_ in TABLE}) == len(TABLE) > 300
+    assert len({t for t, *_ in TABLE}) == len(TABLE) == 617
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "test-SR.dcm"])
@@ -160,15 +160,18 @@ def test_conversion_refuses_burned_in_text_unless_regions_are_blanked() -> None:
 
 
 def test_the_docs_list_the_table_as_the_module_has_it() -> None:
-    from clawdbot_sidecar.dicom.table import OPTION_ACTIONS  # noqa: PLC0415
+    from clawdbot_sidecar.dicom.table import EXTRA, OPTIONS  # noqa: PLC0415
 
-    names = {k: v[0] for k, v in OPTION_ACTIONS.items()}
     expected = []
-    for tag, keyword, basic, opts in TABLE:
+    rows_in = [*TABLE, *((t, k, "X", "") for t, k in EXTRA)]
+    for tag, keyword, basic, opts in sorted(rows_in):
         code = resolve(basic, "", frozenset())[0]
-        changes = ", ".join(f"{names[o]} ({OPTION_ACTIONS[o][1]})" for o in opts)
+        pairs = [p.split(":") for p in opts.split()]
+        changes = ", ".join(f"{OPTIONS[letter]} ({action})" for letter, action in pairs)
+        where = " (beyond the table)" if (tag, keyword) in EXTRA else ""
         expected.append(
-            f"| ({tag >> 16:04X},{tag & 0xFFFF:04X}) | {keyword} | {basic} | {code} | {changes} |"
+            f"| ({tag >> 16:04X},{tag & 0xFFFF:04X}) | {keyword}{where} | {basic} | {code} "
+            f"| {changes} |"
         )
     docs = Path(__file__).resolve().parents[3] / "docs" / "dicom.md"
     rows = [line for line in docs.read_text().splitlines() if line.startswith("| (")]
