@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,49 +56,38 @@ def search_encodings(value: str, charset: str | None = None) -> Iterable[bytes]:
             yield value.encode(codec)
 
 
+def _day(n: int) -> str:
+    return (BASE_DATE + dt.timedelta(days=41 * n)).strftime("%Y%m%d")
+
+
+# VR -> (n, token) -> (the value written, the value searched for).
+_PLANTS: dict[str, Callable[[int, str], tuple[Any, str]]] = {
+    "PN": lambda n, t: (f"{t}^{t}G", t),
+    "CS": lambda n, t: (t.upper(), t.upper()),
+    "DA": lambda n, t: (_day(n), _day(n)),
+    "DT": lambda n, t: (_day(n) + "101112", _day(n) + "101112"),
+    "TM": lambda n, t: ((v := f"10{n % 60:02d}{(n * 7) % 60:02d}.{n:03d}"), v),
+    "UI": lambda n, t: ((v := f"1.2.826.0.1.3680043.10.777.{n}"), v),
+    "AS": lambda n, t: ("047Y", "047Y"),
+    "DS": lambda n, t: ((v := f"{n}.{n}37"), v),
+    "IS": lambda n, t: ((v := f"9{n:04d}7"), v),
+    "UR": lambda n, t: (f"https://pacs.example.org/{t}", t),
+    **{vr: (lambda n, t: (t, t)) for vr in ("LO", "SH", "LT", "ST", "UT", "UC", "AE")},
+    **{vr: (lambda n, t: (t.encode(), t)) for vr in ("OB", "OW", "UN")},
+}
+
+
 def _value(vr: str, n: int, planted: Planted, keyword: str) -> Any:
-    token = f"Q{n:03d}PLX"
-    if vr == "PN":
-        planted.values[keyword] = token
-        return f"{token}^{token}G"
-    if vr in ("LO", "SH", "LT", "ST", "UT", "UC", "AE"):
-        planted.values[keyword] = token
-        return token
-    if vr == "CS":
-        planted.values[keyword] = token.upper()
-        return token.upper()
+    plant = _PLANTS.get(vr)
+    if plant is None:
+        return 4  # US and other binary numbers: planted, not searched
+    value, searched = plant(n, f"Q{n:03d}PLX")
+    planted.values[keyword] = searched
     if vr == "DA":
-        day = (BASE_DATE + dt.timedelta(days=41 * n)).strftime("%Y%m%d")
-        planted.values[keyword] = planted.dates[keyword] = day
-        return day
-    if vr == "DT":
-        value = (BASE_DATE + dt.timedelta(days=41 * n)).strftime("%Y%m%d") + "101112"
-        planted.values[keyword] = value
-        return value
-    if vr == "TM":
-        value = f"10{n % 60:02d}{(n * 7) % 60:02d}.{n:03d}"
-        planted.values[keyword] = value
-        return value
+        planted.dates[keyword] = searched
     if vr == "UI":
-        uid = f"1.2.826.0.1.3680043.10.777.{n}"
-        planted.values[keyword] = planted.uids[keyword] = uid
-        return uid
-    if vr == "AS":
-        planted.values[keyword] = "047Y"
-        return "047Y"
-    if vr == "DS":
-        planted.values[keyword] = f"{n}.{n}37"
-        return f"{n}.{n}37"
-    if vr == "UR":
-        planted.values[keyword] = token
-        return f"https://pacs.example.org/{token}"
-    if vr == "IS":
-        planted.values[keyword] = f"9{n:04d}7"
-        return f"9{n:04d}7"
-    if vr in ("OB", "OW", "UN"):
-        planted.values[keyword] = token
-        return token.encode()
-    return 4  # US and other binary numbers: planted, not searched
+        planted.uids[keyword] = searched
+    return value
 
 
 def _item(n: int, planted: Planted, keyword: str) -> Dataset:
