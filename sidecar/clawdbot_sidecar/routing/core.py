@@ -354,11 +354,14 @@ class RoutingCore:
         event loop: the cloud-bound copy goes to ``out.cloud_body``; a part that can't be
         converted sets ``out.dicom_refused`` and the request does not leave."""
         spec = snap.config.policy.dicom
+        cloud = snap.config.policy.cloud
+        native = request.native
         if (
             spec is None
             or not spec.enabled
             or request.kind != ApiKind.CHAT
-            or request.native is not None
+            # A Responses or Messages request the cloud gets as it is: not rewritten.
+            or (native is not None and cloud is not None and cloud.api == native.api)
             or not has_dicom(request.body)
         ):
             return

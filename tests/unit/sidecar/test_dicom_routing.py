@@ -171,3 +171,25 @@ async def test_the_summary_goes_through_text_redaction(
     raw = json.dumps(await received(cloud))
     assert "Follow-up chest CT" in raw
     assert "jane.roe@example.com" not in raw and "<EMAIL_1>" in raw
+
+
+async def test_a_responses_request_is_converted_on_its_way_to_a_chat_cloud(
+    make_sidecar: StartSidecar, cloud: str, local_url: str
+) -> None:
+    planted = planted_file(study_uid=STUDY)
+    sc = await make_sidecar(_spec(cloud), [local_url])
+    url = "data:application/dicom;base64," + base64.b64encode(planted.data).decode()
+    reply = await sc.client.responses.with_raw_response.create(
+        model="tiny-chat",
+        input=[{"role": "user", "content": [
+            {"type": "input_text", "text": "Findings?"},
+            {"type": "input_file", "filename": "ct.dcm", "file_data": url}]}],
+    )  # fmt: skip
+    assert reply.headers["x-clawdbot-target"] == "cloud"
+    [sent] = await received(cloud)
+    assert sent["path"] == "/v1/chat/completions"
+    raw = json.dumps(sent).encode()
+    assert b"data:image/png;base64," in raw and b"application/dicom" not in raw
+    assert [
+        k for k, v in planted.values.items() if any(e in raw for e in search_encodings(v))
+    ] == []
