@@ -121,25 +121,24 @@ class AuditRecord:
                 raise ValueError("redacted: keys must be entity names")
         if not math.isfinite(self.latency_ms):
             raise ValueError("latency_ms: must be finite")
-        return (
-            {
-                "kind": "decision",
-                "time": rfc3339(self.time if self.time is not None else now, "milliseconds"),
-                "request_id": self.request_id[:_MAX_FIELD],
-                "target": self.target[:_MAX_FIELD],
-                "reason": self.reason[:_MAX_FIELD],
-                "model": self.model[:_MAX_FIELD],
-                "prompt_tokens": int(self.prompt_tokens),
-                "completion_tokens": int(self.completion_tokens),
-                "latency_ms": round(float(self.latency_ms), 3),
-                "redacted": {k: int(v) for k, v in sorted(self.redacted.items())},
-                "cache_hit": bool(self.cache_hit),
-                "status": int(self.status),
-                "fallback": bool(self.fallback),
-            }
-            | ({} if self.endpoint is None else {"endpoint": self.endpoint[:_MAX_FIELD]})
-            | ({} if self.dicom is None else {"dicom": _dicom_fields(self.dicom)})
-        )
+        out = {
+            "kind": "decision",
+            "time": rfc3339(self.time if self.time is not None else now, "milliseconds"),
+            "request_id": self.request_id[:_MAX_FIELD],
+            "target": self.target[:_MAX_FIELD],
+            "reason": self.reason[:_MAX_FIELD],
+            "model": self.model[:_MAX_FIELD],
+            "prompt_tokens": int(self.prompt_tokens),
+            "completion_tokens": int(self.completion_tokens),
+            "latency_ms": round(float(self.latency_ms), 3),
+            "redacted": {k: int(v) for k, v in sorted(self.redacted.items())},
+            "cache_hit": bool(self.cache_hit),
+            "status": int(self.status),
+            "fallback": bool(self.fallback),
+        } | ({} if self.endpoint is None else {"endpoint": self.endpoint[:_MAX_FIELD]})
+        if self.dicom is not None:
+            out["dicom"] = _dicom_fields(self.dicom)
+        return out
 
 
 def _dicom_fields(d: Mapping[str, Any]) -> dict[str, Any]:

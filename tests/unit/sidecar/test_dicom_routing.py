@@ -193,3 +193,15 @@ async def test_a_responses_request_is_converted_on_its_way_to_a_chat_cloud(
     assert [
         k for k, v in planted.values.items() if any(e in raw for e in search_encodings(v))
     ] == []
+
+
+def test_the_audit_record_takes_only_names_counts_and_digests() -> None:
+    from clawdbot_sidecar.accounting.audit import AuditRecord  # noqa: PLC0415
+
+    good = {"profile": "basic", "options": ["cleanDescriptors"], "files": 1,
+            "actions": {"X": 3, "U": 2}, "private_removed": 1, "sha256": ["ab" * 32]}  # fmt: skip
+    fields = AuditRecord("r", "cloud", "rule:x", "m", dicom=good).fields(0.0)
+    assert fields["dicom"]["actions"] == {"U": 2, "X": 3}
+    for bad in ({"actions": {"Doe^John": 1}}, {"options": ["a value"]}, {"sha256": ["Q001"]}):
+        with pytest.raises(ValueError, match="dicom"):
+            AuditRecord("r", "cloud", "rule:x", "m", dicom=good | bad).fields(0.0)
