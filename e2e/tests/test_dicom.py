@@ -37,6 +37,8 @@ from e2e.harness.routing import LONG, deploy, model_server, sidecar_of, stub_req
 pytestmark = pytest.mark.e2e
 
 POLICY_PROPAGATION_S = 30.0
+# How long the audit record of an answered request may take to reach the sidecar's stdout.
+AUDIT_WAIT_S = 10.0
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID",
                "SeriesInstanceUID", "SOPInstanceUID", "StudyDate", "InstitutionName",
                "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
@@ -85,6 +87,17 @@ def _answered_by_cloud(client: openai.OpenAI, data: bytes, log_tail: Any) -> Any
         time.sleep(0.5)
 
 
+def _audit_output(log: Path) -> str:
+    """The sidecar's output once the answered request's audit record is in it (records are
+    written after the answer, off the request's path)."""
+    deadline = time.monotonic() + AUDIT_WAIT_S
+    while True:
+        output = log.read_text(errors="replace")
+        if '"dicom":{' in output.replace(" ", "") or time.monotonic() > deadline:
+            return output
+        time.sleep(0.2)
+
+
 def test_a_ct_slice_leaves_as_a_png_and_a_deidentified_summary(
     *,
     local_cluster: E2ECluster,
@@ -113,7 +126,7 @@ def test_a_ct_slice_leaves_as_a_png_and_a_deidentified_summary(
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         reply = _answered_by_cloud(client, data, sidecar.log_tail)
         assert reply.parse().choices[0].message.content
-        output = sidecar.log_path.read_text(errors="replace")
+        output = _audit_output(sidecar.log_path)
 
     [sent] = [r for r in stub_requests(cloud_stub) if "image_url" in json.dumps(r)]
     raw = json.dumps(sent, ensure_ascii=False)
