@@ -14,9 +14,15 @@ COPY operator/ operator/
 COPY sidecar/ sidecar/
 COPY runtime/ runtime/
 COPY cli/ cli/
+# EXTRAS: the optional features the image carries; `dicom` (pydicom and numpy) lets the
+# sidecar de-identify DICOM for the cloud (spec.dicom). EXTRAS="" builds a sidecar without
+# it, which keeps DICOM parts local.
+ARG EXTRAS=dicom
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN pip wheel --no-deps --wheel-dir /dist . \
  && python -m venv /opt/clawdbot \
- && /opt/clawdbot/bin/pip install /dist/clawdbot-*.whl \
+ && wheel="$(ls /dist/clawdbot-*.whl)" \
+ && /opt/clawdbot/bin/pip install "${wheel}${EXTRAS:+[${EXTRAS}]}" \
  && /opt/clawdbot/bin/pip uninstall --yes pip
 
 # --- final: the slim base and the venv, nothing else
