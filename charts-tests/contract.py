@@ -99,15 +99,43 @@ def own_objects(name: str, helm: str, extra: list[str], container: dict[str, Any
     except SystemExit:
         return []  # reported by check()
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    problems = []
     role = render(helm, "templates/role.yaml", extra) or {"rules": []}
     cluster_role = render(helm, "templates/clusterrole-cluster.yaml", extra) or {"rules": []}
-    if args.owner_deployment:
-        deployment = render(helm, "templates/deployment.yaml", extra)
-        if deployment["metadata"]["name"] != args.owner_deployment:
-            problems.append(f"{name}: --owner-deployment is not the operator's Deployment")
-        if not allows(role["rules"], "apps", "deployments", args.owner_deployment, {"get"}):
-            problems.append(f"{name}: the Role does not let the operator read its Deployment")
+    problems = _owner_problems(name, helm, extra, args, role)
+    problems += _certificate_problems(name, helm, extra, env, (role, cluster_role))
+    problems += _metrics_problems(name, helm, extra, args, cluster_role)
+    shared = env.get("CLAWDBOT_WEBHOOK_CERT_SECRET") or env.get("CLAWDBOT_WEBHOOK_CERT_DIR")
+    if args.metrics_port and not shared:
+        problems.append(f"{name}: the metrics API has no shared certificate (Secret or mount)")
+    return problems
+
+
+def _owner_problems(
+    name: str, helm: str, extra: list[str], args: Any, role: dict[str, Any]
+) -> list[str]:
+    """--owner-deployment names the operator's Deployment, which its Role lets it read."""
+    if not args.owner_deployment:
+        return []
+    problems = []
+    deployment = render(helm, "templates/deployment.yaml", extra)
+    if deployment["metadata"]["name"] != args.owner_deployment:
+        problems.append(f"{name}: --owner-deployment is not the operator's Deployment")
+    if not allows(role["rules"], "apps", "deployments", args.owner_deployment, {"get"}):
+        problems.append(f"{name}: the Role does not let the operator read its Deployment")
+    return problems
+
+
+def _certificate_problems(
+    name: str,
+    helm: str,
+    extra: list[str],
+    env: dict[str, str],
+    roles: tuple[dict[str, Any], dict[str, Any]],
+) -> list[str]:
+    """The serving certificate's Secret and the webhook configuration it patches (``roles``:
+    the rendered Role and ClusterRole)."""
+    role, cluster_role = roles
+    problems = []
     secret = env.get("CLAWDBOT_WEBHOOK_CERT_SECRET")
     if secret and not (
         allows(role["rules"], "", "secrets", None, {"create"})
@@ -123,6 +151,14 @@ def own_objects(name: str, helm: str, extra: list[str], container: dict[str, Any
         resource = "mutatingwebhookconfigurations"
         if not allows(cluster_role["rules"], group, resource, webhooks, {"get", "patch"}):
             problems.append(f"{name}: the operator may not set the caBundle of {webhooks}")
+    return problems
+
+
+def _metrics_problems(
+    name: str, helm: str, extra: list[str], args: Any, cluster_role: dict[str, Any]
+) -> list[str]:
+    """--metrics-service and --metrics-api-service name the rendered Service and APIService."""
+    problems = []
     if args.metrics_port:
         service = render(helm, "templates/service-metrics.yaml", extra)
         if service is None or service["metadata"]["name"] != args.metrics_service:
@@ -136,8 +172,6 @@ def own_objects(name: str, helm: str, extra: list[str], container: dict[str, Any
         if not allows(cluster_role["rules"], "apiregistration.k8s.io", "apiservices",
                       args.metrics_api_service, {"get", "patch"}):  # fmt: skip
             problems.append(f"{name}: the operator may not set the APIService's caBundle")
-    if args.metrics_port and not secret and not env.get("CLAWDBOT_WEBHOOK_CERT_DIR"):
-        problems.append(f"{name}: the metrics API has no shared certificate (Secret or mount)")
     return problems
 
 

@@ -81,6 +81,18 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return info or kopf.login_with_kubeconfig(**kwargs)
 
 
+async def config_map_value(kube: Kube, namespace: str, name: str, key: str) -> str | None:
+    """One key of a ConfigMap; None when it or the key is missing or can't be read."""
+    try:
+        obj = await kube.get("v1", "ConfigMap", namespace, name)
+    except KubeError as exc:
+        log.warning("ConfigMap %s/%s can't be read: %s", namespace, name, exc)
+        return None
+    data = (obj or {}).get("data") or {}
+    value = data.get(key)
+    return value if isinstance(value, str) else None
+
+
 async def owner_references(kube: Kube, namespace: str, deployment: str) -> list[Obj]:
     """An owner reference to the operator's Deployment, for the objects the operator
     creates for itself; none (logged) when it can't be read, as those objects then merely
@@ -295,6 +307,7 @@ class Manager:
             get_secret=secrets,
             relay=self.relay,
             peer_account=peer_account,
+            get_config_map=lambda ns, name, key: config_map_value(kube, ns, name, key),
         )
         address = f"{config.bind_address}:{config.discovery_port}"
         server, port = await discovery.serve(servicer, address, certificates)

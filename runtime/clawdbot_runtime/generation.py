@@ -16,9 +16,10 @@ reproducible.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,25 @@ class SamplingParams:
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     ignore_eos: bool = False  # end-of-text tokens are then never sampled
+    logprobs: int | None = None
+    """Report each generated token's log-probability and this many most likely
+    alternatives (0 to :data:`MAX_TOP_LOGPROBS`); None: no log-probabilities."""
+
+
+# OpenAI's limit on top_logprobs.
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-probability and the most likely alternatives.
+
+    Log-probabilities are of the distribution the token was drawn from before temperature
+    and top-p (what OpenAI and vLLM report): a model's confidence, not the sampler's."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -54,6 +74,8 @@ class TextDelta:
 
     text: str
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """The tokens generated since the previous delta (when logprobs were asked for)."""
 
 
 @dataclass
@@ -111,6 +133,10 @@ class TextModel(ABC):
     def steps(self, dataplane: DataPlane, served: ServedModel) -> Steps:
         """Fresh model state for one generation."""
 
+    @abstractmethod
+    def token_text(self, token: int) -> str:
+        """The text of one token on its own (log-probability entries name tokens by it)."""
+
     def check_prompt(self, prompt_ids: list[int], param: str) -> None:
         """ContextLengthExceeded (400) when the prompt leaves no room for one token."""
         if not prompt_ids:
@@ -162,6 +188,9 @@ class _CharText(TextModel):
 
     def steps(self, dataplane: DataPlane, served: ServedModel) -> Steps:
         return _WindowSteps(dataplane, served, self._spec)
+
+    def token_text(self, token: int) -> str:
+        return self._tokenizer.decode_token(token)
 
 
 class _CharDetokenizer(Detokenizer):
@@ -226,6 +255,9 @@ class _DecoderText(TextModel):
 
     def steps(self, dataplane: DataPlane, served: ServedModel) -> Steps:
         return _CacheSteps(dataplane, served, self._decoder)
+
+    def token_text(self, token: int) -> str:
+        return self._decoder.tokenizer.decode([token])
 
 
 class _HfDetokenizer(Detokenizer):
@@ -300,6 +332,27 @@ def sample(logits: Array, temperature: float, top_p: float, rng: np.random.Gener
     return int(rng.choice(len(probs), p=probs))
 
 
+def log_softmax(logits: Array) -> Array:
+    """Log-probabilities of ``logits`` (float64, stable)."""
+    shifted = logits.astype(np.float64) - float(np.max(logits))
+    result: Array = shifted - math.log(float(np.exp(shifted).sum()))
+    return result
+
+
+def token_logprob(
+    logits: Array, token: int, top: int, token_text: Callable[[int], str]
+) -> TokenLogprob:
+    """The log-probability entry of ``token`` drawn from ``logits``, with ``top``
+    alternatives (most likely first)."""
+    logp = log_softmax(logits)
+    alternatives: tuple[tuple[str, float], ...] = ()
+    if top > 0:
+        best = np.argpartition(-logp, min(top, len(logp) - 1))[:top]
+        best = best[np.argsort(-logp[best], kind="stable")]
+        alternatives = tuple((token_text(int(i)), float(logp[i])) for i in best)
+    return TokenLogprob(token_text(token), float(logp[token]), alternatives)
+
+
 def _find_stop(text: str, stops: Sequence[str], start: int) -> int:
     """Where the earliest stop sequence begins at or after ``start``, or -1."""
     hits = [i for i in (text.find(stop, start) for stop in stops if stop) if i >= 0]
@@ -347,6 +400,7 @@ class TextGenerator:
         stats.prompt_tokens = len(prompt_ids)
         metrics.prompt_tokens.labels(model=name).inc(len(prompt_ids))
         text, emitted = "", 0
+        pending: list[TokenLogprob] = []  # log-probabilities of tokens not yet yielded
         finish = "length"
         started = time.perf_counter()
         with served.lease():
@@ -358,6 +412,10 @@ class TextGenerator:
                     logits = logits.copy()
                     logits[banned] = -np.inf
                 token = sample(logits, params.temperature, params.top_p, rng)
+                if params.logprobs is not None and token not in stop_ids:
+                    pending.append(
+                        token_logprob(logits, token, params.logprobs, text_side.token_text)
+                    )
                 if produced == 1:
                     metrics.time_to_first_token.labels(model=name).observe(
                         time.perf_counter() - started
@@ -381,11 +439,11 @@ class TextGenerator:
                     break
                 safe = len(text) - _held_back(text, params.stop)
                 if safe > emitted:
-                    yield TextDelta(text[emitted:safe])
-                    emitted = safe
+                    yield TextDelta(text[emitted:safe], logprobs=pending)
+                    emitted, pending = safe, []
                 if produced < limit:
                     logits = await steps.advance([token])
         elapsed = time.perf_counter() - started
         if stats.completion_tokens and elapsed > 0:
             metrics.tokens_per_second.labels(model=name).observe(stats.completion_tokens / elapsed)
-        yield TextDelta(text[emitted:], finish_reason=finish)
+        yield TextDelta(text[emitted:], finish_reason=finish, logprobs=pending)

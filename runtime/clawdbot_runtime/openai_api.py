@@ -27,10 +27,12 @@ from clawdbot_runtime.dataplane import DataPlane
 from clawdbot_runtime.embeddings import Embedder, parse_input
 from clawdbot_runtime.errors import InferenceError, InvalidInput
 from clawdbot_runtime.generation import (
+    MAX_TOP_LOGPROBS,
     GenerationStats,
     SamplingParams,
     TextGenerator,
     TextModel,
+    TokenLogprob,
     text_model,
 )
 from clawdbot_runtime.repository import ServedModel
@@ -48,6 +50,8 @@ DEFAULT_CHAT_MAX_TOKENS = 256
 # OpenAI's limits on stop sequences and choices per request.
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 16
+# OpenAI's limit on a completion request's logprobs (alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
 
 _Body = TypeVar("_Body", bound=BaseModel)
 
@@ -75,6 +79,10 @@ class _Sampling(BaseModel):
     # says, for benchmarks and load tests that need fixed-length completions.
     ignore_eos: bool = False
 
+    def top_logprobs_asked(self) -> int | None:
+        """Alternatives per token to report; None: no log-probabilities."""
+        return None
+
     def sampling(self, max_tokens: int, index: int) -> SamplingParams:
         """Sampling parameters for choice ``index`` (seeded choices differ, yet repeat)."""
         if max_tokens > MAX_TOKENS_LIMIT:
@@ -94,6 +102,7 @@ class _Sampling(BaseModel):
             seed=None if self.seed is None else self.seed + index,
             stop=tuple(s for s in stops if s),
             ignore_eos=self.ignore_eos,
+            logprobs=self.top_logprobs_asked(),
         )
 
     @property
@@ -108,7 +117,12 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str]
     max_tokens: int = Field(default=16, ge=0)
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    """Log-probabilities of each token and of this many alternatives (OpenAI's legacy
+    completions field)."""
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
 class ChatMessage(BaseModel):
@@ -138,6 +152,12 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=None, ge=0)
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def top_logprobs_asked(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidInput("top_logprobs requires logprobs to be true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_budget(self) -> int:
         """max_completion_tokens (the newer name) wins over max_tokens; else the default."""
@@ -185,6 +205,7 @@ class _Choice:
     stats: GenerationStats = field(default_factory=GenerationStats)
     text: str = ""
     finish_reason: str = "length"
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 def _usage(choices: list[_Choice]) -> dict[str, int]:
@@ -219,8 +240,14 @@ class _Format(ABC):
         """The chunk that opens a choice's stream, if the format has one."""
 
     @abstractmethod
-    def delta(self, choice: _Choice, text: str | None, finish: str | None) -> dict[str, Any]:
-        """One choice's entry in a stream chunk."""
+    def delta(
+        self,
+        choice: _Choice,
+        text: str | None,
+        finish: str | None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        """One choice's entry in a stream chunk (``logprobs``: of the tokens it adds)."""
 
     @abstractmethod
     def final(self, choice: _Choice) -> dict[str, Any]:
@@ -253,16 +280,58 @@ class _CompletionFormat(_Format):
     def opening(self, choice: _Choice) -> dict[str, Any] | None:
         return self.delta(choice, choice.echo, None) if choice.echo else None
 
-    def delta(self, choice: _Choice, text: str | None, finish: str | None) -> dict[str, Any]:
+    def delta(
+        self,
+        choice: _Choice,
+        text: str | None,
+        finish: str | None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        asked = choice.params.logprobs is not None
         return {
             "index": choice.index,
             "text": text or "",
-            "logprobs": None,
+            "logprobs": _completion_logprobs(logprobs or []) if asked else None,
             "finish_reason": finish,
         }
 
     def final(self, choice: _Choice) -> dict[str, Any]:
-        return self.delta(choice, choice.echo + choice.text, choice.finish_reason)
+        entry = self.delta(choice, choice.echo + choice.text, choice.finish_reason)
+        if choice.params.logprobs is not None:
+            entry["logprobs"] = _completion_logprobs(choice.logprobs, len(choice.echo))
+        return entry
+
+
+def _completion_logprobs(entries: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, alternatives as {token: logprob}."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [dict(e.top) for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """The chat shape: one object per token, with its UTF-8 bytes and alternatives."""
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": list(e.token.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in e.top
+                ],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
 
 
 class _ChatFormat(_Format):
@@ -272,14 +341,24 @@ class _ChatFormat(_Format):
     def opening(self, choice: _Choice) -> dict[str, Any] | None:
         return self._entry(choice, {"role": "assistant", "content": ""}, None)
 
-    def delta(self, choice: _Choice, text: str | None, finish: str | None) -> dict[str, Any]:
-        return self._entry(choice, {} if text is None else {"content": text}, finish)
+    def delta(
+        self,
+        choice: _Choice,
+        text: str | None,
+        finish: str | None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        entry = self._entry(choice, {} if text is None else {"content": text}, finish)
+        if choice.params.logprobs is not None and logprobs:
+            entry["logprobs"] = _chat_logprobs(logprobs)
+        return entry
 
     def final(self, choice: _Choice) -> dict[str, Any]:
+        asked = choice.params.logprobs is not None
         return {
             "index": choice.index,
             "message": {"role": "assistant", "content": choice.text},
-            "logprobs": None,
+            "logprobs": _chat_logprobs(choice.logprobs) if asked else None,
             "finish_reason": choice.finish_reason,
         }
 
@@ -313,10 +392,13 @@ async def _respond(
                 async with contextlib.aclosing(generation) as pieces:
                     async for piece in pieces:
                         choice.text += piece.text
+                        choice.logprobs.extend(piece.logprobs)
                         if piece.finish_reason is not None:
                             choice.finish_reason = piece.finish_reason
                         if piece.text or piece.finish_reason:
-                            delta = fmt.delta(choice, piece.text or None, piece.finish_reason)
+                            delta = fmt.delta(
+                                choice, piece.text or None, piece.finish_reason, piece.logprobs
+                            )
                             yield fmt.chunk(delta)
 
     if not body.stream:
@@ -352,8 +434,6 @@ def _dumps(value: Any) -> str:
 async def completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/completions."""
     body = _parse(CompletionRequest, await read_json(request))
-    if body.logprobs is not None:
-        raise InvalidInput("logprobs are not supported", param="logprobs")
     served, text = _served(request, body.model)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
@@ -372,8 +452,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions."""
     body = _parse(ChatCompletionRequest, await read_json(request))
-    if body.logprobs:
-        raise InvalidInput("logprobs are not supported", param="logprobs")
     served, text = _served(request, body.model)
     ids = text.chat_ids([{"role": m.role, "content": m.text()} for m in body.messages])
     text.check_prompt(ids, "messages")

@@ -73,6 +73,10 @@ class SidecarConfig(_Model):
     cache_redis_password: str | None = Field(default=None, repr=False, exclude=True)
     """Password of the Redis cache (the policy's cache.redisPasswordSecretRef, from the
     discovery stream); never logged or dumped."""
+    semantic_examples: str | None = Field(default=None, repr=False)
+    """The semantic router's labelled examples (JSON lines; the policy's
+    quality.semantic.examplesConfigMapRef, from the discovery stream, or given in a config
+    file)."""
     audit_hmac_key: bytes | None = Field(default=None, repr=False, exclude=True)
     """Key of the audit hash chain from the discovery stream (the policy's
     audit.hmacKeySecretRef); None: the one given at start, if any. Never logged or dumped."""

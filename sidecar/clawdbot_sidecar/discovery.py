@@ -68,6 +68,7 @@ def config_from_snapshot(snapshot: pb.Snapshot, base: SidecarConfig) -> SidecarC
         update["audit_hmac_key"] = snapshot.audit_hmac_key
     if snapshot.cache_redis_password:
         update["cache_redis_password"] = snapshot.cache_redis_password
+    update["semantic_examples"] = snapshot.semantic_examples or None
     return base.model_copy(update=update)
 
 

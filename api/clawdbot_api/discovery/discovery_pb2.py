@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&clawdbot_api/discovery/discovery.proto\x12\x15\x63lawdbot.discovery.v1\"R\n\x10SubscribeRequest\x12\x15\n\rpod_namespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\t\"R\n\x08\x45ndpoint\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10model_deployment\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\xcb\x01\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x18\n\x10policy_spec_json\x18\x03 \x01(\t\x12\x32\n\tendpoints\x18\x04 \x03(\x0b\x32\x1f.clawdbot.discovery.v1.Endpoint\x12\x15\n\rcloud_api_key\x18\x05 \x01(\t\x12\x16\n\x0e\x61udit_hmac_key\x18\x06 \x01(\x0c\x12\x1c\n\x14\x63\x61\x63he_redis_password\x18\x07 \x01(\t\"\xc7\x01\n\x0c\x45ndpointLoad\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x18\n\x10model_deployment\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x07 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x08 \x01(\x01\x12\x19\n\x11in_flight_seconds\x18\t \x01(\x01\"~\n\nLoadReport\x12\x15\n\rpod_namespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0f\n\x07unix_ms\x18\x03 \x01(\x03\x12\x36\n\tendpoints\x18\x04 \x03(\x0b\x32#.clawdbot.discovery.v1.EndpointLoad\"%\n\tReportAck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x32\xb9\x01\n\tDiscovery\x12W\n\tSubscribe\x12\'.clawdbot.discovery.v1.SubscribeRequest\x1a\x1f.clawdbot.discovery.v1.Snapshot0\x01\x12S\n\nReportLoad\x12!.clawdbot.discovery.v1.LoadReport\x1a .clawdbot.discovery.v1.ReportAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&clawdbot_api/discovery/discovery.proto\x12\x15\x63lawdbot.discovery.v1\"R\n\x10SubscribeRequest\x12\x15\n\rpod_namespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x15\n\rknown_version\x18\x03 \x01(\t\"R\n\x08\x45ndpoint\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10model_deployment\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\xe6\x01\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_name\x18\x02 \x01(\t\x12\x18\n\x10policy_spec_json\x18\x03 \x01(\t\x12\x32\n\tendpoints\x18\x04 \x03(\x0b\x32\x1f.clawdbot.discovery.v1.Endpoint\x12\x15\n\rcloud_api_key\x18\x05 \x01(\t\x12\x16\n\x0e\x61udit_hmac_key\x18\x06 \x01(\x0c\x12\x1c\n\x14\x63\x61\x63he_redis_password\x18\x07 \x01(\t\x12\x19\n\x11semantic_examples\x18\x08 \x01(\t\"\xc7\x01\n\x0c\x45ndpointLoad\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x18\n\x10model_deployment\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x11\n\tin_flight\x18\x04 \x01(\x03\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x03\x12\x16\n\x0elatency_p50_ms\x18\x07 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x08 \x01(\x01\x12\x19\n\x11in_flight_seconds\x18\t \x01(\x01\"~\n\nLoadReport\x12\x15\n\rpod_namespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0f\n\x07unix_ms\x18\x03 \x01(\x03\x12\x36\n\tendpoints\x18\x04 \x03(\x0b\x32#.clawdbot.discovery.v1.EndpointLoad\"%\n\tReportAck\x12\x18\n\x10interval_seconds\x18\x01 \x01(\x01\x32\xb9\x01\n\tDiscovery\x12W\n\tSubscribe\x12\'.clawdbot.discovery.v1.SubscribeRequest\x1a\x1f.clawdbot.discovery.v1.Snapshot0\x01\x12S\n\nReportLoad\x12!.clawdbot.discovery.v1.LoadReport\x1a .clawdbot.discovery.v1.ReportAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT']._serialized_start=149
   _globals['_ENDPOINT']._serialized_end=231
   _globals['_SNAPSHOT']._serialized_start=234
-  _globals['_SNAPSHOT']._serialized_end=437
-  _globals['_ENDPOINTLOAD']._serialized_start=440
-  _globals['_ENDPOINTLOAD']._serialized_end=639
-  _globals['_LOADREPORT']._serialized_start=641
-  _globals['_LOADREPORT']._serialized_end=767
-  _globals['_REPORTACK']._serialized_start=769
-  _globals['_REPORTACK']._serialized_end=806
-  _globals['_DISCOVERY']._serialized_start=809
-  _globals['_DISCOVERY']._serialized_end=994
+  _globals['_SNAPSHOT']._serialized_end=464
+  _globals['_ENDPOINTLOAD']._serialized_start=467
+  _globals['_ENDPOINTLOAD']._serialized_end=666
+  _globals['_LOADREPORT']._serialized_start=668
+  _globals['_LOADREPORT']._serialized_end=794
+  _globals['_REPORTACK']._serialized_start=796
+  _globals['_REPORTACK']._serialized_end=833
+  _globals['_DISCOVERY']._serialized_start=836
+  _globals['_DISCOVERY']._serialized_end=1021
 # @@protoc_insertion_point(module_scope)

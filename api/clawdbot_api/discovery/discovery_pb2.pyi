@@ -30,7 +30,7 @@ class Endpoint(_message.Message):
     def __init__(self, url: _Optional[str] = ..., model: _Optional[str] = ..., model_deployment: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "policy_name", "policy_spec_json", "endpoints", "cloud_api_key", "audit_hmac_key", "cache_redis_password")
+    __slots__ = ("version", "policy_name", "policy_spec_json", "endpoints", "cloud_api_key", "audit_hmac_key", "cache_redis_password", "semantic_examples")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     POLICY_NAME_FIELD_NUMBER: _ClassVar[int]
     POLICY_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class Snapshot(_message.Message):
     CLOUD_API_KEY_FIELD_NUMBER: _ClassVar[int]
     AUDIT_HMAC_KEY_FIELD_NUMBER: _ClassVar[int]
     CACHE_REDIS_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     version: str
     policy_name: str
     policy_spec_json: str
@@ -45,7 +46,8 @@ class Snapshot(_message.Message):
     cloud_api_key: str
     audit_hmac_key: bytes
     cache_redis_password: str
-    def __init__(self, version: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_spec_json: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., cloud_api_key: _Optional[str] = ..., audit_hmac_key: _Optional[bytes] = ..., cache_redis_password: _Optional[str] = ...) -> None: ...
+    semantic_examples: str
+    def __init__(self, version: _Optional[str] = ..., policy_name: _Optional[str] = ..., policy_spec_json: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., cloud_api_key: _Optional[str] = ..., audit_hmac_key: _Optional[bytes] = ..., cache_redis_password: _Optional[str] = ..., semantic_examples: _Optional[str] = ...) -> None: ...
 
 class EndpointLoad(_message.Message):
     __slots__ = ("url", "model_deployment", "revision", "in_flight", "requests", "errors", "latency_p50_ms", "latency_p95_ms", "in_flight_seconds")

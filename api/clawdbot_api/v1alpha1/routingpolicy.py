@@ -27,6 +27,9 @@ class Target(StrEnum):
     LOCAL = "local"
     CLOUD = "cloud"
     ADAPTIVE = "adaptive"
+    CASCADE = "cascade"
+    """Answer locally; ask the cloud instead when the local answer's confidence is under
+    quality.cascade.threshold."""
     REJECT = "reject"
 
 
@@ -199,7 +202,8 @@ class Rule(CelValidated):
     match: RuleMatch = Field(default_factory=RuleMatch)
     """Conditions; all must hold."""
     target: Target
-    """local, cloud, adaptive (let the learned router choose) or reject."""
+    """local, cloud, adaptive (let the learned router choose), cascade (local first, the
+    cloud when the local answer's confidence is low) or reject."""
 
 
 class AdaptiveAlgorithm(StrEnum):
@@ -219,6 +223,88 @@ class Adaptive(ApiModel):
     """How much a dollar of cloud spend weighs against a missed latency target."""
     exploration: float = Field(default=0.1, ge=0, le=1)
     """Exploration strength (alpha for LinUCB, epsilon for epsilon-greedy)."""
+    quality_weight: float = Field(default=1.0, ge=0, le=100)
+    """How much a bad answer (quality 0) costs in the reward against a good one (quality
+    1). Quality comes from feedback (POST /v1/feedback, re-asks) and, for local answers,
+    the model's token log-probabilities; an answer with no quality signal has no quality
+    term. 0: the router learns from latency, failures and price only."""
+
+
+class Cascade(ApiModel):
+    """The cascade target: the local answer first, the cloud's when local is unsure."""
+
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    """Confidence (the geometric mean of the local answer's token probabilities, 0 to 1)
+    under which the cloud is asked instead. 0 never escalates; 1 always does."""
+    hold_tokens: int = Field(default=16, ge=1, le=1024)
+    """Streamed answers: local tokens held (not yet sent to the app) before deciding on
+    the confidence of those tokens. A stream that ends sooner is decided on all of it."""
+
+
+class Feedback(ApiModel):
+    """How answers' quality comes back to the router."""
+
+    window_seconds: int = Field(default=900, ge=1, le=86400)
+    """How long after an answer POST /v1/feedback may score it (by x-clawdbot-request-id)."""
+    max_entries: int = Field(default=10000, ge=1, le=1000000)
+    """Answers remembered for feedback, per pod; the oldest are forgotten first."""
+    reask_window_seconds: int = Field(default=60, ge=0, le=3600)
+    """The same conversation asked again within this counts as a bad answer (score 0) for
+    the earlier one. 0: re-asks are not counted."""
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the same namespace."""
+
+    name: Name
+    """Name of the ConfigMap."""
+    key: str = Field(default="examples.jsonl", min_length=1, max_length=253)
+    """Key inside the ConfigMap's data."""
+
+
+class SemanticCache(ApiModel):
+    """A cache of answers by meaning: a conversation close enough to a stored one gets its
+    answer, unless their negations or numbers differ."""
+
+    enabled: bool = False
+    """Look up non-streamed chat and completions by the embedding of the whole
+    conversation (after the exact cache, when that is on); store answers that may be
+    cached (never ones that may hold sensitive values)."""
+    min_similarity: float = Field(default=0.9, ge=0.5, le=1)
+    """Cosine similarity of the two conversations' embeddings needed for a hit."""
+    max_entries: int = Field(default=1000, ge=1, le=100000)
+    """Answers kept per pod; the oldest are replaced first."""
+    ttl_seconds: int = Field(default=300, ge=1, le=604800)
+    """How long an answer may be served."""
+
+
+class Semantic(ApiModel):
+    """The semantic router: predicts from the prompt's embedding whether local will do."""
+
+    enabled: bool = False
+    """Embed each prompt the adaptive router decides on and use the prediction as its
+    context instead of the keyword complexity score (which stays the fallback while the
+    encoder can't answer)."""
+    embedding_model: str = Field(default="all-minilm-l6-v2", min_length=1, max_length=256)
+    """The served name of a local model (one of localModels) whose /v1/embeddings encodes
+    the prompts, e.g. all-MiniLM-L6-v2 built by `make encoder`."""
+    examples_config_map_ref: ConfigMapKeyRef | None = None
+    """A ConfigMap key holding labelled examples, one JSON object a line:
+    {"prompt": "...", "label": "local"} or "cloud" (the local model does, or doesn't, answer
+    such prompts well). The operator hands them to the sidecars with the policy."""
+    cache: SemanticCache = Field(default_factory=SemanticCache)
+    """The semantic cache, on the same embeddings (independent of enabled)."""
+
+
+class Quality(ApiModel):
+    """Answer quality: feedback, confidence, the cascade and the semantic router."""
+
+    feedback: Feedback = Field(default_factory=Feedback)
+    """Explicit and implicit feedback."""
+    cascade: Cascade = Field(default_factory=Cascade)
+    """Settings of target: cascade."""
+    semantic: Semantic = Field(default_factory=Semantic)
+    """The semantic router (the adaptive router's context from prompt embeddings)."""
 
 
 class Fallback(ApiModel):
@@ -572,6 +658,20 @@ class Audit(ApiModel):
         check=lambda s: bool(s.local_models) or all(r.target != Target.LOCAL for r in s.rules),
     ),
     CelRule(
+        rule="(has(self.cloud) && size(self.localModels) > 0) || "
+        "((!has(self.defaultTarget) || self.defaultTarget != 'cascade') && "
+        "self.rules.all(r, r.target != 'cascade'))",
+        message="target cascade needs both localModels and a cloud endpoint",
+        field_path=".rules",
+        check=lambda s: (
+            (s.cloud is not None and bool(s.local_models))
+            or (
+                s.default_target != Target.CASCADE
+                and all(r.target != Target.CASCADE for r in s.rules)
+            )
+        ),
+    ),
+    CelRule(
         rule="self.rules.all(r, self.rules.exists_one(o, o.name == r.name))",
         message="rule names must be unique",
         field_path=".rules",
@@ -593,6 +693,8 @@ class RoutingPolicySpec(CelValidated):
     """Target for requests no rule matches."""
     adaptive: Adaptive = Field(default_factory=Adaptive)
     """The learned router."""
+    quality: Quality = Field(default_factory=Quality)
+    """Answer quality: feedback, confidence and the cascade target."""
     fallback: Fallback = Field(default_factory=Fallback)
     """Failover between local and cloud."""
     redaction: Redaction = Field(default_factory=Redaction)

@@ -62,6 +62,8 @@ class TokenReviewer(Protocol):
 PodGetter = Callable[[str, str], Awaitable[Manifest | None]]
 # (namespace, secret name, key) -> the value, or None when the Secret or key is missing.
 SecretGetter = Callable[[str, str, str], Awaitable[str | None]]
+# (namespace, ConfigMap name, key) -> the value, or None when the ConfigMap or key is missing.
+ConfigMapGetter = Callable[[str, str, str], Awaitable[str | None]]
 
 
 class StreamEnded(Exception):
@@ -107,11 +109,15 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
         get_secret: SecretGetter | None = None,
         relay: PeerRelay | None = None,
         peer_account: tuple[str, str] | None = None,
+        get_config_map: ConfigMapGetter | None = None,
     ) -> None:
         """``get_secret``: reads the policy's cloud API key to send down; pass it only when the
         stream is served over TLS (None: sidecars get their key elsewhere). ``relay``
         forwards sidecars' reports to the other replicas; ``peer_account`` (namespace,
-        service account) is whose tokens may send relayed reports (None: nobody's)."""
+        service account) is whose tokens may send relayed reports (None: nobody's).
+        ``get_config_map`` reads the semantic router's examples
+        (quality.semantic.examplesConfigMapRef) to send down with the policy."""
+        self.get_config_map = get_config_map
         self.relay = relay
         self.peer_account = peer_account
         self.get_secret = get_secret
@@ -245,6 +251,15 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
     async def _snapshot(self, resolved: Resolved, ns: str) -> pb.Snapshot:
         snapshot = to_snapshot(resolved)
         policy = resolved.policy
+        if policy is not None and self.get_config_map is not None:
+            semantic = policy.quality.semantic
+            examples_ref = semantic.examples_config_map_ref
+            if semantic.enabled and examples_ref is not None:
+                examples = await self.get_config_map(ns, examples_ref.name, examples_ref.key)
+                if examples:
+                    snapshot.semantic_examples = examples
+                    tag = hashlib.sha256(examples.encode()).hexdigest()[:8]
+                    snapshot.version = f"{snapshot.version}-e{tag}"
         if self.get_secret is None or policy is None:
             return snapshot
         refs = {

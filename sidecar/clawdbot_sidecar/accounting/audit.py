@@ -45,6 +45,7 @@ __all__ = [
     "GENESIS",
     "AuditLog",
     "AuditRecord",
+    "FeedbackRecord",
     "FsyncPolicy",
     "Tamper",
     "VerifyResult",
@@ -109,6 +110,12 @@ class AuditRecord:
     endpoint: str | None = None
     """The API the app called (chat/completions, responses, messages...); records written
     before this field existed have none."""
+    clawdbot_request_id: str | None = None
+    """The answer's x-clawdbot-request-id, which feedback records name."""
+    confidence: float | None = None
+    """The local answer's confidence (from its token log-probabilities), when measured."""
+    threshold: float | None = None
+    """The cascade's confidence threshold, for a cascade decision."""
     dicom: Mapping[str, Any] | None = None
     """DICOM de-identification (spec.dicom): profile, options, files, attributes per action
     code, private attributes removed and the SHA-256 of each original file; never a value."""
@@ -121,7 +128,7 @@ class AuditRecord:
                 raise ValueError("redacted: keys must be entity names")
         if not math.isfinite(self.latency_ms):
             raise ValueError("latency_ms: must be finite")
-        out = {
+        return {
             "kind": "decision",
             "time": rfc3339(self.time if self.time is not None else now, "milliseconds"),
             "request_id": self.request_id[:_MAX_FIELD],
@@ -135,7 +142,20 @@ class AuditRecord:
             "cache_hit": bool(self.cache_hit),
             "status": int(self.status),
             "fallback": bool(self.fallback),
-        } | ({} if self.endpoint is None else {"endpoint": self.endpoint[:_MAX_FIELD]})
+        } | self._optional()
+
+    def _optional(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.endpoint is not None:
+            out["endpoint"] = self.endpoint[:_MAX_FIELD]
+        if self.clawdbot_request_id is not None:
+            out["clawdbot_request_id"] = self.clawdbot_request_id[:_MAX_FIELD]
+        for name in ("confidence", "threshold"):
+            value = getattr(self, name)
+            if value is not None:
+                if not math.isfinite(value):
+                    raise ValueError(f"{name}: must be finite")
+                out[name] = round(float(value), 4)
         if self.dicom is not None:
             out["dicom"] = _dicom_fields(self.dicom)
         return out
@@ -160,6 +180,34 @@ def _dicom_fields(d: Mapping[str, Any]) -> dict[str, Any]:
         "private_removed": int(d.get("private_removed", 0)),
         "sha256": digests,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A score given to an earlier answer (explicit, or implicit: the question re-asked)."""
+
+    clawdbot_request_id: str
+    score: float
+    source: str
+    """explicit (POST /v1/feedback, gRPC Feedback) or reask."""
+    result: str
+    """recorded, unknown (no such answer in the window) or duplicate."""
+    target: str = ""
+    """Who gave the scored answer (local, cloud), when known."""
+    time: float | None = None
+
+    def fields(self, now: float) -> dict[str, Any]:
+        if not math.isfinite(self.score):
+            raise ValueError("score: must be finite")
+        return {
+            "kind": "feedback",
+            "time": rfc3339(self.time if self.time is not None else now, "milliseconds"),
+            "clawdbot_request_id": self.clawdbot_request_id[:_MAX_FIELD],
+            "score": round(float(self.score), 4),
+            "source": self.source[:_MAX_FIELD],
+            "result": self.result[:_MAX_FIELD],
+            "target": self.target[:_MAX_FIELD],
+        }
 
 
 def _canonical(obj: Mapping[str, Any]) -> bytes:
@@ -603,7 +651,7 @@ class AuditLog:
         """Batches that failed to write (disk errors)."""
         return self._errors
 
-    def append(self, record: AuditRecord) -> None:
+    def append(self, record: AuditRecord | FeedbackRecord) -> None:
         """Queue one record; never blocks. Dropped (and counted) if the writer is far behind."""
         fields = record.fields(self._clock())
         if self._closed:

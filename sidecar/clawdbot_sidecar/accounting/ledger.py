@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from clawdbot_api.v1alpha1.routingpolicy import Adaptive
-from clawdbot_sidecar.accounting.audit import AuditLog, AuditRecord
+from clawdbot_sidecar.accounting.audit import AuditLog, AuditRecord, FeedbackRecord
 from clawdbot_sidecar.accounting.budgets import BudgetTracker
+from clawdbot_sidecar.accounting.feedback import (
+    FeedbackBook,
+    FeedbackResult,
+    Remembered,
+    quality_term,
+)
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.plugins import AfterResponse, PluginRequest, PluginResult
 from clawdbot_sidecar.redaction import FindingsMemo
@@ -31,6 +37,8 @@ class Learner(Protocol):
     """What learns from outcomes: the adaptive router's bandit."""
 
     def update(self, arm: Any, context: tuple[float, ...], r: float) -> None: ...
+
+    def correct(self, arm: Any, context: tuple[float, ...], delta: float) -> None: ...
 
 
 @dataclass
@@ -69,6 +77,26 @@ class Outcome:
     error: str | None = None
     # Detection results per prompt text: the routing scan fills it, redaction reuses it.
     findings: FindingsMemo = field(default_factory=dict)
+    answer_id: str = ""
+    """The x-clawdbot-request-id of the answer: always the sidecar's own, so feedback names
+    one routed request whatever x-request-id the app sent."""
+    quality: float | None = None
+    """What is known of the answer's quality when it finishes (0 to 1), if anything."""
+    confidence: float | None = None
+    """The local answer's confidence from its token log-probabilities, when measured."""
+    threshold: float | None = None
+    """The cascade's threshold, for a cascade decision."""
+    cascade: str | None = None
+    """What the cascade did: kept, escalated, or why it could not escalate."""
+    discarded: bool = False
+    """The core closed the local stream itself (a cascade escalated): not a failure of the
+    endpoint."""
+    on_local_score: Callable[[float], None] | None = None
+    """What learns from a score of this answer when local gave it (the semantic router)."""
+    reasked: bool = False
+    """The same conversation was asked shortly before (a re-ask)."""
+    similar_key: tuple[list[float], str] | None = None
+    """Where the semantic cache stores this answer (its embedding and guard), after a miss."""
     cloud_body: dict[str, Any] | None = None
     """The cloud-bound request when its DICOM parts were converted (PNG and summary)."""
     inspected_body: dict[str, Any] | None = None
@@ -83,22 +111,41 @@ class Outcome:
         """The reason as headers and the audit log show it (fallbacks say so)."""
         reason = self.reason if self.reason is not None else (self.error or "invalid")
         if self.fallback_from:
-            return f"fallback:{self.fallback_from}-failed ({reason})"
+            reason = f"fallback:{self.fallback_from}-failed ({reason})"
+        if self.cascade is not None:
+            reason += f" cascade:{self.cascade}"
+            if self.confidence is not None:
+                reason += f" confidence={self.confidence:.2f}"
+            if self.threshold is not None:
+                reason += f" threshold={self.threshold:.2f}"
         return reason
 
 
-def reward(ok: bool, latency_s: float, cost_usd: float, adaptive: Adaptive) -> float:
+def reward(
+    ok: bool,
+    latency_s: float,
+    cost_usd: float,
+    adaptive: Adaptive,
+    quality: float | None = None,
+) -> float:
     """Outcome of one answered request, for the bandit: higher is better.
 
     A failure scores -1. A success scores 1, less a latency penalty that reaches 0.5 at the
     latency target and 1 at twice the target, less ``costWeight`` per dollar spent (the
-    policy's exchange rate between a missed latency target and money).
+    policy's exchange rate between a missed latency target and money), less
+    ``qualityWeight`` x (1 - quality) when the answer's quality (0 to 1) is known. Feedback
+    that arrives later corrects the quality term (:mod:`clawdbot_sidecar.accounting.feedback`).
     """
     if not ok:
         return -1.0
     target_s = adaptive.latency_target_ms / 1000.0
     latency_penalty = min(latency_s / target_s, 2.0) / 2.0
-    return 1.0 - latency_penalty - adaptive.cost_weight * cost_usd
+    return (
+        1.0
+        - latency_penalty
+        - adaptive.cost_weight * cost_usd
+        + quality_term(quality, adaptive.quality_weight)
+    )
 
 
 @dataclass
@@ -109,6 +156,7 @@ class Books:
     learner: Learner
     adaptive: Adaptive
     audit: AuditLog | None
+    feedback: FeedbackBook | None = None
 
 
 class Ledger:
@@ -144,14 +192,37 @@ class Ledger:
         if target == "cloud" and out.status < 400:
             out.cost_usd = books.budgets.record(out.prompt_tokens, out.completion_tokens)
             m.cloud_spend.inc(out.cost_usd)
-        if (
+        learned = (
             out.arm is not None
             and out.context is not None
             and out.fallback_from is None
             and target in ("local", "cloud")
-        ):
-            r = reward(out.status < 400, elapsed, out.cost_usd, books.adaptive)
+        )
+        if learned:
+            assert out.context is not None
+            r = reward(out.status < 400, elapsed, out.cost_usd, books.adaptive, out.quality)
             books.learner.update(out.arm, out.context, r)
+        if (
+            books.feedback is not None
+            and out.answer_id
+            and target in ("local", "cloud")
+            and out.status < 400
+        ):
+            weight = books.adaptive.quality_weight
+            books.feedback.remember(
+                out.answer_id,
+                Remembered(
+                    at=books.feedback.now(),
+                    target=target,
+                    reason=out.reason or "",
+                    arm=out.arm if learned else None,
+                    context=out.context if learned else None,
+                    learner=books.learner if learned else None,
+                    quality_weight=weight,
+                    applied=quality_term(out.quality, weight),
+                    on_score=out.on_local_score if target == "local" else None,
+                ),
+            )
         self._run_after(out, target, elapsed)
         if books.audit is not None:
             books.audit.append(
@@ -168,9 +239,35 @@ class Ledger:
                     status=out.status,
                     fallback=out.fallback_from is not None,
                     endpoint=out.front or out.endpoint,
+                    clawdbot_request_id=out.answer_id or None,
+                    confidence=out.confidence,
+                    threshold=out.threshold,
                     dicom=out.dicom,
                 )
             )
+
+    def feedback(self, answer_id: str, score: float, source: str) -> FeedbackResult:
+        """Score an earlier answer: corrects the bandit's reward; counted and audited."""
+        books = self._books()
+        if books.feedback is None:
+            result, entry = FeedbackResult.UNKNOWN, None
+        else:
+            result, entry = books.feedback.score(answer_id, score)
+        target = entry.target if entry is not None else ""
+        self.metrics.feedback.labels(source, result.value, target or "none").inc()
+        if result == FeedbackResult.RECORDED:
+            self.metrics.feedback_score.labels(target).observe(score)
+        if books.audit is not None:
+            books.audit.append(
+                FeedbackRecord(
+                    clawdbot_request_id=answer_id,
+                    score=score,
+                    source=source,
+                    result=result.value,
+                    target=target,
+                )
+            )
+        return result
 
     def _run_after(self, out: Outcome, target: str, elapsed: float) -> None:
         if out.plugin_request is None or not self._after:

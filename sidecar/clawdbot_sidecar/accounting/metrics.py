@@ -129,6 +129,33 @@ class SidecarMetrics:
             registry=r,
         )
         self.redaction_native.set(1 if scanner_type() is not None else 0)
+        self.feedback = Counter(
+            "clawdbot_sidecar_feedback",
+            "Feedback on answers by source (explicit, reask), result (recorded, unknown, "
+            "duplicate) and the target that gave the scored answer.",
+            ["source", "result", "target"],
+            registry=r,
+        )
+        self.feedback_score = Histogram(
+            "clawdbot_sidecar_feedback_score",
+            "Scores (0 bad to 1 good) of recorded feedback, by the target that answered.",
+            ["target"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=r,
+        )
+        self.cascade = Counter(
+            "clawdbot_sidecar_cascade",
+            "Cascade decisions by outcome: kept (local confident enough), escalated (the "
+            "cloud answered instead), and the reasons an unsure local answer stayed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "clawdbot_sidecar_local_confidence",
+            "Confidence of local answers (geometric mean token probability), when measured.",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
         self.cloud_circuit_open = Gauge(
             "clawdbot_sidecar_cloud_circuit_open",
             "1 while the circuit breaker keeps requests away from the cloud.",

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from clawdbot_api.openai_wire import loads
 from clawdbot_api.protocol import grpc_predict_v2_pb2 as pb
 from clawdbot_api.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from clawdbot_sidecar.accounting.feedback import FeedbackResult, parse_feedback
 from clawdbot_sidecar.errors import RequestError
 from clawdbot_sidecar.fronts.http import HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, MAX_CONNECTIONS
 from clawdbot_sidecar.protocol import generate_pb2 as gen
@@ -64,6 +65,7 @@ GRPC_CODES: dict[int, grpc.StatusCode] = {
     401: grpc.StatusCode.UNAUTHENTICATED,
     403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -352,6 +354,18 @@ class GenerateServicer(gen_grpc.GenerateServicer):
     def __init__(self, core: RoutingCore) -> None:
         self._core = core
 
+    async def Feedback(
+        self, request: gen.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> gen.FeedbackReply:
+        body = {"request_id": request.answer_id, "score": request.score}
+        answer_id, score = parse_feedback(body)  # a 400 becomes INVALID_ARGUMENT
+        result = self._core.feedback(answer_id, score)
+        if result == FeedbackResult.UNKNOWN:
+            raise RequestError(404, f"no answer {answer_id!r} awaits feedback")
+        if result == FeedbackResult.DUPLICATE:
+            raise RequestError(409, f"answer {answer_id!r} was scored already")
+        return gen.FeedbackReply(status=result.value)
+
     async def Chat(
         self, request: gen.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gen.ChatChunk]:
@@ -362,6 +376,7 @@ class GenerateServicer(gen_grpc.GenerateServicer):
             target=answer.headers.get(TARGET_HEADER, ""),
             reason=answer.headers.get(REASON_HEADER, ""),
             request_id=answer.headers.get(REQUEST_ID_HEADER, ""),
+            answer_id=answer.answer_id,
         )
         stream = answer.chunks
         if stream is None:  # an answer from a body (e.g. a cache): one chunk holds it all

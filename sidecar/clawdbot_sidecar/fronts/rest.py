@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from clawdbot_api.openai_wire import SSE_DONE, dumps, loads, sse_event
+from clawdbot_sidecar.accounting.feedback import FeedbackResult, parse_feedback
 from clawdbot_sidecar.errors import RequestError, StreamBroken
 from clawdbot_sidecar.fronts.audio import AudioFront
 from clawdbot_sidecar.fronts.http import (
@@ -87,6 +88,7 @@ class RestFront:
             ("POST", "/v1/chat/completions"): self._api(ApiKind.CHAT),
             ("POST", "/v1/completions"): self._api(ApiKind.COMPLETIONS),
             ("POST", "/v1/embeddings"): self._api(ApiKind.EMBEDDINGS),
+            ("POST", "/v1/feedback"): self._feedback,
             ("GET", "/v1/models"): self._models,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
@@ -157,6 +159,32 @@ class RestFront:
             return StreamingResponse(200, sse(answer.chunks), headers=headers)
 
         return handle
+
+    async def _feedback(self, request: Request) -> Response:
+        """POST /v1/feedback: ``{"request_id": <x-clawdbot-request-id>, "score": 0..1}``."""
+        try:
+            try:
+                body: Any = loads(request.body)
+            except ValueError as exc:
+                raise RequestError(400, f"the request body is not valid JSON: {exc}") from exc
+            answer_id, score = parse_feedback(body)
+        except RequestError as exc:
+            return error_response(exc)
+        result = self.core.feedback(answer_id, score)
+        if result == FeedbackResult.UNKNOWN:
+            return error_response(
+                RequestError(
+                    404,
+                    f"no answer {answer_id!r} awaits feedback: unknown, or older than the "
+                    "policy's quality.feedback.windowSeconds",
+                    code="unknown_request_id",
+                )
+            )
+        if result == FeedbackResult.DUPLICATE:
+            return error_response(
+                RequestError(409, f"answer {answer_id!r} was scored already", code="already_scored")
+            )
+        return Response(200, dumps({"request_id": answer_id, "status": result.value}))
 
     async def _models(self, request: Request) -> Response:
         data = [

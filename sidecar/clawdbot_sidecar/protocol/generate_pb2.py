@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(clawdbot_sidecar/protocol/generate.proto\x12\x13\x63lawdbot.sidecar.v1\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8e\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.clawdbot.sidecar.v1.Message\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12>\n\x07headers\x18\x05 \x03(\x0b\x32-.clawdbot.sidecar.v1.ChatRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x9f\x01\n\tChatChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12)\n\x05usage\x18\x07 \x01(\x0b\x32\x1a.clawdbot.sidecar.v1.Usage2V\n\x08Generate\x12J\n\x04\x43hat\x12 .clawdbot.sidecar.v1.ChatRequest\x1a\x1e.clawdbot.sidecar.v1.ChatChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(clawdbot_sidecar/protocol/generate.proto\x12\x13\x63lawdbot.sidecar.v1\"3\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\x1f\n\rFeedbackReply\x12\x0e\n\x06status\x18\x01 \x01(\t\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8e\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12.\n\x08messages\x18\x02 \x03(\x0b\x32\x1c.clawdbot.sidecar.v1.Message\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12>\n\x07headers\x18\x05 \x03(\x0b\x32-.clawdbot.sidecar.v1.ChatRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xb2\x01\n\tChatChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12)\n\x05usage\x18\x07 \x01(\x0b\x32\x1a.clawdbot.sidecar.v1.Usage\x12\x11\n\tanswer_id\x18\x08 \x01(\t2\xac\x01\n\x08Generate\x12J\n\x04\x43hat\x12 .clawdbot.sidecar.v1.ChatRequest\x1a\x1e.clawdbot.sidecar.v1.ChatChunk0\x01\x12T\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12$.clawdbot.sidecar.v1.FeedbackRequest\x1a\".clawdbot.sidecar.v1.FeedbackReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHATREQUEST_HEADERSENTRY']._loaded_options = None
   _globals['_CHATREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGE']._serialized_start=65
-  _globals['_MESSAGE']._serialized_end=105
-  _globals['_CHATREQUEST']._serialized_start=108
-  _globals['_CHATREQUEST']._serialized_end=378
-  _globals['_CHATREQUEST_HEADERSENTRY']._serialized_start=301
-  _globals['_CHATREQUEST_HEADERSENTRY']._serialized_end=347
-  _globals['_USAGE']._serialized_start=380
-  _globals['_USAGE']._serialized_end=437
-  _globals['_CHATCHUNK']._serialized_start=440
-  _globals['_CHATCHUNK']._serialized_end=599
-  _globals['_GENERATE']._serialized_start=601
-  _globals['_GENERATE']._serialized_end=687
+  _globals['_FEEDBACKREQUEST']._serialized_start=65
+  _globals['_FEEDBACKREQUEST']._serialized_end=116
+  _globals['_FEEDBACKREPLY']._serialized_start=118
+  _globals['_FEEDBACKREPLY']._serialized_end=149
+  _globals['_MESSAGE']._serialized_start=151
+  _globals['_MESSAGE']._serialized_end=191
+  _globals['_CHATREQUEST']._serialized_start=194
+  _globals['_CHATREQUEST']._serialized_end=464
+  _globals['_CHATREQUEST_HEADERSENTRY']._serialized_start=387
+  _globals['_CHATREQUEST_HEADERSENTRY']._serialized_end=433
+  _globals['_USAGE']._serialized_start=466
+  _globals['_USAGE']._serialized_end=523
+  _globals['_CHATCHUNK']._serialized_start=526
+  _globals['_CHATCHUNK']._serialized_end=704
+  _globals['_GENERATE']._serialized_start=707
+  _globals['_GENERATE']._serialized_end=879
 # @@protoc_insertion_point(module_scope)

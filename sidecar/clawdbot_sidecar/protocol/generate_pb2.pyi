@@ -7,6 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FeedbackRequest(_message.Message):
+    __slots__ = ("answer_id", "score")
+    ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    answer_id: str
+    score: float
+    def __init__(self, answer_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class FeedbackReply(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    def __init__(self, status: _Optional[str] = ...) -> None: ...
+
 class Message(_message.Message):
     __slots__ = ("role", "content")
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -45,7 +59,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("delta", "finish_reason", "target", "reason", "request_id", "model", "usage")
+    __slots__ = ("delta", "finish_reason", "target", "reason", "request_id", "model", "usage", "answer_id")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +67,7 @@ class ChatChunk(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
     delta: str
     finish_reason: str
     target: str
@@ -60,4 +75,5 @@ class ChatChunk(_message.Message):
     request_id: str
     model: str
     usage: Usage
-    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    answer_id: str
+    def __init__(self, delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., answer_id: _Optional[str] = ...) -> None: ...

@@ -40,6 +40,11 @@ class GenerateStub:
                 request_serializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.ChatRequest.SerializeToString,
                 response_deserializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.ChatChunk.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/clawdbot.sidecar.v1.Generate/Feedback',
+                request_serializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.FeedbackReply.FromString,
+                _registered_method=True)
 
 
 class GenerateServicer:
@@ -53,6 +58,15 @@ class GenerateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Scores an earlier answer, named by the answer_id of its first chunk, within the
+        policy's quality.feedback.windowSeconds: NOT_FOUND when no such answer awaits feedback,
+        ALREADY_EXISTS when it was scored already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerateServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_GenerateServicer_to_server(servicer, server):
                     servicer.Chat,
                     request_deserializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.ChatRequest.FromString,
                     response_serializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.ChatChunk.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.FeedbackRequest.FromString,
+                    response_serializer=clawdbot__sidecar_dot_protocol_dot_generate__pb2.FeedbackReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +108,33 @@ class Generate:
             '/clawdbot.sidecar.v1.Generate/Chat',
             clawdbot__sidecar_dot_protocol_dot_generate__pb2.ChatRequest.SerializeToString,
             clawdbot__sidecar_dot_protocol_dot_generate__pb2.ChatChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawdbot.sidecar.v1.Generate/Feedback',
+            clawdbot__sidecar_dot_protocol_dot_generate__pb2.FeedbackRequest.SerializeToString,
+            clawdbot__sidecar_dot_protocol_dot_generate__pb2.FeedbackReply.FromString,
             options,
             channel_credentials,
             insecure,

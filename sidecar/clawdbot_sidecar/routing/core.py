@@ -16,17 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
 import os
 import random
 import time
+from array import array
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
-from clawdbot_api.v1alpha1.routingpolicy import CloudApi, RedactionMode, UninspectableContent
+from clawdbot_api.v1alpha1.routingpolicy import (
+    Cache,
+    CloudApi,
+    RedactionMode,
+    UninspectableContent,
+)
+from clawdbot_sidecar.accounting.feedback import FeedbackResult
 from clawdbot_sidecar.accounting.ledger import Ledger, Outcome
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.cache import CachedResponse, ResponseCache, cache_key, cacheable
@@ -46,6 +54,13 @@ from clawdbot_sidecar.plugins import AfterResponse, BeforeRoute, PluginRequest
 from clawdbot_sidecar.redaction import Redactor
 from clawdbot_sidecar.redaction.walker import Inspection, inspect_request, uninspectable_kinds
 from clawdbot_sidecar.routing import snapshot as snapshots
+from clawdbot_sidecar.routing.confidence import (
+    StreamMeter,
+    answer_confidence,
+    asks_logprobs,
+    strip_logprobs,
+    with_logprobs,
+)
 from clawdbot_sidecar.routing.decision import Bandit, Decision, Signals, decide
 from clawdbot_sidecar.routing.features import Features, complexity, estimate_tokens
 from clawdbot_sidecar.routing.request import (
@@ -57,6 +72,7 @@ from clawdbot_sidecar.routing.request import (
     Request,
     validate,
 )
+from clawdbot_sidecar.routing.semantic import MAX_CHARS, guard
 from clawdbot_sidecar.upstream.breaker import BreakerState, CircuitBreaker
 from clawdbot_sidecar.upstream.client import Upstream, UpstreamError
 from clawdbot_sidecar.upstream.cloud import CloudCall, CloudTarget, Wire
@@ -83,6 +99,8 @@ _REFUSALS = (
 )
 
 Failure = UpstreamError | NoEndpoint | RequestError
+# What the semantic cache stores: complete answers, never ones that may hold PII.
+_SIMILAR_POLICY = Cache(enabled=True, cache_restored_pii=False)
 
 
 class RoutingCore:
@@ -165,6 +183,8 @@ class RoutingCore:
                 asyncio.get_running_loop().create_task(old.cache.close())
         if old.model_tier is not None and old.model_tier is not new.model_tier:
             old.model_tier.close()
+        if old.semantic is not None and old.semantic is not new.semantic:
+            old.semantic.close()
 
     @property
     def config(self) -> SidecarConfig:
@@ -225,11 +245,13 @@ class RoutingCore:
         self.in_flight += 1
         self.idle.clear()
         lowered = {k.lower(): v for k, v in inbound.headers.items()}
+        answer_id = f"{self._ids.getrandbits(128):032x}"
         out = Outcome(
-            request_id=lowered.get(REQUEST_ID_HEADER) or f"{self._ids.getrandbits(128):032x}",
+            request_id=lowered.get(REQUEST_ID_HEADER) or answer_id,
             endpoint=inbound.kind.value,
             front=inbound.front,
             started=time.monotonic(),
+            answer_id=answer_id,
         )
         streaming = False
         try:
@@ -270,7 +292,9 @@ class RoutingCore:
         self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
     ) -> Answer:
         await self._prepare_dicom(snap, request, out)
-        decision = self._decide(snap, request, headers, out)
+        self._note_reask(snap, request, out)
+        difficulty = await self._semantic_difficulty(snap, request, out)
+        decision = self._decide(snap, request, headers, out, difficulty)
         if decision.target == "reject" and decision.reason.startswith(_REFUSALS):
             self._reject(decision, out)  # the policy says no: not even a cached answer
 
@@ -286,17 +310,31 @@ class RoutingCore:
             if hit is not None:
                 out.cache, out.target, out.reason = "hit", "cache", f"cache-hit:{hit.source}"
                 self.metrics.decisions.labels("cache", "cache-hit").inc()
-                return Answer(out.request_id, out.target, out.full_reason, body=hit.body)
+                return Answer(
+                    out.request_id,
+                    out.target,
+                    out.full_reason,
+                    body=hit.body,
+                    answer_id=out.answer_id,
+                )
             out.cache = "miss"
+        similar = await self._similar(snap, request, out)
+        if similar is not None:
+            return similar
         if decision.target == "reject":
             self._reject(decision, out)
         out.reason = decision.reason
         if decision.context is not None:
             out.arm, out.context = decision.target, decision.context
         self.metrics.decisions.labels(decision.target, decision.reason).inc()
-        reply = await self._answer(snap, request, decision, out)
+        if decision.cascade and request.kind in (ApiKind.CHAT, ApiKind.COMPLETIONS):
+            reply = await self._cascade(snap, request, decision, out)
+        else:
+            reply = await self._answer(snap, request, decision, out)
         if key is not None and reply.body is not None and not reply.native:
             await self._cache_put(snap, key, reply.body, out)
+        if out.similar_key is not None and reply.body is not None and not reply.native:
+            self._similar_put(snap, reply.body, out)
         return Answer(
             out.request_id,
             out.target,
@@ -304,6 +342,8 @@ class RoutingCore:
             body=reply.body,
             chunks=reply.chunks,
             native=reply.native,
+            answer_id=out.answer_id,
+            confidence=out.confidence,
         )
 
     @staticmethod
@@ -325,8 +365,10 @@ class RoutingCore:
         request: Request,
         decision: Decision,
         out: Outcome,
+        local_request: Request | None = None,
     ) -> Reply:
-        """The first target of the decision's order that answers."""
+        """The first target of the decision's order that answers (``local_request``: what
+        the local target is sent instead of ``request``)."""
         order = self._order(snap, request, decision)
         last: Failure | None = None
         for i, target in enumerate(order):
@@ -336,8 +378,9 @@ class RoutingCore:
                 if target == "cloud" and not (cloud and self.breaker.available()):
                     break
                 out.fallback_from = order[0]
+            sent = local_request if target == "local" and local_request else request
             try:
-                reply = await self._call(snap, target, request, out)
+                reply = await self._call(snap, target, sent, out)
             except (UpstreamError, NoEndpoint, RequestError) as exc:
                 # RequestError: e.g. the cloud copy would carry a blocked entity.
                 last = exc
@@ -388,9 +431,268 @@ class RoutingCore:
             "sha256": [c.sha256 for c in copy.converted],
         }
 
+    # -- quality: feedback, re-asks and the cascade ------------------------------------------
+
+    def feedback(self, answer_id: str, score: float, source: str = "explicit") -> FeedbackResult:
+        """Score an earlier answer by its x-clawdbot-request-id (0 bad to 1 good)."""
+        return self.ledger.feedback(answer_id, score, source)
+
+    def _note_reask(self, snap: snapshots.Snapshot, request: Request, out: Outcome) -> None:
+        """The same conversation asked again soon after: the earlier answer was not good."""
+        book = snap.feedback
+        if (
+            book is None
+            or book.settings.reask_window_seconds <= 0
+            or request.kind not in (ApiKind.CHAT, ApiKind.COMPLETIONS)
+        ):
+            return
+        previous = book.reasked(cache_key(request.body), out.answer_id)
+        if previous is not None:
+            out.reasked = True
+            self.ledger.feedback(previous, 0.0, "reask")
+
+    async def _embed(self, model: str, texts: list[str]) -> list[list[float]]:
+        """Embeddings of ``texts`` from the local endpoint serving ``model``."""
+        probe = Outcome(
+            request_id="semantic", endpoint=ApiKind.EMBEDDINGS.value, started=0.0, model=model
+        )
+        body = {"model": model, "input": texts, "encoding_format": "float"}
+        reply = await self.local.call(body, self.config.limits, probe)
+        data = (reply.body or {}).get("data")
+        if not isinstance(data, list) or len(data) != len(texts):
+            raise UpstreamError("protocol", f"{model} answered no embeddings")
+        return [[float(x) for x in d["embedding"]] for d in data]
+
+    async def _semantic_difficulty(
+        self, snap: snapshots.Snapshot, request: Request, out: Outcome
+    ) -> float | None:
+        """The semantic router's view of the prompt (1 - P(local is good enough)), when it
+        is configured, ready and the request may reach the bandit; else None."""
+        semantic = snap.semantic
+        if (
+            semantic is None
+            or not snap.may_adapt
+            or request.kind not in (ApiKind.CHAT, ApiKind.COMPLETIONS)
+        ):
+            return None
+        router = semantic.router
+        if router is None:
+            semantic.start(self._embed)
+            return None
+        text = "\n".join(inspect_request(request.body).conversation)[-MAX_CHARS:]
+        if not text:
+            return None
+        try:
+            vector = (await self._embed(semantic.model, [text]))[0]
+        except (UpstreamError, NoEndpoint, RequestError, KeyError, TypeError, ValueError):
+            return None  # the keyword score decides this one
+        # Kept for feedback as float32 (1.5 KB for MiniLM), not a list of Python floats.
+        compact = array("f", vector)
+        out.on_local_score = lambda score: router.learn(compact, score)
+        return 1.0 - router.predict(compact)
+
+    async def _similar(
+        self, snap: snapshots.Snapshot, request: Request, out: Outcome
+    ) -> Answer | None:
+        """A semantic-cache hit for this conversation, if the policy has the cache and one
+        is close enough with the same negations and numbers; else None (and what to store
+        the answer under is kept in ``out``)."""
+        cache = snap.semantic_cache
+        if (
+            cache is None
+            or out.stream
+            or request.kind not in (ApiKind.CHAT, ApiKind.COMPLETIONS)
+            or request.native is not None
+        ):
+            return None
+        if out.reasked:
+            # Asked again because the answer did not do: a new answer, not the same one.
+            return None
+        text = "\n".join(inspect_request(request.body).conversation)
+        if not text:
+            return None
+        try:
+            vector = (await self._embed(cache.model, [text[-MAX_CHARS:]]))[0]
+        except (UpstreamError, NoEndpoint, RequestError, KeyError, TypeError, ValueError):
+            return None  # the encoder can't answer: no semantic cache for this one
+        key = f"{request.kind.value}|{request.model}|{guard(text)}"
+        hit = cache.get(vector, key)
+        if hit is None:
+            out.similar_key = (vector, key)
+            self.metrics.cache.labels("semantic-miss").inc()
+            return None
+        value, similarity = hit
+        assert isinstance(value, CachedResponse)
+        self.metrics.cache.labels("semantic-hit").inc()
+        out.cache, out.target, out.reason = "hit", "cache", f"semantic-cache-hit:{value.source}"
+        self.metrics.decisions.labels("cache", "semantic-cache-hit").inc()
+        return Answer(
+            out.request_id,
+            out.target,
+            out.full_reason,
+            body=value.body,
+            answer_id=out.answer_id,
+            similarity=similarity,
+        )
+
+    def _similar_put(self, snap: snapshots.Snapshot, body: dict[str, Any], out: Outcome) -> None:
+        cache, entry = snap.semantic_cache, out.similar_key
+        if cache is None or entry is None:
+            return
+        # Never an answer that may carry the request's sensitive values.
+        may_hold_pii = out.restored_pii or any(out.pii.values())
+        if cacheable(_SIMILAR_POLICY, body, may_hold_pii=may_hold_pii):
+            cache.put(entry[0], entry[1], CachedResponse(body, out.target, time.time()))
+
+    def _escalation_blocker(self, snap: snapshots.Snapshot, decision: Decision) -> str | None:
+        """Why an unsure local answer can't be taken to the cloud now, if it can't."""
+        if decision.escalation_blocker is not None:
+            return decision.escalation_blocker
+        if snap.config.policy.cloud is None or not self.breaker.available():
+            return "cloud-unavailable"
+        return None
+
+    async def _cascade(
+        self, snap: snapshots.Snapshot, request: Request, decision: Decision, out: Outcome
+    ) -> Reply:
+        """Answer locally; if the answer's confidence is under the threshold, the cloud's.
+
+        A local failure falls back as a local decision does. A streamed answer is judged on
+        its first ``holdTokens`` tokens, held back from the app until then.
+        """
+        settings = snap.config.policy.quality.cascade
+        out.threshold = settings.threshold
+        chat = request.kind == ApiKind.CHAT
+        app_wants = asks_logprobs(request.body, chat)
+        local = dataclasses.replace(request, body=with_logprobs(request.body, chat))
+        reply = await self._answer(snap, request, decision, out, local_request=local)
+        if out.target != "local":
+            return reply  # local failed: the fallback answered
+        if reply.body is not None:
+            confidence = answer_confidence(reply.body)
+            self._measured(out, confidence)
+            if not app_wants:
+                strip_logprobs(reply.body)
+            if not self._unsure(snap, decision, out, confidence):
+                return reply
+            local_tokens = out.prompt_tokens, out.completion_tokens
+            try:
+                return await self._call(snap, "cloud", request, out)
+            except (UpstreamError, NoEndpoint, RequestError):
+                out.target, out.cascade = "local", "escalation-failed"
+                out.prompt_tokens, out.completion_tokens = local_tokens
+                self.metrics.cascade.labels("escalation-failed").inc()
+                return reply
+        assert reply.chunks is not None
+        return await self._cascade_stream(
+            snap, request=request, decision=decision, out=out, reply=reply, app_wants=app_wants
+        )
+
+    async def _cascade_stream(
+        self,
+        snap: snapshots.Snapshot,
+        *,
+        request: Request,
+        decision: Decision,
+        out: Outcome,
+        reply: Reply,
+        app_wants: bool,
+    ) -> Reply:
+        assert reply.chunks is not None
+        chunks = reply.chunks
+        hold = snap.config.policy.quality.cascade.hold_tokens
+        meter, held = StreamMeter(), []
+        broken: StreamBroken | None = None
+        try:
+            while meter.seen < hold:
+                chunk = await anext(chunks)
+                meter.feed(chunk)
+                held.append(chunk)
+        except StopAsyncIteration:
+            pass
+        except StreamBroken as exc:
+            if self._escalation_blocker(snap, decision) is not None:
+                raise
+            broken = exc  # nothing was sent yet: the cloud answers instead, if it can
+            out.status, out.error = 200, None
+        confidence = meter.confidence
+        self._measured(out, confidence)
+        if broken is not None:
+            out.cascade = "escalated"
+            self.metrics.cascade.labels("escalated").inc()
+        if broken is not None or self._unsure(snap, decision, out, confidence):
+            local_tokens = out.prompt_tokens, out.completion_tokens
+            try:
+                # Opened before the local stream is closed: a cloud that fails leaves the
+                # local answer to go on.
+                cloud = await self._call(snap, "cloud", request, out)
+            except (UpstreamError, NoEndpoint, RequestError):
+                if broken is not None:
+                    out.status, out.error = 502, "stream-broken"
+                    raise broken from None
+                out.target, out.cascade = "local", "escalation-failed"
+                out.prompt_tokens, out.completion_tokens = local_tokens
+                self.metrics.cascade.labels("escalation-failed").inc()
+            else:
+                out.discarded = True  # closing the local stream is not its failure
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
+                return cloud
+        return Reply(chunks=self._replay(held, chunks, strip=not app_wants))
+
+    @staticmethod
+    async def _replay(
+        held: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]], *, strip: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The held chunks, then the rest of the stream (without log-probabilities the app
+        did not ask for)."""
+        try:
+            for chunk in held:
+                yield dict(strip_logprobs(chunk)) if strip else chunk
+            async for chunk in rest:
+                yield dict(strip_logprobs(chunk)) if strip else chunk
+        finally:
+            if isinstance(rest, AsyncGenerator):
+                await rest.aclose()
+
+    def _measured(self, out: Outcome, confidence: float | None) -> None:
+        out.confidence = confidence
+        if confidence is not None:
+            self.metrics.confidence.observe(confidence)
+
+    def _unsure(
+        self,
+        snap: snapshots.Snapshot,
+        decision: Decision,
+        out: Outcome,
+        confidence: float | None,
+    ) -> bool:
+        """Whether to ask the cloud: the local answer is unsure (or unmeasured) and the
+        cloud may be asked. Records what the cascade did either way."""
+        threshold = snap.config.policy.quality.cascade.threshold
+        if confidence is not None and confidence >= threshold:
+            out.cascade = "kept"
+            self.metrics.cascade.labels("kept").inc()
+            return False
+        blocker = self._escalation_blocker(snap, decision)
+        if blocker is not None:
+            out.cascade = f"not-escalated:{blocker}"
+            self.metrics.cascade.labels("not-escalated").inc()
+            return False
+        out.cascade = "escalated"
+        self.metrics.cascade.labels("escalated").inc()
+        return True
+
     def _decide(
-        self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
+        self,
+        snap: snapshots.Snapshot,
+        request: Request,
+        headers: dict[str, str],
+        out: Outcome,
+        difficulty: float | None = None,
     ) -> Decision:
+        """``difficulty``: the semantic router's 1 - P(local is good enough), which replaces
+        the keyword complexity score; None: the keyword score."""
         seen = self._inspect(snap, request, out.inspected_body)  # what redaction walks again
         texts = seen.texts
         # Redaction off or narrower than the rules: rules still see every entity. The
@@ -401,7 +703,9 @@ class RoutingCore:
         features = Features(
             model=out.model,
             tokens=estimate_tokens("\n".join(texts)),
-            complexity=complexity("\n".join(seen.conversation), seen.turns),
+            complexity=complexity("\n".join(seen.conversation), seen.turns)
+            if difficulty is None
+            else difficulty,
             pii=pii,
             headers=headers,
             stream=out.stream,

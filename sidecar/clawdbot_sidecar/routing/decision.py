@@ -27,9 +27,12 @@ Embeddings are pinned to one side: vectors from the local model and from the clo
 not comparable, so the bandit does not choose for them and no guard moves them across.
 
 A decision is *private* when the request must not leave the pod: the rule that decided
-matched on PII (``containsPII: true``), or the prompt holds a blocked or unredacted entity
-or uninspectable content. No guard and no fallback sends a private request to the cloud;
-it is queued locally or refused instead.
+(a local or cascade one) matched on PII (``containsPII: true``), or the prompt holds a
+blocked or unredacted entity or uninspectable content. No guard, fallback or cascade
+escalation sends a private request to the cloud; it is queued locally or refused instead.
+
+``cascade`` decides like ``local`` (the same guards); the decision says whether the cloud
+may be asked when the local answer turns out unsure, and if not, why.
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ class Decision:
     """The bandit's context when it chose, so the outcome can be fed back; else None."""
     private: bool = False
     """The request must not leave for the cloud, by any guard or fallback."""
+    cascade: bool = False
+    """A cascade: the local answer first, the cloud's if local's confidence is low."""
+    escalation_blocker: str | None = None
+    """For a cascade, why the cloud may not be asked (a guard reason, ``private``)."""
 
     @property
     def adaptive(self) -> bool:
@@ -242,6 +249,13 @@ class Bandit:
     def update(self, arm: Arm, context: Sequence[float], r: float) -> None:
         self.arms[arm].update(context, r)
 
+    def correct(self, arm: Arm, context: Sequence[float], delta: float) -> None:
+        """Replace an observed reward r by r + delta for ``context``, as if it had been
+        observed so: in ridge regression only b moves (b += delta x), A is unchanged."""
+        model = self.arms[arm]
+        for i, v in enumerate(context):
+            model.b[i] += delta * v
+
 
 def _rule_target(policy: RoutingPolicySpec, f: Features) -> tuple[Target, str, bool]:
     """The target, its reason, and whether the deciding rule matched on PII."""
@@ -273,8 +287,8 @@ def decide(
         return Decision("reject", reason)
     blocked = sorted(e for e, n in (blocked_entities or {}).items() if n > 0)
     must_stay = f"redaction-block:{blocked[0]}" if blocked else keep_local
-    # A rule that keeps PII local means it: no guard or fallback sends the request out.
-    private = must_stay is not None or (pii_rule and target == Target.LOCAL)
+    # A rule that keeps PII local means it: no guard, fallback or escalation sends it out.
+    private = must_stay is not None or (pii_rule and target in (Target.LOCAL, Target.CASCADE))
     cloud_blocker = (
         must_stay
         if must_stay is not None
@@ -287,9 +301,19 @@ def decide(
     if embeddings:
         local_ok = s.local_healthy > 0
         return _decide_embeddings(policy, target, reason, local_ok, cloud_blocker)
+    cascade = target == Target.CASCADE
     decision = _route(
-        policy, f, s, bandit, (target, reason), cloud_blocker=cloud_blocker, private=private
+        policy,
+        f,
+        s,
+        bandit,
+        (Target.LOCAL if cascade else target, reason),
+        cloud_blocker=cloud_blocker,
+        private=private,
     )
+    if cascade and decision.target == "local":
+        blocker = cloud_blocker or ("private" if private else None)
+        decision = dataclasses.replace(decision, cascade=True, escalation_blocker=blocker)
     return dataclasses.replace(decision, private=True) if private else decision
 
 

@@ -17,9 +17,12 @@ from typing import Any
 from clawdbot_sidecar.errors import invalid
 
 __all__ = [
+    "ANSWER_ID_HEADER",
     "AUDIO_KINDS",
+    "CONFIDENCE_HEADER",
     "REASON_HEADER",
     "REQUEST_ID_HEADER",
+    "SIMILARITY_HEADER",
     "TARGET_HEADER",
     "Answer",
     "ApiKind",
@@ -33,6 +36,12 @@ __all__ = [
 TARGET_HEADER = "x-clawdbot-target"
 REASON_HEADER = "x-clawdbot-reason"
 REQUEST_ID_HEADER = "x-request-id"
+# The sidecar's own id of each answer, which POST /v1/feedback names.
+ANSWER_ID_HEADER = "x-clawdbot-request-id"
+# The local answer's confidence (0 to 1, from its token log-probabilities), when measured.
+CONFIDENCE_HEADER = "x-clawdbot-confidence"
+# A semantic-cache hit's similarity to the conversation whose answer it is.
+SIMILARITY_HEADER = "x-clawdbot-semantic-similarity"
 
 
 class ApiKind(StrEnum):
@@ -147,6 +156,12 @@ class Answer:
     native: bool = False
     """The body or chunks are in the shape of the request's :class:`Native` API (the cloud
     took it as it was), not chat completions'."""
+    answer_id: str = ""
+    """The sidecar's id of this answer (``x-clawdbot-request-id``), for feedback."""
+    confidence: float | None = None
+    """The local answer's confidence, when it was measured (a cascade's first answer)."""
+    similarity: float | None = None
+    """A semantic-cache hit's similarity."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -154,4 +169,10 @@ class Answer:
         out = {REQUEST_ID_HEADER: self.request_id, TARGET_HEADER: self.target}
         if self.reason is not None:
             out[REASON_HEADER] = self.reason
+        if self.answer_id:
+            out[ANSWER_ID_HEADER] = self.answer_id
+        if self.confidence is not None:
+            out[CONFIDENCE_HEADER] = f"{self.confidence:.4f}"
+        if self.similarity is not None:
+            out[SIMILARITY_HEADER] = f"{self.similarity:.4f}"
         return out

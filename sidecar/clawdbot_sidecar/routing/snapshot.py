@@ -15,15 +15,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from clawdbot_api.v1alpha1.routingpolicy import Pricing
+from clawdbot_api.v1alpha1.routingpolicy import Pricing, Target
 from clawdbot_sidecar.accounting.audit import AuditLog
 from clawdbot_sidecar.accounting.budgets import BudgetTracker
+from clawdbot_sidecar.accounting.feedback import FeedbackBook
 from clawdbot_sidecar.accounting.ledger import Books
 from clawdbot_sidecar.cache import ResponseCache, build_cache
 from clawdbot_sidecar.config import SidecarConfig
 from clawdbot_sidecar.redaction import BUILTIN_ENTITIES, RedactionConfig, Redactor
 from clawdbot_sidecar.redaction.model_tier import ModelTier, ModelTierError, ModelTierRunner
 from clawdbot_sidecar.routing.decision import Bandit
+from clawdbot_sidecar.routing.semantic import SemanticCacheState, SemanticState, parse_examples
 
 __all__ = ["Snapshot", "build"]
 
@@ -54,11 +56,21 @@ class Snapshot:
     """The model tier, when the policy enables it and it loaded."""
     model_tier_error: str | None = None
     """Why the enabled model tier can't run: then nothing is sent to the cloud."""
+    feedback: FeedbackBook | None = None
+    """Answers awaiting feedback, and recent conversations (re-asks)."""
+    semantic: SemanticState | None = None
+    """The semantic router, when the policy enables it and has examples."""
+    may_adapt: bool = False
+    """Some rule, or the default, is adaptive: the bandit's context may be needed."""
+    semantic_cache: SemanticCacheState | None = None
+    """The semantic cache, when the policy enables it."""
 
     @property
     def books(self) -> Books:
         """The accounting state of this snapshot."""
-        return Books(self.budgets, self.bandit, self.config.policy.adaptive, self.audit)
+        return Books(
+            self.budgets, self.bandit, self.config.policy.adaptive, self.audit, self.feedback
+        )
 
 
 def cache_prefix(scope: str, policy_name: str) -> str:
@@ -118,6 +130,16 @@ def build(
             if audit is not None and new_audit:
                 audit.close()  # this snapshot never comes into force
             raise
+    if (
+        previous is not None
+        and previous.feedback is not None
+        and same(lambda c: c.policy.quality.feedback)
+    ):
+        feedback = previous.feedback
+    else:
+        feedback = FeedbackBook(policy.quality.feedback)
+    semantic = _semantic(config, previous)
+    semantic_cache = _semantic_cache(config, previous)
     known = (*BUILTIN_ENTITIES, *(c.name for c in policy.redaction.custom))
     redaction = redactor.config
     tier, tier_error = _model_tier(config, previous)
@@ -135,7 +157,52 @@ def build(
         redacted_entities=frozenset(redaction.active_entities() if redaction.enabled else ()),
         model_tier=tier,
         model_tier_error=tier_error,
+        feedback=feedback,
+        semantic=semantic,
+        semantic_cache=semantic_cache,
+        may_adapt=policy.default_target == Target.ADAPTIVE
+        or any(r.target == Target.ADAPTIVE for r in policy.rules),
     )
+
+
+def _semantic_cache(config: SidecarConfig, previous: Snapshot | None) -> SemanticCacheState | None:
+    """The semantic cache ``config`` asks for: the previous one (its entries kept) when its
+    settings and encoder are unchanged."""
+    settings = config.policy.quality.semantic
+    if not settings.cache.enabled:
+        return None
+    if previous is not None and previous.semantic_cache is not None:
+        before = previous.config.policy.quality.semantic
+        if (before.cache, before.embedding_model) == (settings.cache, settings.embedding_model):
+            return previous.semantic_cache
+    return SemanticCacheState(settings.embedding_model, settings.cache)
+
+
+def _semantic(config: SidecarConfig, previous: Snapshot | None) -> SemanticState | None:
+    """The semantic router ``config`` asks for: the previous one (what it learned kept) when
+    its settings and examples are unchanged."""
+    settings = config.policy.quality.semantic
+    if not settings.enabled:
+        return None
+    if (
+        previous is not None
+        and previous.semantic is not None
+        and previous.config.policy.quality.semantic == settings
+        and previous.config.semantic_examples == config.semantic_examples
+    ):
+        return previous.semantic
+    if not config.semantic_examples:
+        log.warning(
+            "quality.semantic is enabled but no labelled examples arrived "
+            "(examplesConfigMapRef); the keyword complexity score is used"
+        )
+        return None
+    try:
+        examples = parse_examples(config.semantic_examples)
+    except ValueError as exc:
+        log.error("quality.semantic: the examples can't be read (%s); keywords are used", exc)
+        return None
+    return SemanticState(settings.embedding_model, examples)
 
 
 def _model_tier(

@@ -52,4 +52,4 @@ async def relay(
     finally:
         handle.close()  # also when the app left: the upstream stops generating for it
         if finish is not None:
-            finish(ok)
+            finish(ok or out.discarded)

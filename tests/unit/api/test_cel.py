@@ -181,3 +181,40 @@ def test_redaction_rules_agree(modes: Any, custom: Any) -> None:
         assert valid, doc
     except ValueError:
         assert not valid, doc
+
+
+@pytest.mark.parametrize("cloud", [None, {"baseURL": "https://c.test/v1", "model": "m"}])
+@pytest.mark.parametrize("local", [[], [{"name": "a"}]])
+@pytest.mark.parametrize(
+    ("rules", "default"),
+    [
+        ([], None),
+        ([], "cascade"),
+        ([{"name": "a", "target": "cascade"}], None),
+        ([{"name": "a", "target": "cascade"}], "local"),
+        ([{"name": "a", "target": "adaptive"}], "adaptive"),
+    ],
+)
+def test_cascade_needs_local_and_cloud(
+    cloud: Any, local: Any, rules: Any, default: str | None
+) -> None:
+    """target: cascade (a rule's or the default) answers locally and may ask the cloud."""
+    doc: dict[str, Any] = {"localModels": local, "rules": rules}
+    if cloud is not None:
+        doc["cloud"] = cloud
+    if default is not None:
+        doc["defaultTarget"] = default
+    obj = RoutingPolicySpec.model_construct(
+        cloud=None if cloud is None else CloudEndpoint.model_validate(cloud),
+        local_models=[LocalModelRef.model_validate(m) for m in local],
+        rules=[Rule.model_validate(r) for r in rules],
+        default_target=Target(default or "adaptive"),
+    )
+    for rule in rules_of(RoutingPolicySpec):
+        program = ENV.program(ENV.compile(rule.rule))
+        got = bool(program.evaluate({"self": celpy.json_to_cel(doc)}))
+        assert got == rule.check(obj), rule.rule
+    uses_cascade = default == "cascade" or any(r["target"] == "cascade" for r in rules)
+    if uses_cascade and not (cloud and local):
+        with pytest.raises(ValueError, match="cascade needs both"):
+            RoutingPolicySpec.model_validate(doc)

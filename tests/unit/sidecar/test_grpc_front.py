@@ -211,6 +211,26 @@ async def test_chat_streams_chunks_with_the_decision_first(
     assert await call.code() == grpc.StatusCode.OK
 
 
+async def test_feedback_scores_a_chat_answer_by_its_answer_id(
+    local_url: str, cloud: str, make_front: StartFront
+) -> None:
+    fr = await make_front(policy(cloud), [local_url])
+    chunks = [c async for c in fr.generate.Chat(chat_request("hello there", max_tokens=4))]
+    answer_id = chunks[0].answer_id
+    assert len(answer_id) == 32 and all(not c.answer_id for c in chunks[1:])
+    reply = await fr.generate.Feedback(gen.FeedbackRequest(answer_id=answer_id, score=0.25))
+    assert reply.status == "recorded"
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await fr.generate.Feedback(gen.FeedbackRequest(answer_id=answer_id, score=1))
+    assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await fr.generate.Feedback(gen.FeedbackRequest(answer_id="0" * 32, score=1))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await fr.generate.Feedback(gen.FeedbackRequest(answer_id=answer_id, score=2))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_chat_headers_pick_a_tenant_rule_and_the_stream_is_restored(
     local_url: str, cloud: str, make_front: StartFront
 ) -> None:

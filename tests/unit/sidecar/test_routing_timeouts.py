@@ -83,7 +83,8 @@ async def test_cloud_retries_stop_at_the_deadline(
             await sc.chat(LONG_FILLER)
     elapsed = time.monotonic() - started
     # Eleven 0.3 s attempts and their backoff would take over 3.3 s; the deadline is 1 s.
-    assert 0.6 < elapsed < 2.0
+    # What shows the deadline is the number of attempts (a busy machine only slows each).
+    assert elapsed > 0.6
     assert 2 <= len(await received(cloud)) <= 4
     assert err.value.status_code == 502
     assert "no time left for a retry within the 1s deadline" in err.value.message
