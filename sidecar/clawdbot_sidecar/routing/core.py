@@ -508,7 +508,12 @@ class RoutingCore:
         if out.reasked:
             # Asked again because the answer did not do: a new answer, not the same one.
             return None
-        text = "\n".join(inspect_request(request.body).conversation)
+        seen = inspect_request(request.body)
+        if seen.uninspectable:
+            # The text says nothing of an image, a file or audio: "any lesion here?" of
+            # another patient's slice is not the same question.
+            return None
+        text = "\n".join(seen.conversation)
         if not text:
             return None
         try:
