@@ -64,6 +64,16 @@ e2e: venv cluster-build ## E2E suite on its own local control plane (starts and 
 	@# cluster-up` run: the suite starts from an empty etcd whatever a demo left running.
 	CLAWDBOT_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster $(BIN)/pytest e2e -m e2e -q --cluster=local $(E2E_ARGS)
 
+FAULTS_TABLE ?= $(CURDIR)/.run/faults.md
+
+.PHONY: faults
+faults: venv cluster-build ## Fault-injection suite alone (e2e/tests/test_faults.py); writes the table to .run/faults.md and prints it.
+	@rm -f $(FAULTS_TABLE)
+	@status=0; CLAWDBOT_CLUSTER_DIR=$(CURDIR)/.run/e2e-cluster CLAWDBOT_FAULTS_TABLE=$(FAULTS_TABLE) \
+		$(BIN)/pytest e2e/tests/test_faults.py -m e2e -q --cluster=local $(E2E_ARGS) || status=$$?; \
+		if [ -f $(FAULTS_TABLE) ]; then echo; echo "==> $(FAULTS_TABLE:$(CURDIR)/%=%)"; cat $(FAULTS_TABLE); fi; \
+		exit $$status
+
 .PHONY: e2e-kind
 e2e-kind: venv ## E2E suite on a kind cluster (needs Docker and kind).
 	@command -v docker >/dev/null || { echo "make e2e-kind needs Docker; use 'make e2e'"; exit 1; }

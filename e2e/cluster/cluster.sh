@@ -44,7 +44,9 @@ pid_of() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
   exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-  [[ "$exe" == "$BIN_DIR/$1" || "$exe" == "$BIN_DIR/$1 (deleted)" ]] || return 1
+  # The kernel reports the resolved path: BIN_DIR may lie behind a symbolic link.
+  local real; real="$(cd "$BIN_DIR" 2>/dev/null && pwd -P || printf '%s' "$BIN_DIR")"
+  [[ "$exe" == "$real/$1" || "$exe" == "$real/$1 (deleted)" ]] || return 1
   printf '%s\n' "$pid"
 }
 
@@ -53,7 +55,8 @@ group_members() {
   local pgid="$1" stat rest
   for stat in /proc/[0-9]*/stat; do
     # Field 5 is the pgid; the command name (field 2) may hold spaces, so cut after ')'.
-    rest="$(cat "$stat" 2>/dev/null)" || continue
+    # read, not $(cat ...): no process per entry, so a scan takes milliseconds, not seconds.
+    { read -r rest <"$stat"; } 2>/dev/null || continue
     rest="${rest##*) }"
     read -r _state _ppid pg _ <<<"$rest"
     if [[ "$pg" == "$pgid" ]]; then
@@ -218,6 +221,45 @@ EOF
 # ---------------------------------------------------------------------------------------
 # commands
 
+# start_apiserver: kube-apiserver on $APISERVER_PORT against etcd on $ETCD_PORT, waited for
+# until ready (cmd_up, and cmd_restart_apiserver with the same ports and state).
+start_apiserver() {
+  # The aggregation layer (front-proxy flags) without --enable-aggregator-routing: routing to
+  # endpoints would need a Service's Endpoints, which refuse loopback addresses, and refuses
+  # ExternalName Services. Without it the aggregator dials an ExternalName Service's host, so
+  # an APIService backed by `externalName: localhost` reaches a process on 127.0.0.1 (the
+  # operator's external metrics API in e2e/tests/test_autoscaling.py). A ClusterIP Service
+  # is dialled at its ClusterIP, which nothing here serves (no kube-proxy).
+  start kube-apiserver \
+    --etcd-servers="http://$HOST:$ETCD_PORT" \
+    --bind-address=$HOST \
+    --advertise-address=$HOST \
+    --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" \
+    --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --service-account-issuer="https://kubernetes.default.svc.cluster.local" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --authorization-mode=Node,RBAC \
+    --allow-privileged=true \
+    --endpoint-reconciler-type=none \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --profiling=false \
+    --v=1
+  wait_http kube-apiserver "https://$HOST:$APISERVER_PORT/readyz" \
+    --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key"
+}
+
 running_components() {
   local n c
   n=0
@@ -287,40 +329,7 @@ EOF
   done
 
   : >"$LOGS/kube-apiserver.log"
-  # The aggregation layer (front-proxy flags) without --enable-aggregator-routing: routing to
-  # endpoints would need a Service's Endpoints, which refuse loopback addresses, and refuses
-  # ExternalName Services. Without it the aggregator dials an ExternalName Service's host, so
-  # an APIService backed by `externalName: localhost` reaches a process on 127.0.0.1 (the
-  # operator's external metrics API in e2e/tests/test_autoscaling.py). A ClusterIP Service
-  # is dialled at its ClusterIP, which nothing here serves (no kube-proxy).
-  start kube-apiserver \
-    --etcd-servers="http://$HOST:$ETCD_PORT" \
-    --bind-address=$HOST \
-    --advertise-address=$HOST \
-    --secure-port="$APISERVER_PORT" \
-    --tls-cert-file="$PKI/apiserver.crt" \
-    --tls-private-key-file="$PKI/apiserver.key" \
-    --client-ca-file="$PKI/ca.crt" \
-    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
-    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-    --service-account-key-file="$PKI/sa.pub" \
-    --service-account-signing-key-file="$PKI/sa.key" \
-    --service-account-issuer="https://kubernetes.default.svc.cluster.local" \
-    --service-cluster-ip-range=10.96.0.0/16 \
-    --authorization-mode=Node,RBAC \
-    --allow-privileged=true \
-    --endpoint-reconciler-type=none \
-    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
-    --requestheader-allowed-names=front-proxy-client \
-    --requestheader-username-headers=X-Remote-User \
-    --requestheader-group-headers=X-Remote-Group \
-    --requestheader-extra-headers-prefix=X-Remote-Extra- \
-    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
-    --proxy-client-key-file="$PKI/front-proxy-client.key" \
-    --profiling=false \
-    --v=1
-  wait_http kube-apiserver "https://$HOST:$APISERVER_PORT/readyz" \
-    --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key"
+  start_apiserver
   log "kube-apiserver ready at https://$HOST:$APISERVER_PORT"
 
   : >"$LOGS/kube-controller-manager.log"
@@ -400,6 +409,19 @@ cmd_down() {
   [[ -n "$quiet" ]] || log "stopped; no control plane process left (state kept in ${STATE_DIR#"$REPO_ROOT"/})"
 }
 
+# The API server alone, stopped (SIGTERM, as a rolling control-plane upgrade does) and started
+# again on the same port, certificates and etcd: what clients see when it restarts.
+cmd_restart_apiserver() {
+  [[ -f "$PORTS_FILE" ]] || die "no cluster state in ${STATE_DIR#"$REPO_ROOT"/}; run 'make cluster-up'"
+  # shellcheck source=/dev/null
+  source "$PORTS_FILE"
+  pid_of kube-apiserver >/dev/null || die "kube-apiserver is not running"
+  local t0=$SECONDS
+  stop kube-apiserver
+  start_apiserver
+  log "kube-apiserver restarted in $((SECONDS - t0))s"
+}
+
 cmd_status() {
   local c pid rc=0
   for c in "${COMPONENTS[@]}"; do
@@ -429,8 +451,9 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
+  restart-apiserver) cmd_restart_apiserver ;;
   *)
-    echo "usage: $0 up|down|status|env" >&2
+    echo "usage: $0 up|down|status|env|restart-apiserver" >&2
     exit 2
     ;;
 esac

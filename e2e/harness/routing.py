@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,19 +120,25 @@ def webhook_configuration(namespace: str, port: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def routing_operator(
-    cluster: E2ECluster, namespace: str, log: Path, extra_args: Sequence[str] = ()
+    cluster: E2ECluster,
+    namespace: str,
+    log: Path,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Operator]:
     """The operator watching ``namespace`` with its webhook (registered for the namespace,
-    caBundle set by the operator) and discovery stream on loopback ports."""
+    caBundle set by the operator) and discovery stream on loopback ports; ``env`` adds to
+    its environment (its namespace is ``<namespace>-op``)."""
     assert cluster.kubeconfig
     op_ns = f"{namespace}-op"
     cluster.kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
                            "metadata": {"name": op_ns}})  # fmt: skip
     # The configuration exists first, so the operator patches its caBundle at start.
     cluster.kubectl.apply(webhook_configuration(namespace, 1))
-    env = {"POD_NAMESPACE": op_ns, "CLAWDBOT_WEBHOOK_CONFIGURATION": WEBHOOK_CONFIG}
+    environ = {"POD_NAMESPACE": op_ns, "CLAWDBOT_WEBHOOK_CONFIGURATION": WEBHOOK_CONFIG,
+               **(env or {})}  # fmt: skip
     try:
-        with run_operator(cluster.kubeconfig, namespace, log, routing=True, env=env,
+        with run_operator(cluster.kubeconfig, namespace, log, routing=True, env=environ,
                           cwd=REPO_ROOT, extra_args=extra_args) as op:  # fmt: skip
             # Now point the webhook at the port the operator got (the caBundle stays).
             config = cluster.kubectl.get("mutatingwebhookconfiguration", WEBHOOK_CONFIG)

@@ -198,8 +198,23 @@ class DiscoveryClient:
             await asyncio.sleep(self.report_interval_s)
 
     async def _report(self, stub: pb_grpc.DiscoveryStub) -> None:
-        try:
-            ack = await stub.ReportLoad(self._reports(), metadata=self._metadata())
-            self.report_interval_s = ack.interval_seconds or self.report_interval_s
-        except grpc.aio.AioRpcError as exc:
-            log.warning("load reports stopped: %s", exc.code().name)
+        """Stream load reports for as long as the subscription lasts (this task is cancelled
+        with it). A report stream that ends while the subscription holds (the operator
+        could not take a report, a replica handing over) is opened again with backoff:
+        otherwise the pod's load would be missing from autoscaling and rollbacks until the
+        subscription itself reconnects, which may be never."""
+        delay = BACKOFF_MIN_S
+        while True:
+            started = time.monotonic()
+            try:
+                ack = await stub.ReportLoad(self._reports(), metadata=self._metadata())
+                self.report_interval_s = ack.interval_seconds or self.report_interval_s
+                log.info("load report stream closed by the operator; reopening")
+            except grpc.aio.AioRpcError as exc:
+                log.warning("load reports stopped (%s); retrying in %.1fs", exc.code().name, delay)
+            except OSError as exc:
+                log.warning("cannot read the discovery token: %s; retrying in %.1fs", exc, delay)
+            if time.monotonic() - started > 2 * self.report_interval_s:
+                delay = BACKOFF_MIN_S  # it had been working: not a repeat failure
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, BACKOFF_MAX_S)

@@ -15,8 +15,10 @@ every request it received, so tests can assert what left the pod.
 
 Faults for tests: ``POST /_stub/faults {"status": 503, "count": 2, "delayS": 0.5}`` makes the
 next ``count`` requests fail with ``status`` (0: just delay), with a ``Retry-After`` header
-when the faults give ``retryAfter``; ``GET /_stub/requests`` lists what was received;
-``DELETE /_stub/requests`` clears it.
+when the faults give ``retryAfter``; ``"reset": true`` makes them end in a TCP reset instead
+of an answer (after the delay, if any), as a crashing provider front or a middlebox does.
+``GET /_stub/requests`` lists what was received; ``DELETE /_stub/requests`` clears it;
+``GET /_stub/healthz`` answers once the stand-in serves.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +53,7 @@ class Faults:
     count: int = 0
     delay_s: float = 0.0
     retry_after: str | None = None
+    reset: bool = False
 
 
 @dataclass
@@ -140,12 +145,26 @@ async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
         faults.count -= 1
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
+        if faults.reset:
+            _reset(request)
+            raise ConnectionResetError("injected reset")
         if faults.status:
             answer = _error(faults.status, "The server is overloaded (injected).", "server_error")
             if faults.retry_after is not None:
                 answer.headers["Retry-After"] = faults.retry_after
             return answer
     return await handler(request)  # type: ignore[no-any-return]
+
+
+def _reset(request: web.Request) -> None:
+    """Abort the request's connection with a TCP reset (SO_LINGER 0), no answer sent."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _stream_choices(
@@ -287,6 +306,10 @@ async def _clear_requests(request: web.Request) -> web.Response:
     return web.json_response({})
 
 
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 async def _set_faults(request: web.Request) -> web.Response:
     data = await request.json()
     request.app[STATE].faults = Faults(
@@ -294,6 +317,7 @@ async def _set_faults(request: web.Request) -> web.Response:
         count=int(data.get("count", 1)),
         delay_s=float(data.get("delayS", 0.0)),
         retry_after=None if data.get("retryAfter") is None else str(data["retryAfter"]),
+        reset=bool(data.get("reset", False)),
     )
     return web.json_response({})
 
@@ -310,6 +334,7 @@ def build_app(api_key: str | None = None) -> web.Application:
     app.router.add_get("/_stub/requests", _get_requests)
     app.router.add_delete("/_stub/requests", _clear_requests)
     app.router.add_post("/_stub/faults", _set_faults)
+    app.router.add_get("/_stub/healthz", _healthz)
     return app
 
 

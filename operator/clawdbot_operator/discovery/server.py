@@ -294,13 +294,26 @@ class DiscoveryServicer(pb_grpc.DiscoveryServicer):
                 self.intake.record(report, None)  # checked where it arrived; never relayed
             return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)
         authorized: tuple[str, str] | None = None
+        endpoints: dict[str, EndpointInfo] | None = None
         async for report in request_iterator:
             who = (report.pod_namespace, report.pod_name)
             if authorized != who:
                 await self._authorize(context, *who)
-                authorized = who
+                authorized, endpoints = who, None
             # Re-resolved for every report: endpoints come and go while a stream lasts.
-            taken = self.intake.record(report, await self._endpoints_of(*who))
+            try:
+                endpoints = await self._endpoints_of(*who)
+            except Exception as exc:  # the API server unavailable (restarting): not the pod's
+                # fault, so the stream stays; the endpoints last resolved for it still hold,
+                # and a first report with none known yet waits for the next one.
+                skipped = "" if endpoints is not None else "; skipped"
+                log.warning(
+                    "load report of %s/%s: cannot read its pod (%s)%s",
+                    *who, type(exc).__name__, skipped,
+                )  # fmt: skip
+                if endpoints is None:
+                    continue
+            taken = self.intake.record(report, endpoints)
             if self.relay is not None:
                 self.relay.offer(taken)
         return pb.ReportAck(interval_seconds=REPORT_INTERVAL_S)

@@ -56,6 +56,11 @@ WRITE_TIMEOUT_S = 75.0
 # keep-alive connections); past this, the longest-idle connection is closed for a new one,
 # and a new one is refused when none is idle.
 MAX_CONNECTIONS = 4096
+# At the connection limit with no idle connection, one whose head has been arriving for
+# longer than this (and that has nothing being answered) is closed for the new one: an app
+# sends a head in one write, so only a slow-loris client is that slow, and a flood of them
+# must not keep the pod's apps out for a whole header timeout.
+SLOW_HEAD_S = 1.0
 # Request line and headers together; real clients send well under 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
 # Header fields in one head (trailers not counted: they are ignored); real clients send
@@ -287,8 +292,12 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if not self.refusing:
-            self.state = _State(deadline=self.loop.time() + self.server.header_timeout_s)
+            now = self.loop.time()
+            self.state = _State(deadline=now + self.server.header_timeout_s)
             self.server.idle_connections.pop(self, None)  # busy until answered
+            heads = self.server.heads
+            heads.pop(self, None)
+            heads[self] = now  # the latest head to begin: last
 
     def on_url(self, url: bytes) -> None:
         if not self.refusing:
@@ -319,6 +328,7 @@ class _Connection(asyncio.Protocol):
             return
         state = self.state
         state.headers_done = True
+        self.server.heads.pop(self, None)
         state.deadline = self.loop.time() + self.server.body_timeout_s
         headers = state.headers
         limit = self.server.max_body_bytes()
@@ -653,8 +663,12 @@ class HttpServer:
         # Connections with no request in progress, the longest idle first: the one to
         # close when a new connection needs room, found in O(1) however many there are.
         self.idle_connections: OrderedDict[_Connection, None] = OrderedDict()
+        # Connections whose head is arriving, by when it began (the oldest first).
+        self.heads: OrderedDict[_Connection, float] = OrderedDict()
         self.refused_connections = 0
         """Connections closed at once because every one of max_connections was busy."""
+        self.slow_heads_closed = 0
+        """Connections closed at the limit for a new one while their head still trickled."""
         self.closing = False
         self._all_closed = asyncio.Event()  # set when closing and the last connection is gone
         self._server: asyncio.Server | None = None
@@ -680,24 +694,39 @@ class HttpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def admit(self, conn: _Connection) -> bool:
-        """Whether a new connection may stay: at the limit, the longest-idle connection
-        makes room for it; when every connection is busy, it is refused."""
+        """Whether a new connection may stay: at the limit, the one whose head has been
+        arriving the longest, if for over SLOW_HEAD_S (a slow-loris client), makes room for
+        it, else the longest-idle one; when every connection is busy, it is refused."""
         if len(self.connections) < self.max_connections:
             return True
+        now = self.loop.time()
+        while self.heads:  # first: a slow-loris client's, not an app's kept-alive one
+            slowest, since = next(iter(self.heads.items()))
+            if now - since < SLOW_HEAD_S:
+                break
+            self.heads.popitem(last=False)
+            if not slowest.closed and slowest.idle:  # only reading a head, answering none
+                self.slow_heads_closed += 1
+                self._evict(slowest)
+                return True
         while self.idle_connections:
             oldest, _ = self.idle_connections.popitem(last=False)
             if not oldest.closed:
-                oldest.close()
-                # Gone now, not when the loop reports it: the next admission in the same
-                # batch of accepts must not count it.
-                self.connections.discard(oldest)
+                self._evict(oldest)
                 return True
         self.refused_connections += 1
         return False
 
+    def _evict(self, conn: _Connection) -> None:
+        conn.close()
+        # Gone now, not when the loop reports it: the next admission in the same batch of
+        # accepts must not count it.
+        self.connections.discard(conn)
+
     def connection_lost(self, conn: _Connection) -> None:
         self.connections.discard(conn)
         self.idle_connections.pop(conn, None)
+        self.heads.pop(conn, None)
         if self.closing and not self.connections:
             self._all_closed.set()
 

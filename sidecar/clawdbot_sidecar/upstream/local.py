@@ -1,4 +1,5 @@
-"""One call to the local pool: the least-loaded replica, others on connection failure."""
+"""One call to the local pool: the least-loaded replica, others on connection failure or
+when the replica stops answering (a liveness probe while a request waits on it)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from clawdbot_api.openai_wire import usage_of
 from clawdbot_sidecar.accounting.ledger import Outcome
@@ -20,6 +21,7 @@ from clawdbot_sidecar.upstream.stream import relay
 __all__ = ["LOCAL_CONNECT_RETRIES", "LocalTarget", "Reply", "with_stream_usage"]
 
 log = logging.getLogger("clawdbot.sidecar")
+T = TypeVar("T")
 
 # Local attempts when a replica can't take the request: the first and up to this many others.
 LOCAL_CONNECT_RETRIES = 2
@@ -31,6 +33,29 @@ REFUSED_STATUSES = frozenset({429, 502, 503})
 # ejection that doubles with each repeat.
 PROBE_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 1.0
+# A request a replica has not answered within this is checked on, and every this often
+# after: the replica is asked for its model list (its event loop answers that while a
+# generation runs in its worker threads). One that does not answer the check within
+# LIVENESS_TIMEOUT_S is wedged (it accepted the connection and says nothing): it is
+# ejected, and the requests waiting on it, which got no byte of answer, go to another
+# replica (local inference has no side effect to repeat), instead of waiting out the
+# whole local timeout (minutes, for long generations).
+STALL_CHECK_S = 2.0
+LIVENESS_TIMEOUT_S = 2.0
+
+
+class Stalled(Exception):
+    """The replica a request waits on failed its liveness check (see STALL_CHECK_S)."""
+
+
+@dataclass(slots=True)
+class _Watch:
+    """One request's watch on its replica (see LocalTarget._watched)."""
+
+    scope: asyncio.Timeout | None = None
+    timer: asyncio.TimerHandle | None = None
+    done: bool = False
+    stalled: bool = False
 
 
 @dataclass(slots=True)
@@ -57,6 +82,7 @@ class LocalTarget:
         self.pool = pool
         self.client = client
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self._checks: dict[str, asyncio.Task[bool]] = {}
         pool.on_eject = self._probe_soon
 
     def _probe_soon(self, state: EndpointState) -> None:
@@ -91,8 +117,68 @@ class LocalTarget:
 
     def close(self) -> None:
         """Stop probing ejected replicas."""
-        for task in list(self._probes.values()):
+        for task in [*self._probes.values(), *self._checks.values()]:
             task.cancel()
+
+    def _check_of(self, url: str) -> asyncio.Task[bool]:
+        """The liveness check of the replica at ``url`` under way, or a new one: one at a
+        time per replica, shared by the requests waiting on it."""
+        check = self._checks.get(url)
+        if check is None:
+            check = asyncio.get_running_loop().create_task(self._check(url))
+            self._checks[url] = check
+            check.add_done_callback(lambda _: self._checks.pop(url, None))
+        return check
+
+    async def _check(self, url: str) -> bool:
+        """Whether the replica answers a request for its model list within
+        LIVENESS_TIMEOUT_S (any HTTP answer counts: it is not wedged)."""
+        try:
+            await self.client.get_json(
+                f"{url.rstrip('/')}/models", LIVENESS_TIMEOUT_S, LIVENESS_TIMEOUT_S
+            )
+        except UpstreamError as exc:
+            return exc.kind == "status"
+        return True
+
+    async def _watched(self, state: EndpointState, call: Awaitable[T]) -> T:
+        """``call``'s result; raises Stalled once the replica fails a liveness check while
+        the call still waits for its answer (the call is then cancelled).
+
+        No task per request (this is every local request's path): a timer checks on the
+        replica after STALL_CHECK_S, and a failed check expires the call's timeout scope
+        now, which cancels the call the way asyncio.timeout does (so an app going away
+        meanwhile is still a plain cancellation)."""
+        loop = asyncio.get_running_loop()
+        watch = _Watch()
+
+        def checked(check: asyncio.Task[bool]) -> None:
+            if watch.done or check.cancelled():
+                return
+            if check.result():  # alive: look again later
+                watch.timer = loop.call_later(STALL_CHECK_S, due)
+            else:
+                watch.stalled = True
+                assert watch.scope is not None
+                watch.scope.reschedule(loop.time())
+
+        def due() -> None:
+            if not watch.done:
+                self._check_of(state.endpoint.url).add_done_callback(checked)
+
+        try:
+            async with asyncio.timeout(None) as scope:
+                watch.scope = scope
+                watch.timer = loop.call_later(STALL_CHECK_S, due)
+                try:
+                    return await call
+                finally:
+                    watch.done = True
+                    watch.timer.cancel()
+        except TimeoutError:
+            if watch.stalled:
+                raise Stalled(state.endpoint.url) from None
+            raise
 
     async def call(self, body: Mapping[str, Any], limits: Limits, out: Outcome) -> Reply:
         """Answer from a local endpoint; raises NoEndpoint or UpstreamError.
@@ -120,17 +206,36 @@ class LocalTarget:
             started = self.pool.begin(state)
             try:
                 if out.stream:
-                    handle = await self.client.open_stream(
-                        url, request, {}, limits.local_timeout_s, limits.local_connect_timeout_s
-                    )
+                    # Watched until the answer's head: once events flow, the app has some
+                    # of the answer and the request can't move.
+                    handle = await self._watched(
+                        state,
+                        self.client.open_stream(
+                            url, request, {}, limits.local_timeout_s,
+                            limits.local_connect_timeout_s,
+                        ),
+                    )  # fmt: skip
                     out.local_endpoint = state
                     finish = functools.partial(self.pool.end, state, started)
                     return Reply(
                         chunks=relay(handle, None, out, wants_usage=wants_usage, finish=finish)
                     )
-                result = await self.client.post_json(
-                    url, request, {}, limits.local_timeout_s, limits.local_connect_timeout_s
+                result = await self._watched(
+                    state,
+                    self.client.post_json(
+                        url, request, {}, limits.local_timeout_s, limits.local_connect_timeout_s
+                    ),
                 )
+            except Stalled:
+                self.pool.end(state, started, ok=False)
+                if state.healthy(time.monotonic()):  # once, for all the requests it held
+                    self.pool.eject(state)
+                last = UpstreamError("timeout", f"local endpoint {state.endpoint.url} stalled")
+                log.warning(
+                    "local endpoint %s failed its liveness check, trying another",
+                    state.endpoint.url,
+                )
+                continue
             except UpstreamError as exc:
                 refused = exc.kind == "status" and exc.status in REFUSED_STATUSES
                 # A 400 is the request's fault and a 429 a busy replica: neither is a broken

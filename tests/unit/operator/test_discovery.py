@@ -169,7 +169,10 @@ class Reviewer:
 
 class Operator:
     def __init__(
-        self, relay: PeerRelay | None = None, secrets: dict[tuple[str, str], str] | None = None
+        self,
+        relay: PeerRelay | None = None,
+        secrets: dict[tuple[str, str], str] | None = None,
+        servicer: type[DiscoveryServicer] = DiscoveryServicer,
     ) -> None:
         self.state = DiscoveryState()
         self.store = LoadReportStore(window=timedelta(hours=1))
@@ -178,9 +181,13 @@ class Operator:
         self.relay = relay
         self.secrets = secrets  # (secret, key) -> value; None: keys are not sent down
         self.reviewer: Reviewer = Reviewer()
+        self.api_down = False  # get_pod fails as with the API server unreachable
+        self.servicer_class = servicer
 
     async def start(self) -> None:
         async def get_pod(ns: str, name: str) -> Mapping[str, Any] | None:
+            if self.api_down:
+                raise ConnectionRefusedError(111, "Connect call failed")
             return CHAT_POD if (ns, name) == (NS, "chat-1") else None
 
         self.server = grpc.aio.server()
@@ -188,7 +195,7 @@ class Operator:
         async def get_secret(ns: str, name: str, key: str) -> str | None:
             return (self.secrets or {}).get((name, key)) if ns == NS else None
 
-        servicer = DiscoveryServicer(self.state, self.reviewer, get_pod, self.store,
+        servicer = self.servicer_class(self.state, self.reviewer, get_pod, self.store,
                                      get_secret=get_secret if self.secrets is not None else None,
                                      relay=self.relay, peer_account=PEER_ACCOUNT)  # fmt: skip
         add_to_server(self.server, servicer)
@@ -340,6 +347,56 @@ async def test_sidecar_client_applies_keeps_last_good_and_reconnects(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class FirstReportStreamFails(DiscoveryServicer):
+    """Ends the first load-report stream it is given, as an operator that could not take a
+    report did (the subscription is untouched)."""
+
+    report_streams = 0
+
+    async def ReportLoad(
+        self,
+        request_iterator: AsyncIterator[pb.LoadReport],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.ReportAck:
+        type(self).report_streams += 1
+        if type(self).report_streams == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "injected")
+        return await super().ReportLoad(request_iterator, context)
+
+
+async def test_sidecar_reports_resume_when_the_report_stream_ends(tmp_path: Path) -> None:
+    """A report stream that fails while the subscription holds is opened again: the pod's
+    load keeps reaching the autoscaler and the rollback check."""
+    FirstReportStreamFails.report_streams = 0
+    op = Operator(servicer=FirstReportStreamFails)
+    seed(op.state)
+    await op.start()
+    token = tmp_path / "token"
+    token.write_text("good\n")
+    pool = LocalPool(SidecarConfig.model_validate({"endpoints": [
+        {"url": "http://127.1.0.5:8000/v1", "model": "llama-3-8b", "revision": "2",
+         "deployment": "llama"}]}).endpoints)  # fmt: skip
+    pool.states[0].requests = 7
+    client = DiscoveryClient(f"127.0.0.1:{op.port}", PodIdentity(NS, "chat-1"), token,
+                             base=SidecarConfig(), apply=lambda _: None, pool=pool)  # fmt: skip
+    client.report_interval_s = 0.1
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(client.synced.wait(), 5)
+        for _ in range(100):  # bounded: the backoff (0.5 s at first), then a report
+            if op.store.revision_health(NS, "llama", 2, datetime.now(UTC)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        health = op.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+        assert health is not None and health.requests == 7
+        assert FirstReportStreamFails.report_streams == 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await op.stop()
 
 
 async def test_load_reports_become_rates_over_the_time_between_reports(
@@ -556,6 +613,43 @@ async def test_a_report_dated_in_the_future_is_stamped_when_received(operator: O
     assert before <= value.timestamp <= datetime.now(UTC)
     later = datetime.now(UTC) + operator.store.gauge_ttl + timedelta(seconds=1)
     assert operator.store.metric_values(NS, "clawdbot_inflight_requests", later) == []
+
+
+async def test_a_report_stream_outlives_an_api_server_outage(operator: Operator) -> None:
+    """While the pod can't be read (the API server restarting), reports on the same stream
+    count against the endpoints last resolved for it, and the stream goes on: ended, the
+    sidecar's reports would stop until its subscription reconnects."""
+
+    async def reports() -> AsyncIterator[pb.LoadReport]:
+        for requests, down in ((10, False), (25, True), (40, True), (50, False)):
+            operator.api_down = down
+            yield _load(requests=requests)
+            await asyncio.sleep(0.2)  # read by the server before the API changes again
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        ack = await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            reports(), metadata=(("authorization", "Bearer good"),)
+        )
+    assert ack.interval_seconds > 0
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None and health.requests == 50  # every report counted
+
+
+async def test_a_first_report_during_an_outage_waits_for_the_next(operator: Operator) -> None:
+    operator.api_down = True
+
+    async def reports() -> AsyncIterator[pb.LoadReport]:
+        yield _load(requests=10)  # its endpoints unknown: not counted, not fatal
+        await asyncio.sleep(0.2)  # read by the server before the API comes back
+        operator.api_down = False
+        yield _load(requests=30)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{operator.port}") as channel:
+        await pb_grpc.DiscoveryStub(channel).ReportLoad(
+            reports(), metadata=(("authorization", "Bearer good"),)
+        )
+    health = operator.store.revision_health(NS, "llama", 2, datetime.now(UTC))
+    assert health is not None and health.requests == 30
 
 
 async def test_a_pod_reports_only_on_its_own_endpoints_under_their_real_names(

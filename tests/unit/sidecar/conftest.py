@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -116,5 +117,39 @@ def blackhole() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         for conn in held:
+            conn.close()
+        listener.close()
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """``http://127.0.0.1:<port>/v1`` of a server that accepts every connection and reads
+    the request, but never answers: a model server whose process is wedged (a deadlocked
+    runtime, a stopped container whose socket the kernel still serves)."""
+    listener = socket.socket()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(conn)  # held open, never read from or written to
+
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    thread = threading.Thread(target=serve, name="silent-endpoint", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
             conn.close()
         listener.close()

@@ -20,6 +20,7 @@ from clawdbot_sidecar.fronts.http import (
     MAX_HEADERS,
     MAX_PIPELINED,
     PARSE_SLICE_BYTES,
+    SLOW_HEAD_S,
     HttpServer,
     Refusals,
     Request,
@@ -449,6 +450,30 @@ async def test_when_every_connection_is_busy_a_new_one_is_refused(serve: Serve) 
         app.release.set()
         for reader, _ in busy:  # the busy ones are answered as usual
             assert (await read_response(reader))[0] == 200
+
+
+async def test_slow_loris_connections_at_the_limit_make_room_for_an_app(serve: Serve) -> None:
+    """Connections trickling a head (a flood of slow-loris clients) do not keep a new client
+    out for the whole header timeout: the slowest makes room once its head has taken over
+    SLOW_HEAD_S, before an app's kept-alive idle connection would."""
+    limits = {"max_connections": 5, "header_timeout_s": 30.0}
+    async with serve(**limits) as (app, server), contextlib.AsyncExitStack() as stack:
+        kept_reader, kept_writer = await stack.enter_async_context(connect(server.port))
+        kept_writer.write(b"GET /kept HTTP/1.1\r\n\r\n")
+        assert (await read_response(kept_reader))[0] == 200
+        slow = [await stack.enter_async_context(connect(server.port)) for _ in range(4)]
+        for _, writer in slow:
+            writer.write(b"GET /loris HTTP/1.1\r\nX-Pad: a")  # never finished
+        await asyncio.sleep(SLOW_HEAD_S + 0.1)
+        reader, writer = await stack.enter_async_context(connect(server.port))
+        writer.write(b"GET /new HTTP/1.1\r\n\r\n")
+        assert (await read_response(reader))[0] == 200
+        assert await closed_by_server(slow[0][0])  # the slowest head made room
+        assert server.slow_heads_closed == 1
+        kept_writer.write(b"GET /kept-again HTTP/1.1\r\n\r\n")  # still open
+        assert (await read_response(kept_reader))[0] == 200
+        assert len(server.connections) <= 5
+    assert app.paths == ["/kept", "/new", "/kept-again"]
 
 
 IDLE_CONNECTIONS = 1000

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import openai
 import pytest
-from sidecar_support import LONG_FILLER, StartSidecar, inject, policy, received
+from sidecar_support import API_KEY, LONG_FILLER, StartSidecar, inject, policy, received
 
 # The whole-request limit of local calls in these tests: far above every bound asserted, so
 # only the connect timeout can explain a quick answer.
@@ -142,3 +143,73 @@ async def test_a_cloud_that_never_accepts_fails_at_its_connect_timeout(
     assert time.monotonic() - started < 6
     assert raw.headers["x-clawdbot-target"] == "local"
     assert raw.headers["x-clawdbot-reason"] == "fallback:cloud-failed (rule:medium)"
+
+
+async def test_a_local_endpoint_that_accepts_but_never_answers_is_left_for_another(
+    local_url: str, cloud: str, silent_endpoint: str, make_sidecar: StartSidecar
+) -> None:
+    """A replica that takes the connection and then says nothing (a wedged process) does not
+    hold requests for the whole local timeout: once it fails its liveness probe, requests
+    waiting on it go to a replica that answers, and it is ejected."""
+    sc = await make_sidecar(
+        policy(cloud),
+        [silent_endpoint, local_url],
+        local_timeout_s=LOCAL_TIMEOUT_S,
+        local_connect_timeout_s=CONNECT_TIMEOUT_S,
+    )
+    started = time.monotonic()
+    async with asyncio.timeout(20):  # far below the 60 s local timeout
+        answers = await asyncio.gather(*(sc.chat(f"hi {i}") for i in range(6)))
+    assert all(a.headers["x-clawdbot-target"] == "local" for a in answers)
+    assert time.monotonic() - started < 15
+    silent = next(s for s in sc.core.pool.states if s.endpoint.url == silent_endpoint)
+    assert silent.errors >= 1 and not silent.healthy(time.monotonic())
+    assert silent.in_flight == 0  # the requests it held were let go, not left counting
+    assert await received(cloud) == []  # a ready replica answered: nothing left the pod
+    # A streamed request does not wait on it either (it is ejected now).
+    async with asyncio.timeout(20):
+        stream = await sc.client.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert [c async for c in stream]
+
+
+async def test_the_stand_in_resets_connections_when_told(cloud: str) -> None:
+    await inject(cloud, reset=True, count=1)
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await s.post(
+                f"{cloud}/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+        async with s.get(f"{cloud}/_stub/healthz") as r:  # the next one is served
+            assert r.status == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "attempts"),
+    [
+        ({"reset": True}, 2),  # retried: a reset before the answer
+        ({"status": 503}, 2),
+        ({"status": 500}, 1),  # not retried: the provider may have done the work
+        ({"delayS": 3.0}, 1),  # the 1 s timeout is the deadline: no time for a retry
+    ],
+)
+async def test_a_cloud_that_resets_fails_or_stalls_is_answered_locally(
+    local_url: str,
+    cloud: str,
+    make_sidecar: StartSidecar,
+    fault: dict[str, object],
+    attempts: int,
+) -> None:
+    """Each cloud fault ends in the local fallback's answer, within the cloud's timeout."""
+    spec = policy(cloud)
+    spec["cloud"].update(maxRetries=1, timeoutSeconds=1)
+    sc = await make_sidecar(spec, [local_url])
+    await inject(cloud, count=10, **fault)
+    async with asyncio.timeout(10):
+        raw = await sc.chat(LONG_FILLER)
+    assert raw.headers["x-clawdbot-target"] == "local"
+    assert raw.headers["x-clawdbot-reason"] == "fallback:cloud-failed (rule:medium)"
+    assert len(await received(cloud)) == attempts
