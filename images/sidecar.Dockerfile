@@ -13,13 +13,16 @@ ARG BUILD_IMAGE=python:3.11-slim-bookworm
 # --- deps: a venv with the sidecar's dependencies (the `sidecar` extra), from pyproject.toml alone:
 # rebuilt only when pyproject.toml changes.
 FROM ${BUILD_IMAGE} AS deps
-# `--build-arg SIDECAR_EXTRAS=sidecar,semantic` adds numpy for the semantic router
-# (a policy's quality.semantic); without it such a policy routes on the keyword score.
-ARG SIDECAR_EXTRAS=sidecar
+# EXTRAS: the optional features the image carries besides the sidecar itself; `dicom`
+# (pydicom and numpy) lets the sidecar de-identify DICOM for the cloud (spec.dicom), and its
+# numpy serves the semantic router too (a policy's quality.semantic; `semantic` alone brings
+# numpy only). EXTRAS="" builds the smallest sidecar, which keeps DICOM parts local and
+# routes such policies on the keyword score.
+ARG EXTRAS=dicom
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml images/requirements.py ./
-RUN python3 requirements.py "$SIDECAR_EXTRAS" > /tmp/requirements.txt \
+RUN python3 requirements.py sidecar "$EXTRAS" > /tmp/requirements.txt \
  && python3 -m venv /opt/clawdbot \
  && /opt/clawdbot/bin/pip install --requirement /tmp/requirements.txt "setuptools>=77" wheel
 

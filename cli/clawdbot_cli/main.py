@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clawdbot_api import crdgen, docgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
-from clawdbot_cli import cluster, gateway
+from clawdbot_cli import cluster, dicom, gateway
 from clawdbot_runtime import compress
 
 Command = Callable[[argparse.Namespace], int]
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_docs)
 
     gateway.add_parser(sub)
+    dicom.add_parser(sub)
     cluster.add_parsers(sub)
     return parser
 

@@ -459,6 +459,127 @@ class Redaction(ApiModel):
         return self
 
 
+class DicomOption(StrEnum):
+    """An option of the Basic Application Level Confidentiality Profile (PS3.15 Annex E)."""
+
+    RETAIN_UIDS = "retainUIDs"
+    RETAIN_DEVICE_IDENTITY = "retainDeviceIdentity"
+    RETAIN_INSTITUTION_IDENTITY = "retainInstitutionIdentity"
+    RETAIN_PATIENT_CHARACTERISTICS = "retainPatientCharacteristics"
+    RETAIN_FULL_DATES = "retainLongitudinalTemporalInformationFullDates"
+    RETAIN_MODIFIED_DATES = "retainLongitudinalTemporalInformationModifiedDates"
+    CLEAN_DESCRIPTORS = "cleanDescriptors"
+    CLEAN_STRUCTURED_CONTENT = "cleanStructuredContent"
+    CLEAN_GRAPHICS = "cleanGraphics"
+
+
+class DicomPrivateTag(ApiModel):
+    """A private attribute kept through de-identification: its group, its private creator
+    and the element's offset in the creator's block (the low byte of the element)."""
+
+    group: str = Field(pattern=r"^[0-9A-Fa-f]{3}[13579BbDdFf]$")
+    """The odd group, four hex digits (e.g. "0019")."""
+    creator: str = Field(min_length=1, max_length=64)
+    """The Private Creator value that owns the block (e.g. "SIEMENS MR HEADER")."""
+    element: str = Field(pattern=r"^[0-9A-Fa-f]{2}$")
+    """The element's offset in the block, two hex digits (e.g. "08" for (0019,xx08))."""
+
+
+class DicomRegion(ApiModel):
+    """A rectangle of pixels blanked before an image leaves (burned-in text)."""
+
+    # Not x and y: YAML 1.1 (what the API server reads manifests with) takes "y" for true.
+    left: int = Field(ge=0, le=65535)
+    """Left column of the rectangle (0 is the image's first column)."""
+    top: int = Field(ge=0, le=65535)
+    """Top row of the rectangle (0 is the image's first row)."""
+    width: int = Field(ge=1, le=65535)
+    """Columns blanked."""
+    height: int = Field(ge=1, le=65535)
+    """Rows blanked."""
+
+
+class DicomWindow(ApiModel):
+    """The display window used when a CT or MR image carries none."""
+
+    center: float
+    """Window center, in the modality's units (Hounsfield units for CT)."""
+    width: float = Field(gt=0)
+    """Window width."""
+
+
+_FULL_DATES = "'retainLongitudinalTemporalInformationFullDates'"
+_MODIFIED_DATES = "'retainLongitudinalTemporalInformationModifiedDates'"
+
+
+@cel_rules(
+    CelRule(
+        rule=f"!has(self.options) || !({_FULL_DATES} in self.options && "
+        f"{_MODIFIED_DATES} in self.options)",
+        message="retainLongitudinalTemporalInformationFullDates and ...ModifiedDates exclude "
+        "each other",
+        field_path=".options",
+        check=lambda d: (
+            not (
+                DicomOption.RETAIN_FULL_DATES in d.options
+                and DicomOption.RETAIN_MODIFIED_DATES in d.options
+            )
+        ),
+    ),
+    CelRule(
+        rule=f"!has(self.options) || !({_MODIFIED_DATES} in self.options) || "
+        "(has(self.dateShiftDays) && self.dateShiftDays != 0)",
+        message="retainLongitudinalTemporalInformationModifiedDates needs a non-zero dateShiftDays",
+        field_path=".dateShiftDays",
+        check=lambda d: (
+            DicomOption.RETAIN_MODIFIED_DATES not in d.options or d.date_shift_days != 0
+        ),
+    ),
+    CelRule(
+        rule="!has(self.options) || self.options.all(o, self.options.exists_one(p, p == o))",
+        message="options must be unique",
+        field_path=".options",
+        check=lambda d: len(set(d.options)) == len(d.options),
+    ),
+)
+class Dicom(CelValidated):
+    """DICOM in chat requests: de-identified locally before an image leaves for the cloud.
+
+    A DICOM file in a request (a file part, or an image_url data URL, of application/dicom)
+    is parsed in the sidecar, de-identified per DICOM PS3.15 Annex E (the Basic Application
+    Level Confidentiality Profile with the options below), and sent to the cloud as a PNG of
+    one frame and a text summary of the de-identified header (which goes through redaction
+    like any text). The local path receives the original. docs/dicom.md has the profile's
+    coverage and what is and isn't guaranteed.
+    """
+
+    enabled: bool = True
+    """Convert DICOM parts for the cloud. Off: a DICOM part is content redaction can't
+    inspect (redaction.uninspectable decides)."""
+    profile: Literal["basic"] = "basic"
+    """The confidentiality profile: basic (PS3.15 Annex E, Basic Application Level)."""
+    options: list[DicomOption] = Field(default_factory=list, max_length=9)
+    """Profile options on (PS3.15 Table E.1-1's columns)."""
+    date_shift_days: int = Field(default=0, ge=-36500, le=36500)
+    """Days every date moves by under retainLongitudinalTemporalInformationModifiedDates
+    (the same offset for every study under the policy, so intervals are kept)."""
+    keep_private_tags: list[DicomPrivateTag] = Field(default_factory=list, max_length=64)
+    """Private attributes kept (every other private attribute is removed)."""
+    blank_regions: list[DicomRegion] = Field(default_factory=list, max_length=32)
+    """Pixel regions blanked in every image that leaves. When set, an image whose pixels
+    may carry burned-in text (BurnedInAnnotation YES, or absent for a modality that often
+    burns text in) leaves with these regions blanked; unset, such an image stays local (or
+    is refused, as redaction.uninspectable says)."""
+    frame: int = Field(default=0, ge=0, le=65535)
+    """The frame of a multi-frame image converted (0: the first)."""
+    ct_window: DicomWindow | None = None
+    """Window for CT images without one; unset: soft tissue, center 40 HU, width 400."""
+    mr_window: DicomWindow | None = None
+    """Window for MR images without one; unset: the image's own range."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Largest DICOM file converted; a larger one stays local (or is refused)."""
+
+
 class CacheBackend(StrEnum):
     MEMORY = "memory"
     REDIS = "redis"
@@ -588,6 +709,9 @@ class RoutingPolicySpec(CelValidated):
     """The local speech-to-text server for /v1/audio/transcriptions and translations."""
     responses_store: ResponsesStore = Field(default_factory=ResponsesStore)
     """The in-pod store behind the Responses API's previous_response_id."""
+    dicom: Dicom | None = None
+    """DICOM in chat requests, de-identified before the cloud sees an image; unset: a DICOM
+    part is content redaction can't inspect."""
 
 
 class RoutingPolicyStatus(ApiModel):

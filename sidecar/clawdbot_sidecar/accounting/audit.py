@@ -62,6 +62,9 @@ GENESIS: Final = "0" * 64
 # small whatever the request said.
 _MAX_FIELD: Final = 256
 _ENTITY_NAME: Final = re.compile(r"^[A-Z][A-Z0-9_]{0,62}$")
+_ACTION_CODES: Final = frozenset("XZDUKC")
+_OPTION_NAME: Final = re.compile(r"^[A-Za-z]{1,80}$")
+_SHA256: Final = re.compile(r"^[0-9a-f]{64}$")
 # How far from the end of an existing file the writer looks for the last record on restart.
 _TAIL_BYTES: Final = 64 * 1024
 # Records queued but not yet written; above it appends are dropped and counted rather than
@@ -113,6 +116,9 @@ class AuditRecord:
     """The local answer's confidence (from its token log-probabilities), when measured."""
     threshold: float | None = None
     """The cascade's confidence threshold, for a cascade decision."""
+    dicom: Mapping[str, Any] | None = None
+    """DICOM de-identification (spec.dicom): profile, options, files, attributes per action
+    code, private attributes removed and the SHA-256 of each original file; never a value."""
 
     def fields(self, now: float) -> dict[str, Any]:
         """The record's JSON fields, checked in the caller's thread so the writer can't fail."""
@@ -150,7 +156,30 @@ class AuditRecord:
                 if not math.isfinite(value):
                     raise ValueError(f"{name}: must be finite")
                 out[name] = round(float(value), 4)
+        if self.dicom is not None:
+            out["dicom"] = _dicom_fields(self.dicom)
         return out
+
+
+def _dicom_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The DICOM part of a record, checked: only names, counts and hex digests."""
+    actions = {str(k): int(v) for k, v in sorted(d.get("actions", {}).items())}
+    options = [str(o) for o in d.get("options", [])]
+    digests = [str(h) for h in d.get("sha256", [])]
+    if not all(k in _ACTION_CODES for k in actions):
+        raise ValueError("dicom.actions: keys must be action codes")
+    if not all(_OPTION_NAME.match(o) for o in [*options, str(d.get("profile", ""))]):
+        raise ValueError("dicom: options and profile must be names")
+    if not all(_SHA256.match(h) for h in digests):
+        raise ValueError("dicom.sha256: must be hex digests")
+    return {
+        "profile": str(d.get("profile", "")),
+        "options": options,
+        "files": int(d.get("files", 0)),
+        "actions": actions,
+        "private_removed": int(d.get("private_removed", 0)),
+        "sha256": digests,
+    }
 
 
 @dataclass(frozen=True, slots=True)

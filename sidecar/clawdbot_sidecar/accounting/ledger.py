@@ -97,6 +97,14 @@ class Outcome:
     """The same conversation was asked shortly before (a re-ask)."""
     similar_key: tuple[list[float], str] | None = None
     """Where the semantic cache stores this answer (its embedding and guard), after a miss."""
+    cloud_body: dict[str, Any] | None = None
+    """The cloud-bound request when its DICOM parts were converted (PNG and summary)."""
+    inspected_body: dict[str, Any] | None = None
+    """That copy without the PNGs: what routing and redaction walk."""
+    dicom: dict[str, Any] | None = None
+    """What DICOM de-identification did (profile, options, counts, hashes): the audit's."""
+    dicom_refused: str | None = None
+    """Why a DICOM part could not be de-identified (the request then stays local)."""
 
     @property
     def full_reason(self) -> str:
@@ -234,6 +242,7 @@ class Ledger:
                     clawdbot_request_id=out.answer_id or None,
                     confidence=out.confidence,
                     threshold=out.threshold,
+                    dicom=out.dicom,
                 )
             )
 

@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import logging
+import os
 import random
 import time
 from array import array
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -35,6 +39,8 @@ from clawdbot_sidecar.accounting.ledger import Ledger, Outcome
 from clawdbot_sidecar.accounting.metrics import SidecarMetrics
 from clawdbot_sidecar.cache import CachedResponse, ResponseCache, cache_key, cacheable
 from clawdbot_sidecar.config import SidecarConfig
+from clawdbot_sidecar.dicom.convert import DicomRefused, convert
+from clawdbot_sidecar.dicom.requests import CloudCopy, has_dicom, rewrite_for_cloud
 from clawdbot_sidecar.errors import (
     Overloaded,
     PolicyRefused,
@@ -89,6 +95,7 @@ _REFUSALS = (
     "redaction-block:",
     "unredacted:",
     "uninspectable:",
+    "dicom:",
 )
 
 Failure = UpstreamError | NoEndpoint | RequestError
@@ -119,6 +126,9 @@ class RoutingCore:
         self._audit_key = audit_hmac_key
         self._cache_scope = cache_scope
         self._seed = seed
+        # Keys the DICOM UID mapping when the policy has no audit key: UIDs stay consistent
+        # within this sidecar's life only (docs/dicom.md).
+        self._dicom_key = os.urandom(32)
         self.snapshot = self._build(config, None)
         self.pool = LocalPool(config.endpoints, seed=seed)
         self.local = LocalTarget(self.pool, upstream)
@@ -281,6 +291,7 @@ class RoutingCore:
     async def _route(
         self, snap: snapshots.Snapshot, request: Request, headers: dict[str, str], out: Outcome
     ) -> Answer:
+        await self._prepare_dicom(snap, request, out)
         self._note_reask(snap, request, out)
         difficulty = await self._semantic_difficulty(snap, request, out)
         decision = self._decide(snap, request, headers, out, difficulty)
@@ -379,6 +390,47 @@ class RoutingCore:
             return reply
         raise self._failure(last, out)
 
+    async def _prepare_dicom(
+        self, snap: snapshots.Snapshot, request: Request, out: Outcome
+    ) -> None:
+        """Convert the DICOM parts of a chat request for the cloud (spec.dicom), off the
+        event loop: the cloud-bound copy goes to ``out.cloud_body``; a part that can't be
+        converted sets ``out.dicom_refused`` and the request does not leave."""
+        spec = snap.config.policy.dicom
+        cloud = snap.config.policy.cloud
+        native = request.native
+        if (
+            spec is None
+            or not spec.enabled
+            or request.kind != ApiKind.CHAT
+            # A Responses or Messages request the cloud gets as it is: not rewritten.
+            or (native is not None and cloud is not None and cloud.api == native.api)
+            or not has_dicom(request.body)
+        ):
+            return
+        key = self._dicom_key
+        if snap.audit_key:
+            name = f"clawdbot dicom uids {snap.config.policy_name}".encode()
+            key = hmac.new(snap.audit_key, name, hashlib.sha256).digest()
+
+        def run() -> CloudCopy:
+            return rewrite_for_cloud(request.body, lambda data: convert(data, spec, key))
+
+        try:
+            copy = await asyncio.to_thread(run)
+        except DicomRefused as exc:
+            out.dicom_refused = exc.reason
+            return
+        out.cloud_body, out.inspected_body = copy.body, copy.inspected
+        out.dicom = {
+            "profile": spec.profile,
+            "options": sorted(o.value for o in spec.options),
+            "files": len(copy.converted),
+            "actions": dict(sum((c.report.counts for c in copy.converted), Counter())),
+            "private_removed": sum(c.report.private_removed for c in copy.converted),
+            "sha256": [c.sha256 for c in copy.converted],
+        }
+
     # -- quality: feedback, re-asks and the cascade ------------------------------------------
 
     def feedback(self, answer_id: str, score: float, source: str = "explicit") -> FeedbackResult:
@@ -456,7 +508,12 @@ class RoutingCore:
         if out.reasked:
             # Asked again because the answer did not do: a new answer, not the same one.
             return None
-        text = "\n".join(inspect_request(request.body).conversation)
+        seen = inspect_request(request.body)
+        if seen.uninspectable:
+            # The text says nothing of an image, a file or audio: "any lesion here?" of
+            # another patient's slice is not the same question.
+            return None
+        text = "\n".join(seen.conversation)
         if not text:
             return None
         try:
@@ -641,7 +698,7 @@ class RoutingCore:
     ) -> Decision:
         """``difficulty``: the semantic router's 1 - P(local is good enough), which replaces
         the keyword complexity score; None: the keyword score."""
-        seen = self._inspect(snap, request)  # the walk redaction repeats on a cloud-bound copy
+        seen = self._inspect(snap, request, out.inspected_body)  # what redaction walks again
         texts = seen.texts
         # Redaction off or narrower than the rules: rules still see every entity. The
         # findings are kept for the redaction of a cloud-bound copy (one detection pass).
@@ -667,11 +724,11 @@ class RoutingCore:
             snap.bandit,
             blocked,
             embeddings=request.kind == ApiKind.EMBEDDINGS,
-            keep_local=self._keep_local(snap, pii, seen),
+            keep_local=self._keep_local(snap, pii, seen, out.dicom_refused),
         )
         redaction = snap.config.policy.redaction
         if (
-            decision.reason.startswith("uninspectable:")
+            decision.reason.startswith(("uninspectable:", "dicom:"))
             and redaction.uninspectable == UninspectableContent.REJECT
         ):
             # The policy refuses what it can't inspect rather than answer it elsewhere.
@@ -679,10 +736,13 @@ class RoutingCore:
         return decision
 
     @staticmethod
-    def _inspect(snap: snapshots.Snapshot, request: Request) -> Inspection:
-        """The walk of the request, and of its native form when that is what would leave
-        (so the rules see every string the cloud would get, the translation's or not)."""
-        seen = inspect_request(request.body)
+    def _inspect(
+        snap: snapshots.Snapshot, request: Request, body: dict[str, Any] | None = None
+    ) -> Inspection:
+        """The walk of the request (or of ``body``, the cloud-bound copy of a request whose
+        DICOM parts were converted, less their PNGs), and of its native form when that is
+        what would leave (so the rules see every string the cloud would get)."""
+        seen = inspect_request(request.body if body is None else body)
         native = request.native
         cloud = snap.config.policy.cloud
         if native is None or cloud is None or cloud.api != native.api:
@@ -699,11 +759,16 @@ class RoutingCore:
 
     @staticmethod
     def _keep_local(
-        snap: snapshots.Snapshot, pii: Mapping[str, int], seen: Inspection
+        snap: snapshots.Snapshot,
+        pii: Mapping[str, int],
+        seen: Inspection,
+        dicom_refused: str | None = None,
     ) -> str | None:
         """Why the request must not leave, besides blocked entities; None if it may."""
         if snap.model_tier_error is not None:
             return "model-tier-unavailable"
+        if dicom_refused is not None:
+            return f"dicom:{dicom_refused}"
         redaction = snap.config.policy.redaction
         if (
             redaction.enabled
@@ -748,6 +813,14 @@ class RoutingCore:
             raise SensitiveDataBlocked(
                 "the policy's model tier (spec.redaction.model) can't run, so nothing may "
                 "leave for the cloud, and no local model can answer this request",
+                reason=reason,
+            )
+        if reason.startswith("dicom:"):
+            raise RequestError(
+                400,
+                f"the request holds a DICOM file the sidecar can't de-identify for the cloud "
+                f"({what}), and no local model answers it (docs/dicom.md)",
+                code="dicom_not_deidentified",
                 reason=reason,
             )
         if reason.startswith("uninspectable:"):
@@ -821,6 +894,8 @@ class RoutingCore:
         cloud = config.policy.cloud
         if cloud is None:
             raise NoEndpoint("no cloud endpoint is configured")
+        if out.cloud_body is not None:
+            body = out.cloud_body  # DICOM parts converted: the PNG and the summary leave
         wire = Wire.AUDIO if audio else Wire.CHAT
         native = request.native
         if native is not None and native.api == cloud.api:

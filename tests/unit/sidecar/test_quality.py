@@ -459,3 +459,49 @@ async def test_semantic_router_without_numpy_keeps_the_keyword_score(
     assert not state.ready and calls == []
     state.start(embed)  # within the retry delay: not tried again at once
     assert state._task.done()
+
+
+async def test_the_semantic_cache_never_answers_a_request_with_an_image_or_a_file(
+    local_url: str, encoder_url: str, cloud: str, serve_front: Any
+) -> None:
+    """Two CT slices with the same question: the second is not answered with the first's."""
+    import base64  # noqa: PLC0415
+
+    from clawdbot_testing.dicom import planted_file  # noqa: PLC0415
+
+    spec = policy(
+        cloud,
+        rules=[],
+        defaultTarget="cloud",
+        localModels=[{"name": "tiny-chat"}, {"name": "tiny-bert"}],
+        dicom={},
+        quality={"semantic": {"embeddingModel": "tiny-bert", "cache": {"enabled": True}}},
+    )
+    config = SidecarConfig.model_validate(
+        {
+            "policy": spec,
+            "endpoints": [{"url": local_url, "model": "tiny-chat"},
+                          {"url": encoder_url, "model": "tiny-bert"}],
+        }
+    ).model_copy(update={"cloud_api_key": API_KEY})  # fmt: skip
+    upstream = Upstream.create(connect_timeout_s=5.0)
+    core = RoutingCore(config, upstream, seed=1)
+    try:
+        async with serve_front(core) as url:
+            sc = Sidecar(url, core)
+            for study in ("1.2.826.0.1.3680043.10.999.40", "1.2.826.0.1.3680043.10.999.41"):
+                data = base64.b64encode(planted_file(study_uid=study).data).decode()
+                part = {
+                    "type": "file",
+                    "file": {"file_data": f"data:application/dicom;base64,{data}"},
+                }
+                reply = await sc.client.chat.completions.with_raw_response.create(
+                    model="tiny-chat", max_tokens=8, temperature=0,
+                    messages=[{"role": "user", "content": [
+                        {"type": "text", "text": "is there a lesion"}, part]}],
+                )  # fmt: skip
+                assert reply.headers["x-clawdbot-target"] == "cloud"
+            assert "semantic-hit" not in await sc.metrics()
+    finally:
+        await core.close()
+        await upstream.close()
