@@ -4,6 +4,7 @@ and the cluster's state (status, rollback, routing decisions)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from clawdbot_api import crdgen, docgen, seed, structural
 from clawdbot_api.manifests import ManifestError, parse_manifests
-from clawdbot_cli import cluster, dicom, gateway
+from clawdbot_cli import cluster, gateway
 from clawdbot_runtime import compress
 
 Command = Callable[[argparse.Namespace], int]
@@ -198,7 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_docs)
 
     gateway.add_parser(sub)
-    dicom.add_parser(sub)
+    # `clawdbot dicom` is the sidecar's code: the runtime image ships this CLI for
+    # `clawdbot compress` without the sidecar, and offers no `dicom` there.
+    try:
+        dicom = importlib.import_module("clawdbot_cli.dicom")
+    except ImportError:
+        pass
+    else:
+        dicom.add_parser(sub)
     cluster.add_parsers(sub)
     return parser
 
