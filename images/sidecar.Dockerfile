@@ -16,9 +16,10 @@ FROM ${BUILD_IMAGE} AS deps
 # EXTRAS: the optional features the image carries besides the sidecar itself; `dicom`
 # (pydicom and numpy) lets the sidecar de-identify DICOM for the cloud (spec.dicom), and its
 # numpy serves the semantic router too (a policy's quality.semantic; `semantic` alone brings
-# numpy only). EXTRAS="" builds the smallest sidecar, which keeps DICOM parts local and
-# routes such policies on the keyword score.
-ARG EXTRAS=dicom
+# numpy only). The default, EXTRAS="", is the smallest sidecar, which keeps DICOM parts local
+# and routes such policies on the keyword score; `--build-arg EXTRAS=dicom` builds the
+# variant for clusters that send DICOM to the cloud.
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml images/requirements.py ./
