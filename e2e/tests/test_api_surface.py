@@ -14,7 +14,6 @@ hearing a recorded sentence.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import time
@@ -28,7 +27,6 @@ import openai
 import pytest
 
 from e2e.conftest import REPO_ROOT, E2ECluster
-from e2e.harness import routing
 from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator, free_port
 from e2e.harness.routing import (
@@ -51,17 +49,8 @@ POLICY_PROPAGATION_S = 30.0
 
 
 @pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
+def operator(routed_operator: Operator) -> Operator:
+    return routed_operator
 
 
 @pytest.fixture

@@ -8,15 +8,12 @@ these checks follow.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from e2e.conftest import E2ECluster
-from e2e.harness import routing
 from e2e.harness.kube import Kubectl, is_true
 from e2e.harness.operator import Operator
 from e2e.harness.routing import deploy, metric, model_server, sidecar_of
@@ -28,17 +25,8 @@ SETTLE_S = 5.0
 
 
 @pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
+def operator(routed_operator: Operator) -> Operator:
+    return routed_operator
 
 
 def test_a_pod_with_a_model_label_is_not_an_endpoint(

@@ -13,11 +13,9 @@ hash chain and say what the profile did without a value.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,6 @@ from pydicom.data import get_testdata_file
 from clawdbot_sidecar.accounting.audit import verify
 from clawdbot_testing.dicom import search_encodings
 from e2e.conftest import E2ECluster
-from e2e.harness import routing
 from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator
 from e2e.harness.routing import LONG, deploy, model_server, sidecar_of, stub_requests
@@ -45,17 +42,8 @@ IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID
 
 
 @pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
+def operator(routed_operator: Operator) -> Operator:
+    return routed_operator
 
 
 def _ask(client: openai.OpenAI, data: bytes) -> Any:

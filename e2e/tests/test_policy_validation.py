@@ -8,10 +8,8 @@ running sidecar keeps its last good config in full, so its routing does not chan
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +39,8 @@ QUIET_S = 5.0
 
 
 @pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
+def operator(routed_operator: Operator) -> Operator:
+    return routed_operator
 
 
 def policy(**spec: Any) -> dict[str, Any]:

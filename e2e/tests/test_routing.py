@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
 from e2e.conftest import E2ECluster
-from e2e.harness import routing
 from e2e.harness.kube import Kubectl, condition, is_true
 from e2e.harness.operator import Operator
 from e2e.harness.routing import (
@@ -40,17 +38,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
+def operator(routed_operator: Operator) -> Operator:
+    return routed_operator
 
 
 def test_labelled_pod_routes_local_and_cloud_through_the_injected_sidecar(

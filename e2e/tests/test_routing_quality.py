@@ -9,11 +9,10 @@ cloud is the loopback stand-in.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import openai
 import pytest
 
 from e2e.conftest import E2ECluster
-from e2e.harness import routing
 from e2e.harness.kube import Kubectl
 from e2e.harness.operator import Operator
 from e2e.harness.routing import deploy, metric, model_server, sidecar_of, stub_requests
@@ -33,17 +31,8 @@ EASY = "hello there, friend number {}"
 
 
 @pytest.fixture
-def operator(
-    local_cluster: E2ECluster, crds: None, namespace: str, tmp_path: Path
-) -> Iterator[Operator]:
-    with contextlib.ExitStack() as stack:
-        try:
-            op = stack.enter_context(
-                routing.routing_operator(local_cluster, namespace, tmp_path / "operator.log")
-            )
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        yield op
+def operator(routed_operator: Operator) -> Operator:
+    return routed_operator
 
 
 def patch_policy(kube: Kubectl, spec: dict[str, Any]) -> None:
