@@ -140,29 +140,9 @@ EOF
 # ---------------------------------------------------------------------------------------
 # certificates (kept across restarts: regenerated only when missing)
 
-# cert NAME CN [O] [SAN]: a client or serving certificate signed by PKI/ca.
-cert() {
-  local name="$1" cn="$2" org="${3:-}" san="${4:-}" ca="${5:-ca}"
-  [[ -f "$PKI/$name.crt" ]] && return 0
-  local subj="/CN=$cn"
-  [[ -n "$org" ]] && subj="/O=$org$subj"
-  local ext="$PKI/$name.ext"
-  {
-    echo "basicConstraints=CA:FALSE"
-    echo "keyUsage=critical,digitalSignature,keyEncipherment"
-    if [[ -n "$san" ]]; then
-      echo "extendedKeyUsage=serverAuth,clientAuth"
-      echo "subjectAltName=$san"
-    else
-      echo "extendedKeyUsage=clientAuth"
-    fi
-  } >"$ext"
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -subj "$subj" \
-    -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
-    -CAcreateserial -days 3650 -sha256 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
-  rm -f "$PKI/$name.csr" "$ext"
-}
+# cert NAME CN [O] [SAN] [CA]: see pki.sh.
+# shellcheck source=e2e/cluster/pki.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
 
 make_ca() {
   local name="$1" cn="$2"

@@ -110,27 +110,9 @@ cmd_check() {
   fi
 }
 
-# node_cert NAME CN O SAN: a certificate signed by the plane's CA (cluster.sh made it).
-node_cert() {
-  local name="$1" cn="$2" org="$3" san="${4:-}"
-  [[ -f "$PKI/$name.crt" ]] && return 0
-  local ext="$PKI/$name.ext"
-  {
-    echo "basicConstraints=CA:FALSE"
-    echo "keyUsage=critical,digitalSignature,keyEncipherment"
-    if [[ -n "$san" ]]; then
-      echo "extendedKeyUsage=serverAuth,clientAuth"
-      echo "subjectAltName=$san"
-    else
-      echo "extendedKeyUsage=clientAuth"
-    fi
-  } >"$ext"
-  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/$name.key" -subj "/O=$org/CN=$cn" \
-    -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
-    -CAcreateserial -days 3650 -sha256 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
-  rm -f "$PKI/$name.csr" "$ext"
-}
+# cert NAME CN [O] [SAN]: a certificate signed by the plane's CA (cluster.sh made it).
+# shellcheck source=e2e/cluster/pki.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pki.sh"
 
 node_kubeconfig() {
   local file="$1" user="$2"
@@ -396,9 +378,9 @@ s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))')"
 
-  node_cert "node-$NODE_NAME" "system:node:$NODE_NAME" system:nodes
-  node_cert kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
-  node_cert kube-proxy system:kube-proxy system:node-proxier
+  cert "node-$NODE_NAME" "system:node:$NODE_NAME" system:nodes
+  cert kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
+  cert kube-proxy system:kube-proxy system:node-proxier
   node_kubeconfig "$STATE_DIR/kubelet.kubeconfig" "node-$NODE_NAME"
   node_kubeconfig "$STATE_DIR/kube-proxy.kubeconfig" kube-proxy
 
