@@ -7,10 +7,12 @@ model answers with real token log-probabilities) and the loopback cloud stand-in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +330,29 @@ def encoder_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield url
 
 
+@contextlib.asynccontextmanager
+async def semantic_core(
+    spec: dict[str, Any], local_url: str, encoder_url: str, examples: str | None = None
+) -> AsyncIterator[RoutingCore]:
+    """A routing core for ``spec`` with the chat model and the tiny BERT encoder as its
+    local endpoints (and the semantic router's labelled examples, as JSON lines)."""
+    config: dict[str, Any] = {
+        "policy": spec,
+        "endpoints": [{"url": local_url, "model": "tiny-chat"},
+                      {"url": encoder_url, "model": "tiny-bert"}],
+    }  # fmt: skip
+    if examples is not None:
+        config["semanticExamples"] = examples
+    validated = SidecarConfig.model_validate(config)
+    upstream = Upstream.create(connect_timeout_s=5.0)
+    core = RoutingCore(validated.model_copy(update={"cloud_api_key": API_KEY}), upstream, seed=1)
+    try:
+        yield core
+    finally:
+        await core.close()
+        await upstream.close()
+
+
 async def test_the_semantic_router_gives_the_bandit_its_prediction_and_learns_from_feedback(
     local_url: str, encoder_url: str, cloud: str, serve_front: Any
 ) -> None:
@@ -339,54 +364,45 @@ async def test_the_semantic_router_gives_the_bandit_its_prediction_and_learns_fr
         quality={"semantic": {"enabled": True, "embeddingModel": "tiny-bert",
                               "examplesConfigMapRef": {"name": "examples"}}},
     )  # fmt: skip
-    config = SidecarConfig.model_validate(
-        {
-            "policy": spec,
-            "endpoints": [{"url": local_url, "model": "tiny-chat"},
-                          {"url": encoder_url, "model": "tiny-bert"}],
-            "semanticExamples": "\n".join(json.dumps(e) for e in EXAMPLES),
-        }
-    ).model_copy(update={"cloud_api_key": API_KEY})  # fmt: skip
-    upstream = Upstream.create(connect_timeout_s=5.0)
-    core = RoutingCore(config, upstream, seed=1)
-    try:
-        async with serve_front(core) as url:
-            sc = Sidecar(url, core)
-            semantic = core.snapshot.semantic
-            assert semantic is not None and not semantic.ready
-            await sc.chat("the cat sat in the sun")  # starts embedding the examples
-            for _ in range(100):  # bounded: the background fit takes a few runtime calls
-                if semantic.ready:
-                    break
-                await asyncio.sleep(0.05)
-            router = semantic.router
-            assert router is not None and router.examples == len(EXAMPLES)
+    async with (
+        semantic_core(
+            spec, local_url, encoder_url, examples="\n".join(json.dumps(e) for e in EXAMPLES)
+        ) as core,
+        serve_front(core) as url,
+    ):
+        sc = Sidecar(url, core)
+        semantic = core.snapshot.semantic
+        assert semantic is not None and not semantic.ready
+        await sc.chat("the cat sat in the sun")  # starts embedding the examples
+        for _ in range(100):  # bounded: the background fit takes a few runtime calls
+            if semantic.ready:
+                break
+            await asyncio.sleep(0.05)
+        router = semantic.router
+        assert router is not None and router.examples == len(EXAMPLES)
 
-            prompt = "the cat sat on a mat"
-            vector = (await core._embed("tiny-bert", [prompt]))[0]
-            expected = 1.0 - router.predict(vector)
-            assert expected < 0.5  # like the local examples
-            seen: list[tuple[float, ...]] = []
-            real_choose = core.bandit.choose
+        prompt = "the cat sat on a mat"
+        vector = (await core._embed("tiny-bert", [prompt]))[0]
+        expected = 1.0 - router.predict(vector)
+        assert expected < 0.5  # like the local examples
+        seen: list[tuple[float, ...]] = []
+        real_choose = core.bandit.choose
 
-            def spy(x: tuple[float, ...]) -> Any:
-                seen.append(x)
-                return real_choose(x)
+        def spy(x: tuple[float, ...]) -> Any:
+            seen.append(x)
+            return real_choose(x)
 
-            core.bandit.choose = spy  # type: ignore[method-assign]
-            await sc.chat(prompt)
-            assert seen and seen[-1][2] == pytest.approx(expected)  # not the keyword score
+        core.bandit.choose = spy  # type: ignore[method-assign]
+        await sc.chat(prompt)
+        assert seen and seen[-1][2] == pytest.approx(expected)  # not the keyword score
 
-            # A local answer to that prompt scored bad: local looks less good for it.
-            raw = await sc.chat(prompt, extra_headers={"x-pin": "1"})
-            assert raw.headers["x-clawdbot-target"] == "local"
-            before = router.predict(vector)
-            answer_id = raw.headers["x-clawdbot-request-id"]
-            assert (await post_feedback(url, {"request_id": answer_id, "score": 0}))[0] == 200
-            assert router.feedback == 1 and router.predict(vector) < before
-    finally:
-        await core.close()
-        await upstream.close()
+        # A local answer to that prompt scored bad: local looks less good for it.
+        raw = await sc.chat(prompt, extra_headers={"x-pin": "1"})
+        assert raw.headers["x-clawdbot-target"] == "local"
+        before = router.predict(vector)
+        answer_id = raw.headers["x-clawdbot-request-id"]
+        assert (await post_feedback(url, {"request_id": answer_id, "score": 0}))[0] == 200
+        assert router.feedback == 1 and router.predict(vector) < before
 
 
 async def test_the_semantic_cache_answers_the_same_question_but_not_its_negation(
@@ -397,47 +413,34 @@ async def test_the_semantic_cache_answers_the_same_question_but_not_its_negation
         localModels=[{"name": "tiny-chat"}, {"name": "tiny-bert"}],
         quality={"semantic": {"embeddingModel": "tiny-bert", "cache": {"enabled": True}}},
     )
-    config = SidecarConfig.model_validate(
-        {
-            "policy": spec,
-            "endpoints": [{"url": local_url, "model": "tiny-chat"},
-                          {"url": encoder_url, "model": "tiny-bert"}],
-        }
-    ).model_copy(update={"cloud_api_key": API_KEY})  # fmt: skip
-    upstream = Upstream.create(connect_timeout_s=5.0)
-    core = RoutingCore(config, upstream, seed=1)
-    try:
-        async with serve_front(core) as url:
-            sc = Sidecar(url, core)
-            first = await sc.chat("is the cat on the mat", temperature=0)
-            assert first.headers["x-clawdbot-target"] == "local"
-            # The same conversation (the seed differs, so it is no re-ask): a hit.
-            again = await sc.chat("is the cat on the mat", temperature=0, seed=9)
-            assert again.headers["x-clawdbot-target"] == "cache"
-            assert again.headers["x-clawdbot-reason"] == "semantic-cache-hit:local"
-            assert float(again.headers["x-clawdbot-semantic-similarity"]) > 0.999
-            assert again.parse().choices[0].message.content == (
-                first.parse().choices[0].message.content
-            )
-            # Its negation, and another number, are never answered from it.
-            negated = await sc.chat("is the cat not on the mat", temperature=0, seed=9)
-            assert negated.headers["x-clawdbot-target"] == "local"
-            assert "x-clawdbot-semantic-similarity" not in negated.headers
-            await sc.chat("the cat sat 2 times", temperature=0)
-            other = await sc.chat("the cat sat 3 times", temperature=0)
-            assert other.headers["x-clawdbot-target"] == "local"
-            # An answer to a prompt holding PII is not stored.
-            await sc.chat(f"the cat wrote to {EMAIL}", temperature=0)
-            pii = await sc.chat(f"the cat wrote to {EMAIL}", temperature=0, seed=9)
-            assert pii.headers["x-clawdbot-target"] == "local"
-            # A re-ask (the very same request) wants a new answer, not the stored one.
-            reasked = await sc.chat("is the cat on the mat", temperature=0, seed=9)
-            assert reasked.headers["x-clawdbot-target"] == "local"
-            text = await sc.metrics()
-            assert metric(text, 'clawdbot_sidecar_cache_requests_total{result="semantic-hit"}') == 1
-    finally:
-        await core.close()
-        await upstream.close()
+    async with semantic_core(spec, local_url, encoder_url) as core, serve_front(core) as url:
+        sc = Sidecar(url, core)
+        first = await sc.chat("is the cat on the mat", temperature=0)
+        assert first.headers["x-clawdbot-target"] == "local"
+        # The same conversation (the seed differs, so it is no re-ask): a hit.
+        again = await sc.chat("is the cat on the mat", temperature=0, seed=9)
+        assert again.headers["x-clawdbot-target"] == "cache"
+        assert again.headers["x-clawdbot-reason"] == "semantic-cache-hit:local"
+        assert float(again.headers["x-clawdbot-semantic-similarity"]) > 0.999
+        assert again.parse().choices[0].message.content == (
+            first.parse().choices[0].message.content
+        )
+        # Its negation, and another number, are never answered from it.
+        negated = await sc.chat("is the cat not on the mat", temperature=0, seed=9)
+        assert negated.headers["x-clawdbot-target"] == "local"
+        assert "x-clawdbot-semantic-similarity" not in negated.headers
+        await sc.chat("the cat sat 2 times", temperature=0)
+        other = await sc.chat("the cat sat 3 times", temperature=0)
+        assert other.headers["x-clawdbot-target"] == "local"
+        # An answer to a prompt holding PII is not stored.
+        await sc.chat(f"the cat wrote to {EMAIL}", temperature=0)
+        pii = await sc.chat(f"the cat wrote to {EMAIL}", temperature=0, seed=9)
+        assert pii.headers["x-clawdbot-target"] == "local"
+        # A re-ask (the very same request) wants a new answer, not the stored one.
+        reasked = await sc.chat("is the cat on the mat", temperature=0, seed=9)
+        assert reasked.headers["x-clawdbot-target"] == "local"
+        text = await sc.metrics()
+        assert metric(text, 'clawdbot_sidecar_cache_requests_total{result="semantic-hit"}') == 1
 
 
 async def test_semantic_router_without_numpy_keeps_the_keyword_score(
@@ -477,31 +480,18 @@ async def test_the_semantic_cache_never_answers_a_request_with_an_image_or_a_fil
         dicom={},
         quality={"semantic": {"embeddingModel": "tiny-bert", "cache": {"enabled": True}}},
     )
-    config = SidecarConfig.model_validate(
-        {
-            "policy": spec,
-            "endpoints": [{"url": local_url, "model": "tiny-chat"},
-                          {"url": encoder_url, "model": "tiny-bert"}],
-        }
-    ).model_copy(update={"cloud_api_key": API_KEY})  # fmt: skip
-    upstream = Upstream.create(connect_timeout_s=5.0)
-    core = RoutingCore(config, upstream, seed=1)
-    try:
-        async with serve_front(core) as url:
-            sc = Sidecar(url, core)
-            for study in ("1.2.826.0.1.3680043.10.999.40", "1.2.826.0.1.3680043.10.999.41"):
-                data = base64.b64encode(planted_file(study_uid=study).data).decode()
-                part = {
-                    "type": "file",
-                    "file": {"file_data": f"data:application/dicom;base64,{data}"},
-                }
-                reply = await sc.client.chat.completions.with_raw_response.create(
-                    model="tiny-chat", max_tokens=8, temperature=0,
-                    messages=[{"role": "user", "content": [
-                        {"type": "text", "text": "is there a lesion"}, part]}],
-                )  # fmt: skip
-                assert reply.headers["x-clawdbot-target"] == "cloud"
-            assert "semantic-hit" not in await sc.metrics()
-    finally:
-        await core.close()
-        await upstream.close()
+    async with semantic_core(spec, local_url, encoder_url) as core, serve_front(core) as url:
+        sc = Sidecar(url, core)
+        for study in ("1.2.826.0.1.3680043.10.999.40", "1.2.826.0.1.3680043.10.999.41"):
+            data = base64.b64encode(planted_file(study_uid=study).data).decode()
+            part = {
+                "type": "file",
+                "file": {"file_data": f"data:application/dicom;base64,{data}"},
+            }
+            reply = await sc.client.chat.completions.with_raw_response.create(
+                model="tiny-chat", max_tokens=8, temperature=0,
+                messages=[{"role": "user", "content": [
+                    {"type": "text", "text": "is there a lesion"}, part]}],
+            )  # fmt: skip
+            assert reply.headers["x-clawdbot-target"] == "cloud"
+        assert "semantic-hit" not in await sc.metrics()
